@@ -1,0 +1,67 @@
+# P2P Portal: `make run` starts the product with demo data, `make test` runs the whole suite.
+# Both prepare everything first: Debian packages (when root), the virtualenv, requirements and migrations.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := docker-registry skopeo chromium redis-server
+# Commands the packages above provide, in the same order.
+DEBIAN_COMMANDS := docker-registry skopeo chromium redis-server
+PG_URL := postgres://postgres@127.0.0.1:5432/p2p_portal
+
+.PHONY: run test setup system-packages venv migrate redis lint bench clean
+
+setup: system-packages venv
+
+system-packages:
+	@missing=""; pkgs=($(DEBIAN_PACKAGES)); cmds=($(DEBIAN_COMMANDS)); \
+	for i in $${!cmds[@]}; do command -v $${cmds[$$i]} >/dev/null || missing="$$missing $${pkgs[$$i]}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "Missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements.txt
+	touch $@
+
+# Redis at REDIS_URL when it answers; otherwise a local redis-server with its data under var/.
+redis: venv
+	@mkdir -p var
+	@$(PY) -c "import os,redis; redis.Redis.from_url(os.environ.get('REDIS_URL','redis://127.0.0.1:6379/0')).ping()" 2>/dev/null \
+	  || { echo "Starting a local redis-server (data in var/redis)"; mkdir -p var/redis; \
+	       redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir $(CURDIR)/var/redis --logfile $(CURDIR)/var/redis/redis.log; \
+	       for i in $$(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done; }
+
+migrate: venv
+	@mkdir -p var
+	$(PY) manage.py migrate --noinput
+
+run: setup redis migrate
+	$(VENV)/bin/honcho start -f Procfile
+
+# Tests use PostgreSQL when it answers on 127.0.0.1:5432 (DATABASE_URL overrides), else SQLite with the
+# PostgreSQL-only tests skipped; Redis database 15 keeps test jobs apart from a running portal's.
+test: setup redis
+	@if [ -z "$$DATABASE_URL" ] && $(PY) -c "import psycopg; psycopg.connect('$(PG_URL:p2p_portal=postgres)', connect_timeout=2).close()" 2>/dev/null; then \
+	  export DATABASE_URL=$(PG_URL); fi; \
+	export REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}; \
+	echo "Testing against $${DATABASE_URL:-SQLite} and $$REDIS_URL"; \
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup redis
+	$(PY) bench/copy_bench.py
+
+clean:
+	rm -rf var/static var/test-output

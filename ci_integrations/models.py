@@ -1,0 +1,588 @@
+"""The domain words of DESIGN.md as tables.
+
+Models hold data, validation and small derived properties only; everything that changes state lives in services/.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from ci_integrations.registry.refs import is_valid_digest, is_valid_repository, is_valid_tag
+from ci_integrations.services.secrets import decrypt_json, encrypt_json
+
+
+def validate_digest(value: str) -> None:
+    if not is_valid_digest(value):
+        raise ValidationError(f"{value!r} is not a digest: expected sha256: followed by 64 lowercase hex characters.")
+
+
+def validate_tag(value: str) -> None:
+    if not is_valid_tag(value):
+        raise ValidationError(
+            f"{value!r} is not a valid tag: up to 128 characters of letters, digits, '_', '.', '-', "
+            "not starting with '.' or '-'."
+        )
+
+
+def validate_repository(value: str) -> None:
+    if not is_valid_repository(value):
+        raise ValidationError(
+            f"{value!r} is not a valid repository path: lowercase components of letters and digits separated by "
+            "'.', '_', '__' or '-', joined by '/'."
+        )
+
+
+def validate_registry_url(value: str) -> None:
+    if not value.startswith(("http://", "https://")) or "/" in value.split("://", 1)[1].rstrip("/"):
+        raise ValidationError(f"{value!r} is not a registry URL: expected http(s)://host[:port] with no path.")
+
+
+class IntegrationKind(models.TextChoices):
+    ENVIRONMENT = "environment", "Environment"
+    RELEASE_STREAM = "release_stream", "Release stream"
+
+
+class Registry(models.Model):
+    """An OCI registry endpoint with its provider, provider options and credentials.
+
+    Credentials are ambient (the cloud's default chain, or anonymous for a generic registry) unless stored, in which
+    case they are kept encrypted with MultiFernet (P2P_FERNET_KEYS).
+    """
+
+    class Provider(models.TextChoices):
+        GENERIC = "generic", "Generic OCI"
+        DOCKERHUB = "dockerhub", "Docker Hub"
+        ECR = "ecr", "AWS ECR"
+        GAR = "gar", "Google Artifact Registry / GCR"
+        ACR = "acr", "Azure Container Registry"
+
+    name = models.SlugField(max_length=63, unique=True)
+    provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.GENERIC)
+    url = models.CharField(max_length=255, validators=[validate_registry_url])
+    options = models.JSONField(default=dict, blank=True)
+    credentials_encrypted = models.TextField(blank=True, default="", editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "registries"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_stored_credentials(self) -> bool:
+        return bool(self.credentials_encrypted)
+
+    def set_credentials(self, credentials: dict | None) -> None:
+        """Store credentials encrypted, or clear them (None) to use ambient credentials."""
+        self.credentials_encrypted = encrypt_json(credentials) if credentials else ""
+
+    def get_credentials(self) -> dict | None:
+        """Decrypted stored credentials, or None for ambient. A wrong key raises CredentialsUnreadable."""
+        return decrypt_json(self.credentials_encrypted) if self.credentials_encrypted else None
+
+    def spec(self):
+        """This registry as the registry package describes it (the package knows nothing of Django)."""
+        from ci_integrations.registry import RegistrySpec
+
+        return RegistrySpec(
+            provider=self.provider, url=self.url.rstrip("/"), options=dict(self.options), credentials=self.get_credentials()
+        )
+
+
+class Workflow(models.Model):
+    """Ordered steps (from-bucket to to-bucket) shared by integrations of the same kind."""
+
+    name = models.SlugField(max_length=63, unique=True)
+    kind = models.CharField(max_length=16, choices=IntegrationKind.choices, default=IntegrationKind.ENVIRONMENT)
+    description = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowStep(models.Model):
+    """One allowed move (from_env → to_env) with its policy."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveIntegerField()
+    from_env = models.SlugField(max_length=63)
+    to_env = models.SlugField(max_length=63)
+    required_approvals = models.PositiveIntegerField(default=0)
+    # Rollbacks into to_env may need fewer approvals; None means the same as a promotion.
+    rollback_approvals = models.PositiveIntegerField(null=True, blank=True)
+    approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    self_approval = models.BooleanField(default=False)
+    required_checks = models.JSONField(default=list, blank=True)
+    min_soak = models.DurationField(null=True, blank=True)
+    auto_promote = models.BooleanField(default=False)
+    # A regular expression the tag must match in full, e.g. r"v\d+\.\d+\.\d+"; empty means any tag.
+    tag_rule = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["workflow", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "to_env"], name="step_target_unique"),
+            models.CheckConstraint(condition=~Q(from_env=models.F("to_env")), name="step_moves_somewhere"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.name}: {self.from_env} → {self.to_env}"
+
+    def clean(self) -> None:
+        if self.tag_rule:
+            import re
+
+            try:
+                re.compile(self.tag_rule)
+            except re.error as exc:
+                raise ValidationError({"tag_rule": f"not a valid regular expression: {exc}"}) from exc
+        if not isinstance(self.required_checks, list) or not all(isinstance(c, str) for c in self.required_checks):
+            raise ValidationError({"required_checks": "must be a list of check names"})
+
+    def approvals_needed(self, *, rollback: bool) -> int:
+        if rollback and self.rollback_approvals is not None:
+            return self.rollback_approvals
+        return self.required_approvals
+
+
+class Integration(models.Model):
+    """One deployable service (CI Integration), of kind environment or release stream."""
+
+    name = models.SlugField(max_length=63, unique=True)
+    kind = models.CharField(max_length=16, choices=IntegrationKind.choices, default=IntegrationKind.ENVIRONMENT)
+    workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.PROTECT, related_name="integrations")
+    description = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        if self.workflow_id and self.workflow.kind != self.kind:
+            raise ValidationError(
+                {"workflow": f"workflow {self.workflow.name!r} is for kind {self.workflow.kind}, not {self.kind}"}
+            )
+
+
+class Bucket(models.Model):
+    """An integration's slot for one environment or release stream: a repository on one registry."""
+
+    integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="buckets")
+    env = models.SlugField(max_length=63)
+    position = models.PositiveIntegerField(default=0)
+    registry = models.ForeignKey(Registry, on_delete=models.PROTECT, related_name="buckets")
+    repository = models.CharField(max_length=255, validators=[validate_repository])
+    immutable_tags = models.BooleanField(default=False)
+    allow_push_credentials = models.BooleanField(default=False)
+    # Denormalised pointer to the latest arrival, kept by the arrival service so the matrix is one query.
+    current_arrival = models.ForeignKey(
+        "Arrival", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    class Meta:
+        ordering = ["integration", "position", "env"]
+        constraints = [models.UniqueConstraint(fields=["integration", "env"], name="bucket_env_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.integration.name}/{self.env}"
+
+    def location(self, reference: str):
+        """Where an image with this tag or digest lives, for the registry package."""
+        from ci_integrations.registry import ImageLocation
+
+        return ImageLocation(registry=self.registry.spec(), repository=self.repository, reference=reference)
+
+    @property
+    def image_name(self) -> str:
+        host = self.registry.url.split("://", 1)[1].rstrip("/")
+        return f"{host}/{self.repository}"
+
+
+class Artifact(models.Model):
+    """An immutable image of an integration, identified by its digest, with build metadata."""
+
+    integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="artifacts")
+    digest = models.CharField(max_length=71, validators=[validate_digest])
+    media_type = models.CharField(max_length=255, blank=True, default="")
+    size = models.BigIntegerField(null=True, blank=True)
+    git_sha = models.CharField(max_length=64, blank=True, default="")
+    branch = models.CharField(max_length=255, blank=True, default="")
+    build_url = models.URLField(max_length=1024, blank=True, default="")
+    labels = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["integration", "digest"], name="artifact_digest_unique")]
+        indexes = [models.Index(fields=["integration", "-created_at"], name="artifact_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.integration.name}@{self.short_digest}"
+
+    @property
+    def short_digest(self) -> str:
+        return self.digest.removeprefix("sha256:")[:12]
+
+
+class Arrival(models.Model):
+    """An artifact that landed in a bucket under a tag: the latest one is what the bucket runs."""
+
+    class How(models.TextChoices):
+        PUSH = "push", "Push"
+        IMPORT = "import", "Import"
+        PROMOTION = "promotion", "Promotion"
+        ROLLBACK = "rollback", "Rollback"
+
+    bucket = models.ForeignKey(Bucket, on_delete=models.CASCADE, related_name="arrivals")
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="arrivals")
+    tag = models.CharField(max_length=128, validators=[validate_tag])
+    how = models.CharField(max_length=16, choices=How.choices)
+    promotion = models.ForeignKey("Promotion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    arrived_at = models.DateTimeField(default=timezone.now)
+    arrived_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-arrived_at", "-id"]
+        indexes = [
+            models.Index(fields=["bucket", "-arrived_at"], name="arrival_bucket_recent_idx"),
+            models.Index(fields=["artifact", "bucket"], name="arrival_artifact_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bucket} ← {self.tag}@{self.artifact.short_digest}"
+
+
+class CheckResult(models.Model):
+    """A named check on an artifact (functional, nft, integration, extended…); the latest report wins."""
+
+    class Status(models.TextChoices):
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+
+    artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="checks")
+    name = models.SlugField(max_length=63)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    url = models.URLField(max_length=1024, blank=True, default="")
+    reported_at = models.DateTimeField(default=timezone.now)
+    reported_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["artifact", "name"], name="check_name_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.status}"
+
+
+class Promotion(models.Model):
+    """A request to move one artifact, by digest, along one workflow step (or back, for a rollback)."""
+
+    class State(models.TextChoices):
+        PENDING_APPROVAL = "pending_approval", "Pending approval"
+        APPROVED = "approved", "Approved"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        REJECTED = "rejected", "Rejected"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Kind(models.TextChoices):
+        PROMOTION = "promotion", "Promotion"
+        ROLLBACK = "rollback", "Rollback"
+
+    OPEN_STATES = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED, State.RUNNING)
+    FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED)
+
+    integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="promotions")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PROMOTION)
+    step = models.ForeignKey(WorkflowStep, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    artifact = models.ForeignKey(Artifact, on_delete=models.PROTECT, related_name="promotions")
+    digest = models.CharField(max_length=71, validators=[validate_digest])
+    from_bucket = models.ForeignKey(Bucket, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    to_bucket = models.ForeignKey(Bucket, on_delete=models.PROTECT, related_name="incoming_promotions")
+    source_tag = models.CharField(max_length=128, blank=True, default="")
+    tag = models.CharField(max_length=128, validators=[validate_tag])
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING_APPROVAL)
+    required_approvals = models.PositiveIntegerField(default=0)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by_label = models.CharField(max_length=150, blank=True, default="")
+    reason = models.TextField(blank=True, default="")
+    freeze_override_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+    blobs_total = models.PositiveIntegerField(default=0)
+    blobs_done = models.PositiveIntegerField(default=0)
+    bytes_total = models.BigIntegerField(default=0)
+    bytes_done = models.BigIntegerField(default=0)
+    log = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+    result_digest = models.CharField(max_length=71, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["state", "created_at"], name="promotion_state_idx"),
+            models.Index(fields=["to_bucket", "state"], name="promotion_target_state_idx"),
+            models.Index(fields=["integration", "-created_at"], name="promotion_integration_idx"),
+        ]
+        permissions = [
+            ("request_promotion", "Can request promotions and rollbacks"),
+            ("approve_promotion", "Can approve or reject promotions"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.artifact.short_digest} → {self.to_bucket.env} ({self.state})"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in self.OPEN_STATES
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in self.FINAL_STATES
+
+
+class Approval(models.Model):
+    """One person's decision on a promotion, bound to the digest they saw."""
+
+    class Decision(models.TextChoices):
+        APPROVE = "approve", "Approve"
+        REJECT = "reject", "Reject"
+
+    promotion = models.ForeignKey(Promotion, on_delete=models.CASCADE, related_name="approvals")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=8, choices=Decision.choices)
+    digest = models.CharField(max_length=71, validators=[validate_digest])
+    comment = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["promotion", "user"], name="one_decision_per_person")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.decision}d #{self.promotion_id}"
+
+
+class FreezeWindow(models.Model):
+    """A time range during which promotions into the named environments are blocked."""
+
+    name = models.CharField(max_length=120)
+    environments = models.JSONField(default=list)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.TextField(blank=True, default="")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-starts_at"]
+        indexes = [models.Index(fields=["starts_at", "ends_at"], name="freeze_window_time_idx")]
+        constraints = [
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="freeze_ends_after_start")
+        ]
+        permissions = [("override_freezewindow", "Can promote through an active freeze window, with a reason")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def is_active(self, at=None) -> bool:
+        at = at or timezone.now()
+        return self.starts_at <= at < self.ends_at
+
+
+class AuditEntry(models.Model):
+    """An append-only, hash-chained record of who did what, when.
+
+    hash = sha256(canonical bytes of the entry ‖ previous hash); see services/audit.py. On PostgreSQL a trigger
+    refuses UPDATE, DELETE and TRUNCATE.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    timestamp = models.DateTimeField()
+    actor = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64, blank=True, default="")
+    object_id = models.CharField(max_length=64, blank=True, default="")
+    object_repr = models.CharField(max_length=255, blank=True, default="")
+    integration = models.CharField(max_length=63, blank=True, default="")
+    environment = models.CharField(max_length=63, blank=True, default="")
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    reason = models.TextField(blank=True, default="")
+    request_id = models.CharField(max_length=64, blank=True, default="")
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            models.Index(fields=["timestamp"], name="audit_time_idx"),
+            models.Index(fields=["actor", "-id"], name="audit_actor_idx"),
+            models.Index(fields=["integration", "-id"], name="audit_integration_idx"),
+            models.Index(fields=["action", "-id"], name="audit_action_idx"),
+        ]
+        permissions = [("export_auditentry", "Can export and verify the audit log")]
+
+    def __str__(self) -> str:
+        return f"{self.timestamp:%Y-%m-%d %H:%M:%S} {self.actor} {self.action} {self.object_repr}"
+
+
+class ApiToken(models.Model):
+    """A CI token (scoped to integrations) or a personal token (acting as its user).
+
+    Only a peppered HMAC of the secret is stored; see services/tokens.py for the format.
+    """
+
+    class Kind(models.TextChoices):
+        CI = "ci", "CI token"
+        PERSONAL = "personal", "Personal token"
+
+    key_id = models.CharField(max_length=16, unique=True)
+    name = models.CharField(max_length=120)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    integrations = models.ManyToManyField(Integration, blank=True, related_name="tokens")
+    scopes = models.JSONField(default=list)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    pepper_id = models.CharField(max_length=32, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(kind="ci") | Q(user__isnull=False), name="personal_token_has_user"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind}, p2p_{self.key_id}…)"
+
+    @property
+    def is_active(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class IdempotencyRecord(models.Model):
+    """The stored response of a POST made with an Idempotency-Key, per token, kept for 24 hours."""
+
+    token = models.ForeignKey(ApiToken, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_fingerprint = models.CharField(max_length=64)
+    response_status = models.PositiveIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_key_unique")]
+
+
+class Job(models.Model):
+    """A database row mirroring one background job that is not a promotion (imports, webhook deliveries).
+
+    The UI and API read this row, never Redis.
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=32)
+    integration = models.ForeignKey(Integration, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED)
+    arguments = models.JSONField(default=dict, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    rq_job_id = models.CharField(max_length=64, blank=True, default="")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "created_at"], name="job_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.state})"
+
+
+class Webhook(models.Model):
+    """An integration's outgoing notification endpoint, signed with an HMAC secret (stored encrypted)."""
+
+    EVENTS = ["requested", "approved", "rejected", "succeeded", "failed", "rolled_back"]
+
+    integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=1024)
+    secret_encrypted = models.TextField(editable=False)
+    events = models.JSONField(default=list, blank=True)  # empty means every event
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["integration", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.integration.name} → {self.url}"
+
+    def set_secret(self, secret: str) -> None:
+        self.secret_encrypted = encrypt_json({"secret": secret})
+
+    def get_secret(self) -> str:
+        return decrypt_json(self.secret_encrypted)["secret"]
+
+    def wants(self, event: str) -> bool:
+        return not self.events or event in self.events
+
+
+class WebhookDelivery(models.Model):
+    """One delivery of one event to one webhook, with every attempt's outcome."""
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=32)
+    payload = models.JSONField()
+    attempts = models.PositiveIntegerField(default=0)
+    response_status = models.PositiveIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"

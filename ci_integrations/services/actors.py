@@ -1,0 +1,50 @@
+"""Who is acting: a signed-in person, an API token, or the system itself (jobs, reconciler)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ci_integrations.models import ApiToken
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The subject of a service call, as recorded in the audit log.
+
+    `user` is the person whose rights apply (a personal token acts as its user); `token` is set when the call came
+    through the API; `request_id` ties audit entries to the HTTP request that caused them.
+    """
+
+    label: str
+    user: Any = None
+    token: ApiToken | None = None
+    request_id: str = ""
+
+    @classmethod
+    def for_user(cls, user, *, request_id: str = "") -> Actor:
+        return cls(label=user.get_username(), user=user, request_id=request_id)
+
+    @classmethod
+    def for_token(cls, token: ApiToken, *, request_id: str = "") -> Actor:
+        if token.user_id:
+            label = f"{token.user.get_username()} (token {token.name})"
+        else:
+            label = f"ci:{token.name}"
+        return cls(label=label[:150], user=token.user if token.user_id else None, token=token, request_id=request_id)
+
+    @classmethod
+    def system(cls, what: str = "system") -> Actor:
+        return cls(label=what)
+
+    @classmethod
+    def from_request(cls, request) -> Actor:
+        """The actor behind a Django or DRF request (session user or API token)."""
+        request_id = getattr(request, "request_id", "")
+        token = getattr(request, "auth", None)
+        from ci_integrations.models import ApiToken
+
+        if isinstance(token, ApiToken):
+            return cls.for_token(token, request_id=request_id)
+        return cls.for_user(request.user, request_id=request_id)

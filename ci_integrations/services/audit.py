@@ -1,0 +1,228 @@
+"""The audit chain: append-only, hash-chained entries written in the caller's transaction.
+
+hash = sha256(canonical bytes of the entry ‖ previous hash). The canonical bytes are our own JSON serialisation
+(sorted keys, no spaces, microsecond UTC timestamps), never the database's JSON text, so a PostgreSQL JSONB
+round trip cannot change a hash. Appends are serialised with an advisory transaction lock on PostgreSQL (SQLite
+serialises writers itself), so concurrent writers never fork the chain.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from ci_integrations.models import AuditEntry
+from ci_integrations.services.actors import Actor
+
+GENESIS_HASH = "0" * 64
+# Any constant works; it names the one lock every audit append takes.
+AUDIT_ADVISORY_LOCK_ID = 0x50325041554449  # "P2PAUDI"
+EXPORT_FIELDS = [
+    "id",
+    "timestamp",
+    "actor",
+    "action",
+    "object_type",
+    "object_id",
+    "object_repr",
+    "integration",
+    "environment",
+    "before",
+    "after",
+    "reason",
+    "request_id",
+    "prev_hash",
+    "hash",
+]
+
+
+def _plain(value):
+    """JSON-safe plain data (dates, decimals and UUIDs as strings), so what we hash is what we store."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+def _timestamp_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_canonical_bytes(entry: AuditEntry) -> bytes:
+    """The bytes an entry's hash covers: every recorded field except id and the hashes themselves."""
+    body = {
+        "timestamp": _timestamp_text(entry.timestamp),
+        "actor": entry.actor,
+        "action": entry.action,
+        "object_type": entry.object_type,
+        "object_id": entry.object_id,
+        "object_repr": entry.object_repr,
+        "integration": entry.integration,
+        "environment": entry.environment,
+        "before": entry.before,
+        "after": entry.after,
+        "reason": entry.reason,
+        "request_id": entry.request_id,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def entry_hash(entry: AuditEntry, prev_hash: str) -> str:
+    return hashlib.sha256(entry_canonical_bytes(entry) + prev_hash.encode()).hexdigest()
+
+
+def _describe(obj: Model | None) -> tuple[str, str, str, str, str]:
+    """object_type, object_id, object_repr, integration and environment of the object acted on."""
+    if obj is None:
+        return "", "", "", "", ""
+    object_type = obj._meta.model_name
+    integration = environment = ""
+    if object_type == "integration":
+        integration = obj.name
+    elif hasattr(obj, "integration_id") and obj.integration_id:
+        integration = obj.integration.name
+    elif hasattr(obj, "bucket_id"):
+        integration = obj.bucket.integration.name
+    elif hasattr(obj, "artifact_id"):
+        integration = obj.artifact.integration.name
+    if object_type == "bucket":
+        environment = obj.env
+    elif object_type == "promotion":
+        environment = obj.to_bucket.env
+    elif hasattr(obj, "bucket_id"):
+        environment = obj.bucket.env
+    return object_type, str(obj.pk or ""), str(obj)[:255], integration, environment
+
+
+def audit_record(
+    *,
+    actor: Actor | str,
+    action: str,
+    obj: Model | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+    reason: str = "",
+    request_id: str = "",
+    integration: str | None = None,
+    environment: str | None = None,
+) -> AuditEntry:
+    """Append one entry to the chain inside the caller's transaction (opening one if there is none)."""
+    if isinstance(actor, Actor):
+        request_id = request_id or actor.request_id
+        actor = actor.label
+    object_type, object_id, object_repr, obj_integration, obj_environment = _describe(obj)
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_ADVISORY_LOCK_ID])
+        previous = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first()
+        entry = AuditEntry(
+            timestamp=timezone.now(),
+            actor=str(actor)[:150],
+            action=action,
+            object_type=object_type,
+            object_id=object_id,
+            object_repr=object_repr,
+            integration=integration if integration is not None else obj_integration,
+            environment=environment if environment is not None else obj_environment,
+            before=_plain(before),
+            after=_plain(after),
+            reason=reason,
+            request_id=request_id,
+            prev_hash=previous or GENESIS_HASH,
+        )
+        entry.hash = entry_hash(entry, entry.prev_hash)
+        entry.save(force_insert=True)
+    return entry
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The outcome of verifying the chain: ok, how many entries, the head hash, and the first broken entry."""
+
+    ok: bool
+    entries: int
+    head: str
+    broken_id: int | None = None
+    problem: str = ""
+
+
+def audit_verify(*, batch_size: int = 5000) -> ChainReport:
+    """Walk the whole chain in id order and name the first entry whose link or hash does not hold."""
+    previous = GENESIS_HASH
+    count = 0
+    last_id = 0
+    while True:
+        batch = list(AuditEntry.objects.filter(id__gt=last_id).order_by("id")[:batch_size])
+        if not batch:
+            break
+        for entry in batch:
+            if entry.prev_hash != previous:
+                return ChainReport(
+                    False, count, previous, entry.id, "its previous-hash link does not match the entry before it"
+                )
+            if entry_hash(entry, previous) != entry.hash:
+                return ChainReport(False, count, previous, entry.id, "its content does not match its hash")
+            previous = entry.hash
+            count += 1
+            last_id = entry.id
+    return ChainReport(True, count, previous)
+
+
+def audit_head() -> tuple[int, str]:
+    """The number of entries and the newest hash."""
+    head = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first()
+    return AuditEntry.objects.count(), head or GENESIS_HASH
+
+
+def _export_row(entry: AuditEntry) -> dict:
+    row = {field: getattr(entry, field) for field in EXPORT_FIELDS}
+    row["timestamp"] = _timestamp_text(entry.timestamp)
+    return row
+
+
+def audit_export_jsonl(entries: Iterable[AuditEntry]) -> Iterator[str]:
+    """JSON Lines, one entry a line, ending with a line that carries the chain's head hash."""
+    count, head = audit_head()
+    for entry in entries:
+        yield json.dumps(_export_row(entry), ensure_ascii=False, sort_keys=True) + "\n"
+    yield json.dumps({"chain_head": head, "chain_entries": count}) + "\n"
+
+
+def _csv_safe(value) -> str:
+    """Text for a CSV cell; a leading =, +, - or @ is neutralised so spreadsheets do not run it as a formula."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def audit_export_csv(entries: Iterable[AuditEntry]) -> Iterator[str]:
+    """CSV with a header row, ending with a `# chain_head` row carrying the chain's head hash."""
+    count, head = audit_head()
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(EXPORT_FIELDS)
+    yield flush()
+    for entry in entries:
+        row = _export_row(entry)
+        writer.writerow([_csv_safe(row[field]) for field in EXPORT_FIELDS])
+        yield flush()
+    writer.writerow(["# chain_head", head, "chain_entries", count])
+    yield flush()
