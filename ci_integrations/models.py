@@ -13,7 +13,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from ci_integrations.registry.refs import is_valid_digest, is_valid_repository, is_valid_tag
+from ci_integrations.registry.refs import is_valid_digest, is_valid_host, is_valid_repository, is_valid_tag
 from ci_integrations.services.secrets import decrypt_json, encrypt_json
 
 
@@ -39,7 +39,8 @@ def validate_repository(value: str) -> None:
 
 
 def validate_registry_url(value: str) -> None:
-    if not value.startswith(("http://", "https://")) or "/" in value.split("://", 1)[1].rstrip("/"):
+    scheme, _, host = value.partition("://") if isinstance(value, str) else ("", "", "")
+    if scheme not in ("http", "https") or not is_valid_host(host.rstrip("/")):
         raise ValidationError(f"{value!r} is not a registry URL: expected http(s)://host[:port] with no path.")
 
 
@@ -110,6 +111,16 @@ class Workflow(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.pk:
+            mismatched = list(
+                self.integrations.exclude(kind=self.kind).order_by("name").values_list("name", flat=True)[:5]
+            )
+            if mismatched:
+                raise ValidationError(
+                    {"kind": f"integrations of another kind use this workflow: {', '.join(mismatched)}"}
+                )
 
 
 class WorkflowStep(models.Model):
@@ -447,6 +458,8 @@ class AuditEntry(models.Model):
             models.Index(fields=["actor", "-id"], name="audit_actor_idx"),
             models.Index(fields=["integration", "-id"], name="audit_integration_idx"),
             models.Index(fields=["action", "-id"], name="audit_action_idx"),
+            # One object's history (a promotion's timeline) without scanning the log.
+            models.Index(fields=["object_type", "object_id", "-id"], name="audit_object_idx"),
         ]
         permissions = [("export_auditentry", "Can export and verify the audit log")]
 

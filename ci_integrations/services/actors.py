@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,15 @@ class Actor:
     @classmethod
     def system(cls, what: str = "system") -> Actor:
         return cls(label=what)
+
+    @classmethod
+    def for_command(cls, command: str) -> Actor:
+        """A management command, recorded with the operating-system user who ran it."""
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):  # containers may run under a uid with no passwd entry
+            user = f"uid {os.getuid()}"
+        return cls(label=f"manage.py {command} ({user})"[:150])
 
     @classmethod
     def from_request(cls, request) -> Actor:

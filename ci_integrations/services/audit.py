@@ -47,10 +47,28 @@ EXPORT_FIELDS = [
 
 
 def _plain(value):
-    """JSON-safe plain data (dates, decimals and UUIDs as strings), so what we hash is what we store."""
+    """JSON-safe plain data (dates, decimals and UUIDs as strings), so what we hash is what we store.
+
+    NUL characters become U+FFFD and lone surrogates "?": PostgreSQL refuses both, and an append must not fail.
+    """
     if value is None:
         return None
-    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+    return _storable(json.loads(json.dumps(value, cls=DjangoJSONEncoder)))
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
+
+
+def _text(value: str, limit: int | None = None) -> str:
+    text = _storable(str(value))
+    return text[:limit] if limit else text
 
 
 def _timestamp_text(moment: datetime) -> str:
@@ -127,17 +145,17 @@ def audit_record(
         previous = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first()
         entry = AuditEntry(
             timestamp=timezone.now(),
-            actor=str(actor)[:150],
-            action=action,
+            actor=_text(actor, 150),
+            action=_text(action, 64),
             object_type=object_type,
             object_id=object_id,
-            object_repr=object_repr,
-            integration=integration if integration is not None else obj_integration,
-            environment=environment if environment is not None else obj_environment,
+            object_repr=_text(object_repr, 255),
+            integration=_text(integration if integration is not None else obj_integration, 63),
+            environment=_text(environment if environment is not None else obj_environment, 63),
             before=_plain(before),
             after=_plain(after),
-            reason=reason,
-            request_id=request_id,
+            reason=_text(reason),
+            request_id=_text(request_id, 64),
             prev_hash=previous or GENESIS_HASH,
         )
         entry.hash = entry_hash(entry, entry.prev_hash)
@@ -178,10 +196,21 @@ def audit_verify(*, batch_size: int = 5000) -> ChainReport:
     return ChainReport(True, count, previous)
 
 
+def _chain_head() -> tuple[int, int, str]:
+    """The newest entry's id, the number of entries up to it and its hash, as one consistent prefix of the chain.
+
+    Ids are taken under the append lock, so no entry with a smaller id can commit after the head is read.
+    """
+    head = AuditEntry.objects.order_by("-id").values_list("id", "hash").first()
+    if head is None:
+        return 0, 0, GENESIS_HASH
+    return head[0], AuditEntry.objects.filter(id__lte=head[0]).count(), head[1]
+
+
 def audit_head() -> tuple[int, str]:
     """The number of entries and the newest hash."""
-    head = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first()
-    return AuditEntry.objects.count(), head or GENESIS_HASH
+    _, count, head = _chain_head()
+    return count, head
 
 
 def _export_row(entry: AuditEntry) -> dict:
@@ -191,9 +220,14 @@ def _export_row(entry: AuditEntry) -> dict:
 
 
 def audit_export_jsonl(entries: Iterable[AuditEntry]) -> Iterator[str]:
-    """JSON Lines, one entry a line, ending with a line that carries the chain's head hash."""
-    count, head = audit_head()
+    """JSON Lines, one entry a line, ending with a line that carries the chain's head hash.
+
+    Entries appended after the export started are left out, so the head line always describes what precedes it.
+    """
+    head_id, count, head = _chain_head()
     for entry in entries:
+        if entry.id > head_id:
+            continue
         yield json.dumps(_export_row(entry), ensure_ascii=False, sort_keys=True) + "\n"
     yield json.dumps({"chain_head": head, "chain_entries": count}) + "\n"
 
@@ -207,8 +241,8 @@ def _csv_safe(value) -> str:
 
 
 def audit_export_csv(entries: Iterable[AuditEntry]) -> Iterator[str]:
-    """CSV with a header row, ending with a `# chain_head` row carrying the chain's head hash."""
-    count, head = audit_head()
+    """CSV with a header row, ending with a `# chain_head` row carrying the chain's head hash (see the JSONL export)."""
+    head_id, count, head = _chain_head()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
@@ -221,6 +255,8 @@ def audit_export_csv(entries: Iterable[AuditEntry]) -> Iterator[str]:
     writer.writerow(EXPORT_FIELDS)
     yield flush()
     for entry in entries:
+        if entry.id > head_id:
+            continue
         row = _export_row(entry)
         writer.writerow([_csv_safe(row[field]) for field in EXPORT_FIELDS])
         yield flush()

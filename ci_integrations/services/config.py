@@ -19,6 +19,7 @@ import yaml
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 
 from ci_integrations.models import (
     Bucket,
@@ -182,9 +183,16 @@ class _Reader:
                 self.problem(f"{path}.options", "must be a mapping")
                 options = {}
             credentials = item.get("credentials", "ambient")
+            if (
+                credentials == "stored"
+                and not Registry.objects.filter(name=name).exclude(credentials_encrypted="").exists()
+            ):
+                self.problem(f"{path}.credentials", "stored, but no credentials are stored for this registry yet")
             if credentials not in ("ambient", "stored"):
                 if not isinstance(credentials, dict) or not credentials:
-                    self.problem(f"{path}.credentials", "must be ambient, stored, or a mapping such as {username, password}")
+                    self.problem(
+                        f"{path}.credentials", "must be ambient, stored, or a mapping such as {username, password}"
+                    )
                     credentials = "ambient"
                 else:
                     credentials = {
@@ -203,8 +211,18 @@ class _Reader:
 
     def workflows(self) -> dict[str, dict]:
         found: dict[str, dict] = {}
-        step_keys = {"from", "to", "approvals", "rollback_approvals", "approver_group", "required_checks",
-                     "min_soak", "self_approval", "auto", "tag_rule"}
+        step_keys = {
+            "from",
+            "to",
+            "approvals",
+            "rollback_approvals",
+            "approver_group",
+            "required_checks",
+            "min_soak",
+            "self_approval",
+            "auto",
+            "tag_rule",
+        }
         for path, item in self.items("workflows"):
             self.known_keys(path, item, {"name", "kind", "description", "steps"})
             name = self.slug(f"{path}.name", item.get("name"))
@@ -263,8 +281,12 @@ class _Reader:
                     }
                 )
             if name:
-                found[name] = {"path": path, "kind": kind, "description": str(item.get("description") or ""),
-                               "steps": steps}
+                found[name] = {
+                    "path": path,
+                    "kind": kind,
+                    "description": str(item.get("description") or ""),
+                    "steps": steps,
+                }
         return found
 
     def integrations(self, registries: dict, workflows: dict) -> dict[str, dict]:
@@ -277,6 +299,9 @@ class _Reader:
                 self.problem(f"{path}.name", f"integration {name!r} is listed twice")
             kind = self.choice(f"{path}.kind", item.get("kind", "environment"), IntegrationKind.values)
             workflow = item.get("workflow")
+            if workflow is not None and not isinstance(workflow, str):
+                self.problem(f"{path}.workflow", f"{workflow!r} must be a workflow name")
+                workflow = None
             if workflow is not None:
                 workflow_kind = (
                     workflows[workflow]["kind"]
@@ -297,13 +322,14 @@ class _Reader:
                 if not isinstance(bucket, dict):
                     self.problem(bucket_path, "must be a mapping")
                     continue
-                self.known_keys(bucket_path, bucket, {"env", "registry", "repository", "immutable_tags",
-                                                      "allow_push_credentials"})
+                self.known_keys(
+                    bucket_path, bucket, {"env", "registry", "repository", "immutable_tags", "allow_push_credentials"}
+                )
                 env = self.slug(f"{bucket_path}.env", bucket.get("env"), "environment")
                 if env and any(b["env"] == env for b in buckets):
                     self.problem(f"{bucket_path}.env", f"environment {env!r} has two buckets")
                 registry = bucket.get("registry")
-                if registry not in known_registries:
+                if not isinstance(registry, str) or registry not in known_registries:
                     self.problem(f"{bucket_path}.registry", f"unknown registry {registry!r}")
                 repository = bucket.get("repository")
                 try:
@@ -345,13 +371,39 @@ class _Reader:
                 unknown = [e for e in events if e not in Webhook.EVENTS] if isinstance(events, list) else ["?"]
                 if unknown:
                     self.problem(f"{hook_path}.events", f"unknown events {unknown}; known: {', '.join(Webhook.EVENTS)}")
-                webhooks.append({"url": url, "secret": self.secret_text(f"{hook_path}.secret", hook.get("secret", "")),
-                                 "events": events if not unknown else []})
+                secret = None  # absent: keep the stored secret (export never writes it)
+                if "secret" in hook:
+                    secret = self.secret_text(f"{hook_path}.secret", hook["secret"])
+                elif not (
+                    isinstance(url, str)
+                    and Webhook.objects.filter(integration__name=item.get("name"), url=url).exists()
+                ):
+                    self.problem(f"{hook_path}.secret", "a new webhook needs a secret (${NAME} reads it from the env)")
+                webhooks.append({"url": url, "secret": secret, "events": events if not unknown else []})
             if name:
-                found[name] = {"path": path, "kind": kind, "workflow": workflow,
-                               "description": str(item.get("description") or ""), "buckets": buckets,
-                               "webhooks": webhooks}
+                found[name] = {
+                    "path": path,
+                    "kind": kind,
+                    "workflow": workflow,
+                    "description": str(item.get("description") or ""),
+                    "buckets": buckets,
+                    "webhooks": webhooks,
+                }
+        self.workflow_kinds_hold(workflows, found)
         return found
+
+    def workflow_kinds_hold(self, workflows: dict, integrations: dict) -> None:
+        """A workflow whose kind the file changes must not leave integrations outside the file on the old kind."""
+        for name, spec in workflows.items():
+            if not spec["kind"]:
+                continue
+            users = Integration.objects.filter(workflow__name=name).exclude(kind=spec["kind"])
+            for integration in users.exclude(name__in=list(integrations)).values_list("name", flat=True)[:5]:
+                self.problem(
+                    f"{spec['path']}.kind",
+                    f"integration {integration!r} (not in this file) uses workflow {name!r} with kind "
+                    f"{Integration.objects.get(name=integration).kind}",
+                )
 
 
 class _Applier:
@@ -362,29 +414,48 @@ class _Applier:
         self.source = source
         self.changes: list[str] = []
 
-    def sync(self, model, lookup: dict, desired: dict, label: str):
+    def sync(self, model, lookup: dict, desired: dict, label: str, *, model_rules: bool = True):
+        """Create or update one row; model_rules=False checks fields only (for rules the reader already checked
+        across the whole file, which may hold only once every row is written)."""
         obj = model.objects.filter(**lookup).first()
         if obj is None:
             obj = model(**lookup, **desired)
-            obj.full_clean(validate_unique=False, validate_constraints=False)
+            self.validate(obj, model_rules)
             obj.save()
             self.changes.append(f"+ {label}")
-            audit_record(actor=self.actor, action="config.create", obj=obj, after=_loggable(desired),
-                         reason=f"apply_config {self.source}")
+            audit_record(
+                actor=self.actor,
+                action="config.create",
+                obj=obj,
+                after=_loggable(desired),
+                reason=f"apply_config {self.source}",
+            )
             return obj
         before = {key: getattr(obj, key) for key in desired}
         changed = {key: value for key, value in desired.items() if before[key] != value}
         if changed:
             for key, value in changed.items():
                 setattr(obj, key, value)
-            obj.full_clean(validate_unique=False, validate_constraints=False)
+            self.validate(obj, model_rules)
             obj.save()
             details = ", ".join(f"{key}: {_shown(before[key])} → {_shown(value)}" for key, value in changed.items())
             self.changes.append(f"~ {label} ({details})")
-            audit_record(actor=self.actor, action="config.update", obj=obj,
-                         before=_loggable({key: before[key] for key in changed}), after=_loggable(changed),
-                         reason=f"apply_config {self.source}")
+            audit_record(
+                actor=self.actor,
+                action="config.update",
+                obj=obj,
+                before=_loggable({key: before[key] for key in changed}),
+                after=_loggable(changed),
+                reason=f"apply_config {self.source}",
+            )
         return obj
+
+    @staticmethod
+    def validate(obj, model_rules: bool) -> None:
+        if model_rules:
+            obj.full_clean(validate_unique=False, validate_constraints=False)
+        else:
+            obj.clean_fields()
 
     def registry(self, name: str, spec: dict) -> None:
         desired = {"provider": spec["provider"], "url": spec["url"], "options": spec["options"]}
@@ -396,20 +467,37 @@ class _Applier:
         if registry.get_credentials() != wanted:
             registry.set_credentials(wanted)
             registry.save(update_fields=["credentials_encrypted", "updated_at"])
-            self.changes.append(f"~ registry {name} (credentials: {'stored' if wanted else 'ambient'})")
-            audit_record(actor=self.actor, action="config.credentials", obj=registry,
-                         after={"credentials": "stored" if wanted else "ambient"},
-                         reason=f"apply_config {self.source}")
+            created = f"+ registry {name}"
+            if self.changes and self.changes[-1] == created:
+                self.changes[-1] = f"{created} (credentials: stored)"
+            else:
+                self.changes.append(f"~ registry {name} (credentials: {'stored' if wanted else 'ambient'})")
+            audit_record(
+                actor=self.actor,
+                action="config.credentials",
+                obj=registry,
+                after={"credentials": "stored" if wanted else "ambient"},
+                reason=f"apply_config {self.source}",
+            )
 
     def workflow(self, name: str, spec: dict) -> None:
-        workflow = self.sync(Workflow, {"name": name}, {"kind": spec["kind"], "description": spec["description"]},
-                             f"workflow {name}")
+        workflow = self.sync(
+            Workflow,
+            {"name": name},
+            {"kind": spec["kind"], "description": spec["description"]},
+            f"workflow {name}",
+            model_rules=False,  # a kind change is valid once the file's integrations follow it (checked below)
+        )
         wanted_targets = [step["to_env"] for step in spec["steps"]]
         for step in workflow.steps.exclude(to_env__in=wanted_targets):
             self.changes.append(f"- workflow {name} step {step.from_env} → {step.to_env}")
-            audit_record(actor=self.actor, action="config.delete", obj=step,
-                         before={"from_env": step.from_env, "to_env": step.to_env},
-                         reason=f"apply_config {self.source}")
+            audit_record(
+                actor=self.actor,
+                action="config.delete",
+                obj=step,
+                before={"from_env": step.from_env, "to_env": step.to_env},
+                reason=f"apply_config {self.source}",
+            )
             step.delete()
         for position, step in enumerate(spec["steps"]):
             group = None
@@ -417,35 +505,54 @@ class _Applier:
                 group, created = Group.objects.get_or_create(name=step["approver_group"])
                 if created:
                     self.changes.append(f"+ group {group.name}")
-                    audit_record(actor=self.actor, action="config.create", after={"group": group.name},
-                                 reason=f"apply_config {self.source}")
+                    audit_record(
+                        actor=self.actor,
+                        action="config.create",
+                        after={"group": group.name},
+                        reason=f"apply_config {self.source}",
+                    )
             desired = {key: value for key, value in step.items() if key not in ("to_env", "approver_group")}
             desired["position"] = position
             desired["approver_group"] = group
-            self.sync(WorkflowStep, {"workflow": workflow, "to_env": step["to_env"]}, desired,
-                      f"workflow {name} step {step['from_env']} → {step['to_env']}")
+            self.sync(
+                WorkflowStep,
+                {"workflow": workflow, "to_env": step["to_env"]},
+                desired,
+                f"workflow {name} step {step['from_env']} → {step['to_env']}",
+            )
 
     def integration(self, name: str, spec: dict) -> None:
         workflow = Workflow.objects.get(name=spec["workflow"]) if spec["workflow"] else None
-        integration = self.sync(Integration, {"name": name},
-                                {"kind": spec["kind"], "workflow": workflow, "description": spec["description"]},
-                                f"integration {name}")
+        integration = self.sync(
+            Integration,
+            {"name": name},
+            {"kind": spec["kind"], "workflow": workflow, "description": spec["description"]},
+            f"integration {name}",
+        )
         for bucket in spec["buckets"]:
             desired = {key: value for key, value in bucket.items() if key != "env"}
             desired["registry"] = Registry.objects.get(name=bucket["registry"])
-            self.sync(Bucket, {"integration": integration, "env": bucket["env"]}, desired,
-                      f"bucket {name}/{bucket['env']}")
+            self.sync(
+                Bucket, {"integration": integration, "env": bucket["env"]}, desired, f"bucket {name}/{bucket['env']}"
+            )
         for hook in spec["webhooks"]:
             existing = integration.webhooks.filter(url=hook["url"]).first()
-            if existing and existing.get_secret() == hook["secret"] and existing.events == hook["events"]:
+            same_secret = hook["secret"] is None or (existing and existing.get_secret() == hook["secret"])
+            if existing and same_secret and existing.events == hook["events"]:
                 continue
             webhook = existing or Webhook(integration=integration, url=hook["url"])
             webhook.events = hook["events"]
-            webhook.set_secret(hook["secret"] or "")
+            if hook["secret"] is not None:
+                webhook.set_secret(hook["secret"])
             webhook.save()
             self.changes.append(f"{'~' if existing else '+'} webhook {name} → {hook['url']}")
-            audit_record(actor=self.actor, action="config.update" if existing else "config.create", obj=webhook,
-                         after={"url": hook["url"], "events": hook["events"]}, reason=f"apply_config {self.source}")
+            audit_record(
+                actor=self.actor,
+                action="config.update" if existing else "config.create",
+                obj=webhook,
+                after={"url": hook["url"], "events": hook["events"]},
+                reason=f"apply_config {self.source}",
+            )
 
 
 def _shown(value) -> str:
@@ -482,10 +589,24 @@ def config_apply(*, data: dict, actor: Actor, source: str = "config", check: boo
                 applier.workflow(name, spec)
             for name, spec in integrations.items():
                 applier.integration(name, spec)
+            mismatched = (
+                Integration.objects.filter(workflow__isnull=False)
+                .exclude(kind=F("workflow__kind"))
+                .values_list("name", "kind", "workflow__name", "workflow__kind")
+            )
+            if mismatched:
+                raise ConfigError(
+                    source,
+                    [f"integration {n!r} is {k} but its workflow {w!r} is {wk}" for n, k, w, wk in mismatched],
+                )
             if check:
                 transaction.set_rollback(True)
     except ValidationError as exc:
-        raise ConfigError(source, [f"{field}: {'; '.join(msgs)}" for field, msgs in exc.message_dict.items()]) from None
+        if hasattr(exc, "error_dict"):
+            problems = [f"{field}: {'; '.join(msgs)}" for field, msgs in exc.message_dict.items()]
+        else:
+            problems = exc.messages
+        raise ConfigError(source, problems) from None
     return ConfigResult(changes=applier.changes, applied=not check)
 
 
@@ -521,10 +642,18 @@ def config_export() -> dict:
             if step.tag_rule:
                 entry["tag_rule"] = step.tag_rule
             steps.append(entry)
-        workflows.append({"name": workflow.name, "kind": workflow.kind, **(
-            {"description": workflow.description} if workflow.description else {}), "steps": steps})
+        workflows.append(
+            {
+                "name": workflow.name,
+                "kind": workflow.kind,
+                **({"description": workflow.description} if workflow.description else {}),
+                "steps": steps,
+            }
+        )
     integrations = []
-    for integration in Integration.objects.select_related("workflow").prefetch_related("buckets__registry"):
+    for integration in (
+        Integration.objects.select_related("workflow").prefetch_related("buckets__registry").order_by("name")
+    ):
         item = {"name": integration.name, "kind": integration.kind}
         if integration.workflow:
             item["workflow"] = integration.workflow.name
@@ -540,6 +669,12 @@ def config_export() -> dict:
             }
             for bucket in integration.buckets.order_by("position", "env")
         ]
+        webhooks = [
+            {"url": webhook.url, **({"events": list(webhook.events)} if webhook.events else {})}
+            for webhook in integration.webhooks.order_by("id")
+        ]
+        if webhooks:
+            item["webhooks"] = webhooks  # secrets stay stored; apply keeps them when the file names none
         integrations.append(item)
     return {"registries": registries, "workflows": workflows, "integrations": integrations}
 

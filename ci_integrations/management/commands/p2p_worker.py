@@ -1,0 +1,64 @@
+"""`manage.py p2p_worker`: an RQ worker for the `promotions` and `default` queues, plus the reconciler.
+
+The reconciler runs every minute in a thread of the worker's main process, so whatever Redis lost (a flush, a
+crash between commit and enqueue, a worker killed mid-copy) is put back on the queue from PostgreSQL. Running
+several workers runs several reconcilers; that is harmless because every re-enqueue is a conditional update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections, connection
+
+logger = logging.getLogger("ci_integrations.reconciler")
+
+
+def reconcile_forever(stop: threading.Event, every: float) -> None:
+    from ci_integrations.services.promotions import promotions_reconcile
+
+    while not stop.wait(every):
+        try:
+            close_old_connections()
+            count = promotions_reconcile()
+            if count:
+                logger.warning("reconciler re-enqueued %d job(s)", count)
+        except Exception:  # noqa: BLE001 - keep reconciling; the next minute may work
+            logger.exception("reconciler pass failed")
+        finally:
+            connection.close()
+
+
+class Command(BaseCommand):
+    help = "Run an RQ worker for the promotions and default queues, with the reconciler every minute."
+
+    def add_arguments(self, parser):
+        parser.add_argument("queues", nargs="*", default=["promotions", "default"])
+        parser.add_argument("--burst", action="store_true", help="work until the queues are empty, then exit")
+        parser.add_argument("--reconcile-every", type=float, default=60.0, help="seconds between reconciler passes")
+        parser.add_argument("--no-reconciler", action="store_true")
+        parser.add_argument("--simple", action="store_true", help="run jobs in this process instead of forking")
+        parser.add_argument("--name", default=None)
+
+    def handle(self, *args, **options):
+        import django_rq
+        from rq import SimpleWorker, Worker
+
+        queues = [django_rq.get_queue(name) for name in options["queues"]]
+        # The worker's main process must not hold a database connection a forked job would inherit.
+        connection.close()
+        stop = threading.Event()
+        if not options["no_reconciler"]:
+            thread = threading.Thread(
+                target=reconcile_forever, args=(stop, options["reconcile_every"]), name="reconciler", daemon=True
+            )
+            thread.start()
+        worker_class = SimpleWorker if options["simple"] else Worker
+        worker = worker_class(queues, connection=queues[0].connection, name=options["name"])
+        try:
+            # with_scheduler runs the jobs RQ scheduled for later (webhook retries with intervals).
+            worker.work(burst=options["burst"], with_scheduler=True, logging_level="INFO")
+        finally:
+            stop.set()

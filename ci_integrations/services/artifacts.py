@@ -1,0 +1,382 @@
+"""Artifacts: registering images pushed by CI, importing them from build registries, check results, arrivals."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Integration, Job
+from ci_integrations.registry import errors as registry_errors
+from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.audit import audit_record
+from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
+from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, ServiceError, StateConflict
+from ci_integrations.services.secrets import decrypt_json, encrypt_json
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEYS = {"git_sha", "branch", "build_url", "labels"}
+
+
+def registry_error_to_service(exc: registry_errors.RegistryError, *, what: str) -> ServiceError:
+    """A registry package error as the service error the API and UI understand, saying what we were doing."""
+    if isinstance(exc, registry_errors.NotFound):
+        return NotFound(f"{what}: not found in the registry ({exc.message})")
+    if isinstance(exc, registry_errors.InvalidReference):
+        return InvalidInput(f"{what}: {exc.message}")
+    return RegistryUnavailable(f"{what}: {exc.message}")
+
+
+def _clean_metadata(metadata: dict | None) -> dict:
+    metadata = dict(metadata or {})
+    unknown = set(metadata) - METADATA_KEYS
+    if unknown:
+        raise InvalidInput(
+            f"unknown metadata keys {sorted(unknown)}: use {sorted(METADATA_KEYS)}",
+            details={"metadata": sorted(unknown)},
+        )
+    cleaned = {}
+    for key in ("git_sha", "branch"):
+        value = metadata.get(key) or ""
+        limit = 64 if key == "git_sha" else 255
+        if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
+            raise InvalidInput(f"metadata {key} must be text of at most {limit} characters", details={key: "invalid"})
+        cleaned[key] = value
+    build_url = metadata.get("build_url") or ""
+    if build_url and (
+        not isinstance(build_url, str)
+        or urlsplit(build_url).scheme not in ("http", "https")
+        or not urlsplit(build_url).netloc
+        or len(build_url) > 1024
+    ):
+        raise InvalidInput("metadata build_url must be an http(s) URL", details={"build_url": "invalid"})
+    cleaned["build_url"] = build_url
+    labels = metadata.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidInput("metadata labels must map text to text", details={"labels": "invalid"})
+    cleaned["labels"] = labels
+    return cleaned
+
+
+def _bucket(integration: Integration, env: str) -> Bucket:
+    try:
+        return Bucket.objects.select_related("registry", "integration").get(integration=integration, env=env)
+    except Bucket.DoesNotExist:
+        raise NotFound(f"integration {integration.name!r} has no bucket {env!r}") from None
+
+
+def arrival_record(*, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None) -> Arrival:
+    """Record that `artifact` landed in `bucket` under `tag`, and make it what the bucket runs. Audited."""
+    if how not in Arrival.How.values:
+        raise InvalidInput(f"unknown arrival kind {how!r}")
+    with transaction.atomic():
+        # The bucket row lock orders arrivals into one bucket, so current_arrival always points at the newest.
+        locked = Bucket.objects.select_for_update().get(pk=bucket.pk)
+        previous = locked.current_arrival_id
+        arrival = Arrival.objects.create(
+            bucket=locked, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label
+        )
+        locked.current_arrival = arrival
+        locked.save(update_fields=["current_arrival"])
+        bucket.current_arrival = arrival
+        audit_record(
+            actor=actor,
+            action="arrival.recorded",
+            obj=arrival,
+            before={"current_arrival": previous},
+            after={
+                "arrival": arrival.pk,
+                "digest": artifact.digest,
+                "tag": tag,
+                "how": how,
+                "promotion": promotion.pk if promotion else None,
+            },
+        )
+    return arrival
+
+
+def _resolve(bucket: Bucket, reference: str):
+    from ci_integrations.registry import resolve_manifest
+
+    try:
+        return resolve_manifest(bucket.location(reference))
+    except registry_errors.RegistryError as exc:
+        raise registry_error_to_service(exc, what=f"image {bucket.image_name}:{reference}") from None
+
+
+def artifact_register(
+    *,
+    integration: Integration,
+    env: str,
+    tag: str,
+    digest: str | None = None,
+    metadata: dict | None = None,
+    actor: Actor,
+    how: str = Arrival.How.PUSH,
+) -> tuple[Artifact, Arrival, bool]:
+    """Register an image already pushed to a bucket's repository (HEAD on the manifest resolves the digest).
+
+    Idempotent for the same tag and digest: returns created=False and writes nothing. In an immutable_tags bucket the
+    same tag with another digest is refused.
+    """
+    if not is_valid_tag(tag or ""):
+        raise InvalidInput(
+            f"invalid tag {tag!r}: up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+            details={"tag": "invalid"},
+        )
+    if digest is not None and not is_valid_digest(digest):
+        raise InvalidInput(
+            f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>", details={"digest": "invalid"}
+        )
+    cleaned = _clean_metadata(metadata)
+    bucket = _bucket(integration, env)
+    info = _resolve(bucket, tag)
+    if digest and info.digest != digest:
+        raise StateConflict(
+            f"tag {tag!r} in {bucket.image_name} points at {info.digest}, not at the digest given ({digest})",
+            details={"registry_digest": info.digest},
+        )
+    with transaction.atomic():
+        Bucket.objects.select_for_update().filter(pk=bucket.pk).first()
+        latest = (
+            Arrival.objects.filter(bucket=bucket, tag=tag)
+            .select_related("artifact")
+            .order_by("-arrived_at", "-id")
+            .first()
+        )
+        if latest and latest.artifact.digest == info.digest:
+            return latest.artifact, latest, False
+        if latest and bucket.immutable_tags:
+            raise StateConflict(
+                f"tag {tag!r} in bucket {bucket} is immutable and already holds {latest.artifact.digest}; "
+                f"it cannot be registered again with {info.digest}",
+                details={"existing_digest": latest.artifact.digest},
+            )
+        artifact, created = _artifact_get_or_create(integration, info, cleaned, actor)
+        audit_record(
+            actor=actor,
+            action="artifact.registered",
+            obj=artifact,
+            after={
+                "digest": artifact.digest,
+                "tag": tag,
+                "bucket": bucket.env,
+                "how": how,
+                "new_artifact": created,
+                **{k: v for k, v in cleaned.items() if v},
+            },
+            environment=bucket.env,
+        )
+        arrival = arrival_record(bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor)
+        _auto_promote_after(artifact=artifact, bucket=bucket)
+    return artifact, arrival, True
+
+
+def _artifact_get_or_create(integration, info, cleaned: dict, actor: Actor) -> tuple[Artifact, bool]:
+    try:
+        with transaction.atomic():
+            artifact = Artifact.objects.create(
+                integration=integration,
+                digest=info.digest,
+                media_type=info.media_type or "",
+                size=info.size,
+                created_by=actor.label,
+                **cleaned,
+            )
+            return artifact, True
+    except IntegrityError:
+        artifact = Artifact.objects.select_for_update().get(integration=integration, digest=info.digest)
+    # Metadata fills what an earlier registration left empty; it never overwrites.
+    changed = [k for k, v in cleaned.items() if v and not getattr(artifact, k)]
+    for key in changed:
+        setattr(artifact, key, cleaned[key])
+    if changed:
+        artifact.save(update_fields=changed)
+    return artifact, False
+
+
+def _auto_promote_after(*, artifact: Artifact, bucket: Bucket) -> None:
+    from ci_integrations.services.promotions import promotions_auto_request
+
+    promotions_auto_request(artifact=artifact, from_bucket=bucket)
+
+
+def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", actor: Actor) -> CheckResult:
+    """Record a named check (functional, nft, …) as passed or failed; the latest report wins. Audited.
+
+    A passing report may let an auto-promoting step request itself.
+    """
+    if not is_valid_tag(name or "") or len(name) > 63 or "." in name:
+        raise InvalidInput(f"invalid check name {name!r}: use letters, digits, '-' or '_'", details={"name": "invalid"})
+    if status not in CheckResult.Status.values:
+        raise InvalidInput(
+            f"check status must be one of {CheckResult.Status.values}, not {status!r}", details={"status": "invalid"}
+        )
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc or len(url) > 1024):
+        raise InvalidInput("check url must be an http(s) URL", details={"url": "invalid"})
+    with transaction.atomic():
+        previous = CheckResult.objects.select_for_update().filter(artifact=artifact, name=name).first()
+        before = {"status": previous.status, "url": previous.url} if previous else None
+        result, _ = CheckResult.objects.update_or_create(
+            artifact=artifact,
+            name=name,
+            defaults={"status": status, "url": url or "", "reported_at": timezone.now(), "reported_by": actor.label},
+        )
+        audit_record(
+            actor=actor,
+            action="check.reported",
+            obj=result,
+            before=before,
+            after={"name": name, "status": status, "url": url or "", "digest": artifact.digest},
+        )
+        if status == CheckResult.Status.PASSED:
+            for bucket_id in set(Arrival.objects.filter(artifact=artifact).values_list("bucket_id", flat=True)):
+                _auto_promote_after(artifact=artifact, bucket=Bucket.objects.get(pk=bucket_id))
+    return result
+
+
+# ---- imports from an outside build registry -------------------------------------------------------------------
+
+
+def _source_location(source: str, credentials: dict | None):
+    """`[http(s)://]host/repo[:tag][@digest]` as an ImageLocation on a generic registry.
+
+    Without a scheme the registry is reached over https, except on loopback where plain http is the norm.
+    """
+    from ci_integrations.registry import ImageLocation, RegistrySpec
+    from ci_integrations.registry.refs import parse_reference
+
+    scheme = ""
+    text = (source or "").strip()
+    for prefix in ("http://", "https://"):
+        if text.startswith(prefix):
+            scheme, text = prefix[:-3], text[len(prefix) :]
+    try:
+        ref = parse_reference(text)
+    except registry_errors.InvalidReference as exc:
+        raise InvalidInput(f"source: {exc.message}", details={"source": exc.message}) from None
+    host = ref.registry
+    if not scheme:
+        scheme = "http" if host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]") else "https"
+    if host == "docker.io":
+        spec = RegistrySpec(provider="dockerhub", url="https://registry-1.docker.io", credentials=credentials)
+    else:
+        spec = RegistrySpec(provider="generic", url=f"{scheme}://{host}", credentials=credentials)
+    return ImageLocation(registry=spec, repository=ref.repository, reference=ref.reference), ref
+
+
+def artifact_import(
+    *,
+    integration: Integration,
+    source: str,
+    source_credentials: dict | None = None,
+    tag: str | None = None,
+    metadata: dict | None = None,
+    actor: Actor,
+) -> Job:
+    """Ask the portal to copy an image from an outside build registry into the integration's first bucket (a job)."""
+    _, ref = _source_location(source, None)
+    tag = tag or ref.tag
+    if not tag:
+        raise InvalidInput(
+            "give a tag for the imported image (the source is pinned by digest only)", details={"tag": "required"}
+        )
+    if not is_valid_tag(tag):
+        raise InvalidInput(f"invalid tag {tag!r}", details={"tag": "invalid"})
+    cleaned = _clean_metadata(metadata)
+    if source_credentials is not None and not (
+        isinstance(source_credentials, dict) and all(isinstance(v, str) for v in source_credentials.values())
+    ):
+        raise InvalidInput("source_credentials must map names (username, password) to text")
+    bucket = integration.buckets.order_by("position", "id").first()
+    if bucket is None:
+        raise StateConflict(f"integration {integration.name!r} has no bucket to import into")
+    with transaction.atomic():
+        job = Job.objects.create(
+            kind="import",
+            integration=integration,
+            arguments={
+                "source": source,
+                "tag": tag,
+                "env": bucket.env,
+                "metadata": cleaned,
+                # Source credentials are kept encrypted, and only until the job has run.
+                "credentials_encrypted": encrypt_json(source_credentials) if source_credentials else "",
+            },
+            created_by=actor.label,
+        )
+        job.rq_job_id = new_job_id("import", job.pk)
+        job.save(update_fields=["rq_job_id"])
+        audit_record(
+            actor=actor,
+            action="artifact.import_requested",
+            obj=job,
+            integration=integration.name,
+            environment=bucket.env,
+            after={"source": source, "tag": tag, "job": job.pk},
+        )
+        from ci_integrations import jobs
+
+        enqueue_on_commit(jobs.run_import, job.pk, queue=DEFAULT_QUEUE, job_id=job.rq_job_id)
+    return job
+
+
+def artifact_import_execute(*, job_id: int) -> None:
+    """The import job body: copy the source image into the first bucket, then register it (how=import)."""
+    from ci_integrations.registry import copy_image
+
+    now = timezone.now()
+    if not Job.objects.filter(pk=job_id, kind="import", state=Job.State.QUEUED).update(
+        state=Job.State.RUNNING, started_at=now
+    ):
+        return  # already taken or finished
+    job = Job.objects.select_related("integration").get(pk=job_id)
+    args = job.arguments
+    actor = Actor.system(f"import:{job.created_by}"[:150])
+    try:
+        credentials = decrypt_json(args["credentials_encrypted"]) if args.get("credentials_encrypted") else None
+        src, _ = _source_location(args["source"], credentials)
+        bucket = _bucket(job.integration, args["env"])
+        summary = copy_image(src, bucket.location(args["tag"]))
+        artifact, arrival, created = artifact_register(
+            integration=job.integration,
+            env=bucket.env,
+            tag=args["tag"],
+            digest=summary.digest,
+            metadata=args.get("metadata"),
+            actor=actor,
+            how=Arrival.How.IMPORT,
+        )
+    except (registry_errors.RegistryError, ServiceError) as exc:
+        message = getattr(exc, "message", str(exc))
+        with transaction.atomic():
+            Job.objects.filter(pk=job_id).update(
+                state=Job.State.FAILED,
+                error=message,
+                finished_at=timezone.now(),
+                arguments={**args, "credentials_encrypted": ""},
+            )
+            audit_record(
+                actor=actor,
+                action="artifact.import_failed",
+                obj=job,
+                reason=message,
+                after={"source": args["source"], "error": message},
+            )
+        return
+    Job.objects.filter(pk=job_id).update(
+        state=Job.State.SUCCEEDED,
+        finished_at=timezone.now(),
+        arguments={**args, "credentials_encrypted": ""},
+        result={
+            "digest": artifact.digest,
+            "artifact": artifact.pk,
+            "arrival": arrival.pk,
+            "created": created,
+            **summary.as_dict(),
+        },
+    )

@@ -1,0 +1,173 @@
+"""Outgoing webhooks: signed JSON notifications of promotion events, delivered by RQ jobs with retries.
+
+Body: JSON with a Slack-compatible `text`. Header `X-P2P-Signature: sha256=<hex HMAC-SHA256 of the raw body>`
+under the webhook's secret. Each delivery is a WebhookDelivery row counting its attempts and keeping the last
+outcome; the job raises on failure so RQ retries it at the configured intervals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.audit import audit_record
+from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
+from ci_integrations.services.errors import InvalidInput, NotAllowed
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-P2P-Signature"
+EVENT_HEADER = "X-P2P-Event"
+DELIVERY_HEADER = "X-P2P-Delivery"
+TIMEOUT = (5, 10)
+
+
+class DeliveryFailed(Exception):
+    """Raised by the delivery job so RQ schedules the next attempt."""
+
+
+def _retry_intervals() -> list[int]:
+    return list(getattr(settings, "P2P_WEBHOOK_RETRY_INTERVALS", [10, 60, 300, 900]))
+
+
+def webhook_sign(secret: str, body: bytes) -> str:
+    """The signature header value for `body`: "sha256=<hex>"."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def webhook_signature_ok(secret: str, body: bytes, header: str) -> bool:
+    """What a receiver does: recompute and compare in constant time."""
+    return hmac.compare_digest(webhook_sign(secret, body), header or "")
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 1024:
+        raise InvalidInput("webhook URL must be an http(s) URL", details={"url": "invalid"})
+    return url
+
+
+def webhook_create(
+    *, integration: Integration, url: str, secret: str, events: list[str] | None = None, actor: Actor
+) -> Webhook:
+    """Add a webhook to an integration (platform admins). Audited without the secret."""
+    if not (actor.user and actor.user.is_active and actor.user.is_staff) or (actor.token and actor.token.kind == "ci"):
+        raise NotAllowed("only platform admins may add webhooks")
+    _check_url(url)
+    if not secret or len(secret) < 16:
+        raise InvalidInput("the webhook secret must be at least 16 characters", details={"secret": "too short"})
+    events = list(events or [])
+    unknown = sorted(set(events) - set(Webhook.EVENTS))
+    if unknown:
+        raise InvalidInput(f"unknown webhook events {unknown}: use {Webhook.EVENTS}", details={"events": unknown})
+    with transaction.atomic():
+        hook = Webhook(integration=integration, url=url, events=events)
+        hook.set_secret(secret)
+        hook.save()
+        audit_record(actor=actor, action="webhook.created", obj=hook, after={"url": url, "events": events})
+    return hook
+
+
+def _text(promotion: Promotion, event: str, actor: Actor, comment: str) -> str:
+    what = f"{promotion.integration.name} {promotion.tag}@{promotion.digest[:19]}"
+    route = f"{promotion.from_bucket.env if promotion.from_bucket_id else '?'} → {promotion.to_bucket.env}"
+    sentences = {
+        "requested": f"{actor.label} requested promoting {what} ({route})",
+        "approved": f"{actor.label} approved promoting {what} ({route}); copying",
+        "rejected": f"{actor.label} rejected promoting {what} ({route})",
+        "succeeded": f"Promoted {what} ({route})",
+        "failed": f"Promotion of {what} ({route}) failed: {promotion.error}",
+        "rolled_back": f"Rolled {promotion.to_bucket.env} of {promotion.integration.name} back to {what}",
+    }
+    text = sentences.get(event, f"{event}: {what}")
+    return f"{text}: {comment}" if comment else text
+
+
+def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: str = "") -> list[WebhookDelivery]:
+    """Create one delivery per interested webhook and enqueue them after the caller's transaction commits."""
+    from ci_integrations import jobs
+
+    hooks = [h for h in Webhook.objects.filter(integration_id=promotion.integration_id, active=True) if h.wants(event)]
+    if not hooks:
+        return []
+    payload = {
+        "event": event,
+        "text": _text(promotion, event, actor, comment),
+        "promotion": {
+            "id": promotion.pk,
+            "kind": promotion.kind,
+            "state": promotion.state,
+            "integration": promotion.integration.name,
+            "from": promotion.from_bucket.env if promotion.from_bucket_id else None,
+            "to": promotion.to_bucket.env,
+            "digest": promotion.digest,
+            "tag": promotion.tag,
+            "image": f"{promotion.to_bucket.image_name}@{promotion.digest}",
+            "error": promotion.error,
+        },
+        "actor": actor.label,
+        "comment": comment,
+        "at": timezone.now().isoformat(),
+    }
+    deliveries = []
+    for hook in hooks:
+        delivery = WebhookDelivery.objects.create(webhook=hook, event=event, payload=payload)
+        intervals = _retry_intervals()
+        retry = None
+        if intervals:
+            from rq import Retry
+
+            retry = Retry(max=len(intervals), interval=intervals)
+        enqueue_on_commit(
+            jobs.deliver_webhook,
+            delivery.pk,
+            queue=DEFAULT_QUEUE,
+            job_id=new_job_id("webhook", delivery.pk),
+            retry=retry,
+        )
+        deliveries.append(delivery)
+    return deliveries
+
+
+def webhook_deliver(*, delivery_id: int) -> None:
+    """One delivery attempt; raises DeliveryFailed (so RQ retries) unless the endpoint answered 2xx."""
+    delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
+    if delivery is None or delivery.delivered_at is not None:
+        return
+    hook = delivery.webhook
+    body = json.dumps(delivery.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "p2p-portal-webhooks",
+        SIGNATURE_HEADER: webhook_sign(hook.get_secret(), body),
+        EVENT_HEADER: delivery.event,
+        DELIVERY_HEADER: str(delivery.pk),
+    }
+    status, error = None, ""
+    try:
+        _check_url(hook.url)
+        response = requests.post(hook.url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
+        status = response.status_code
+        if not 200 <= status < 300:
+            error = f"HTTP {status}: {response.text[:200]}"
+    except (requests.RequestException, InvalidInput) as exc:
+        error = f"{exc.__class__.__name__}: {exc}"[:500]
+    WebhookDelivery.objects.filter(pk=delivery_id).update(
+        attempts=F("attempts") + 1,
+        response_status=status,
+        error=error,
+        delivered_at=timezone.now() if not error else None,
+    )
+    if error:
+        raise DeliveryFailed(f"webhook {hook.pk} delivery {delivery_id}: {error}")

@@ -1,0 +1,254 @@
+"""Config as code: apply_config is idempotent, --check changes nothing, errors name file and path, all or nothing."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.management import CommandError, call_command
+
+from ci_integrations.models import AuditEntry, Bucket, Integration, Registry, Workflow, WorkflowStep
+from tests.foundation.conftest import EXAMPLE_CONFIG, child_database_url
+
+
+def run(command: str, *args) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command(command, *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def failing(command: str, *args) -> tuple[str, CommandError]:
+    err = io.StringIO()
+    with pytest.raises(CommandError) as caught:
+        call_command(command, *args, stdout=io.StringIO(), stderr=err)
+    return err.getvalue(), caught.value
+
+
+def state() -> list:
+    """Everything apply_config manages, as comparable values."""
+    return [
+        list(Registry.objects.values_list("name", "provider", "url", "options", "credentials_encrypted")),
+        list(Workflow.objects.values_list("name", "kind")),
+        list(
+            WorkflowStep.objects.values_list(
+                "workflow__name",
+                "position",
+                "from_env",
+                "to_env",
+                "required_approvals",
+                "approver_group__name",
+                "required_checks",
+                "min_soak",
+                "auto_promote",
+            )
+        ),
+        list(Integration.objects.values_list("name", "kind", "workflow__name")),
+        list(Bucket.objects.values_list("integration__name", "env", "registry__name", "repository", "immutable_tags")),
+    ]
+
+
+def test_apply_creates_everything_the_file_describes(db, config_file):
+    out, _ = run("apply_config", config_file())
+    assert "+ registry qa" in out and "+ integration payments-api" in out and "+ bucket payments-api/prod" in out
+    prod = Bucket.objects.get(integration__name="payments-api", env="prod")
+    assert (prod.registry.name, prod.repository, prod.immutable_tags) == ("prod", "payments/api", True)
+    step = WorkflowStep.objects.get(workflow__name="standard", to_env="prod")
+    assert step.required_approvals == 2 and step.approver_group.name == "release-managers"
+    assert step.required_checks == ["functional", "nft"] and step.min_soak.total_seconds() == 3600
+    assert Registry.objects.get(name="build").get_credentials() == {"username": "robot", "password": "hunter2-build"}
+    assert Registry.objects.get(name="prod").get_credentials() is None
+    actions = set(AuditEntry.objects.values_list("action", flat=True))
+    assert actions == {"config.create", "config.credentials"}
+
+
+def test_second_apply_changes_nothing_and_writes_no_audit_entry(db, config_file):
+    path = config_file()
+    run("apply_config", path)
+    before, entries = state(), AuditEntry.objects.count()
+    out, _ = run("apply_config", path)
+    assert out.strip() == "No changes."
+    assert state() == before
+    assert AuditEntry.objects.count() == entries
+
+
+def test_check_prints_the_diff_and_changes_nothing(db, config_file):
+    run("apply_config", config_file())
+    entries, before = AuditEntry.objects.count(), state()
+    changed = config_file(EXAMPLE_CONFIG.replace("approvals: 2", "approvals: 3").replace("payments/api", "pay/api"))
+    out, _ = run("apply_config", changed, "--check")
+    assert "~ workflow standard step staging → prod (required_approvals: 2 → 3)" in out
+    assert "~ bucket payments-api/prod (repository: 'payments/api' → 'pay/api')" in out
+    assert "nothing applied" in out
+    assert state() == before
+    assert AuditEntry.objects.count() == entries
+    out, _ = run("apply_config", changed)
+    assert "required_approvals: 2 → 3" in out
+    assert WorkflowStep.objects.get(to_env="prod").required_approvals == 3
+
+
+def test_update_is_audited_with_before_and_after(db, config_file):
+    run("apply_config", config_file())
+    run("apply_config", config_file(EXAMPLE_CONFIG.replace("approvals: 2", "approvals: 3")))
+    entry = AuditEntry.objects.get(action="config.update")
+    assert (entry.before, entry.after) == ({"required_approvals": 2}, {"required_approvals": 3})
+    assert entry.actor.startswith("manage.py apply_config (")
+
+
+def test_unknown_registry_is_named_with_file_and_path(db, config_file):
+    path = config_file(EXAMPLE_CONFIG.replace("{env: staging, registry: qa", "{env: staging, registry: nope"))
+    err, error = failing("apply_config", path)
+    assert f"{path}: integrations[0].buckets[1].registry: unknown registry 'nope'" in err.splitlines()
+    assert error.returncode != 0
+
+
+def test_every_problem_is_reported_with_its_path(db, config_file):
+    path = config_file(
+        """
+        registries:
+          - {name: Bad_Name, url: ftp://x}
+        workflows:
+          - name: wf
+            steps: [{from: qa, to: qa, min_soak: soon}]
+        integrations:
+          - name: app
+            workflow: missing
+            colour: blue
+            buckets:
+              - {env: qa, registry: nope, repository: Team/App}
+        """
+    )
+    err, _ = failing("apply_config", path)
+    lines = err.splitlines()
+    for expected in [
+        "registries[0].name: name 'Bad_Name' must be lowercase letters, digits and '-', at most 63 characters",
+        "registries[0].url: 'ftp://x' is not a registry URL: expected http(s)://host[:port] with no path.",
+        "workflows[0].steps[0]: from and to must differ",
+        "workflows[0].steps[0].min_soak: 'soon' is not a duration like 90s, 30m, 1h, 2d or 1w",
+        "integrations[0].workflow: unknown workflow 'missing'",
+        "integrations[0].colour: unknown key (expected one of: buckets, description, kind, name, webhooks, workflow)",
+        "integrations[0].buckets[0].registry: unknown registry 'nope'",
+    ]:
+        assert f"{path}: {expected}" in lines
+    assert any(line.startswith(f"{path}: integrations[0].buckets[0].repository: 'Team/App'") for line in lines)
+
+
+def test_a_file_with_one_bad_item_applies_nothing(db, config_file):
+    bad = EXAMPLE_CONFIG + textwrap.indent(
+        textwrap.dedent(
+            """
+            - name: second-app
+              workflow: standard
+              buckets:
+                - {env: qa, registry: qa, repository: team/second}
+                - {env: staging, registry: qa, repository: team/second}
+                - {env: prod, registry: prod, repository: "has space"}
+            """
+        ),
+        "  ",
+    )
+    err, _ = failing("apply_config", config_file(bad))
+    assert "integrations[1].buckets[2].repository" in err
+    assert state() == [[], [], [], [], []]
+    assert AuditEntry.objects.count() == 0
+
+
+def test_a_missing_environment_secret_is_a_path_error(db, config_file, monkeypatch):
+    path = config_file()
+    monkeypatch.delenv("P2P_TEST_BUILD_PASSWORD")
+    err, _ = failing("apply_config", path)
+    assert f"{path}: registries[2].credentials.password: environment variable P2P_TEST_BUILD_PASSWORD is not set" in err
+    assert not Registry.objects.exists()
+
+
+def test_workflow_of_another_kind_is_refused(db, config_file):
+    path = config_file(EXAMPLE_CONFIG.replace("kind: environment\n    workflow", "kind: release_stream\n    workflow"))
+    err, _ = failing("apply_config", path)
+    assert "integrations[0].workflow: workflow 'standard' is for kind environment, not release_stream" in err
+
+
+def test_syntax_errors_name_the_line(db, config_file):
+    err, _ = failing("apply_config", config_file("registries:\n  - name: qa\n   url: [\n"))
+    assert "line 3" in err and "not valid YAML" in err
+
+
+def test_export_then_apply_is_a_no_op(db, config_file, tmp_path):
+    run("apply_config", config_file())
+    exported = tmp_path / "exported.yaml"
+    run("export_config", "-o", str(exported))
+    data = yaml.safe_load(exported.read_text())
+    assert {r["name"]: r["credentials"] for r in data["registries"]} == {
+        "build": "stored",
+        "prod": "ambient",
+        "qa": "ambient",
+    }
+    assert "hunter2" not in exported.read_text()
+    before, entries = state(), AuditEntry.objects.count()
+    out, _ = run("apply_config", str(exported))
+    assert out.strip() == "No changes."
+    assert state() == before and AuditEntry.objects.count() == entries
+    # The export is also complete: into an empty database it recreates the same configuration (bar secrets).
+    printed, _ = run("export_config")
+    assert yaml.safe_load(printed) == data
+
+
+def test_apply_never_logs_secrets(db, config_file):
+    run("apply_config", config_file())
+    logged = " ".join(str(values) for values in AuditEntry.objects.values_list("before", "after", "reason"))
+    assert "hunter2" not in logged
+
+
+def test_the_documented_example_applies_cleanly(db, tmp_path, monkeypatch):
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("BUILD_REGISTRY_PASSWORD", "from-the-environment")
+    monkeypatch.setenv("PAYMENTS_WEBHOOK_SECRET", "whsec-example")
+    path = tmp_path / "example.yaml"
+    path.write_text(example, encoding="utf-8")
+    out, _ = run("apply_config", str(path))
+    assert "change(s) applied" in out
+    step = WorkflowStep.objects.get(to_env="prod")
+    assert (step.rollback_approvals, step.tag_rule) == (1, r"v\d+\.\d+\.\d+")
+    assert Registry.objects.get(name="build").get_credentials()["password"] == "from-the-environment"
+    assert run("apply_config", str(path))[0].strip() == "No changes."
+
+
+def test_a_workflow_and_its_integrations_can_change_kind_together(db, config_file):
+    run("apply_config", config_file())
+    streams = EXAMPLE_CONFIG.replace("kind: environment", "kind: release_stream")
+    assert streams.count("kind: release_stream") == 2
+    out, _ = run("apply_config", config_file(streams))
+    assert "~ workflow standard (kind: 'environment' → 'release_stream')" in out
+    assert Integration.objects.get().kind == Workflow.objects.get().kind == "release_stream"
+
+
+def test_a_workflow_cannot_change_kind_under_integrations_outside_the_file(db, config_file):
+    run("apply_config", config_file())
+    only_workflow = EXAMPLE_CONFIG.split("integrations:")[0].replace("kind: environment", "kind: release_stream")
+    err, _ = failing("apply_config", config_file(only_workflow))
+    expected = "integration 'payments-api' (not in this file) uses workflow 'standard' with kind environment"
+    assert f"workflows[0].kind: {expected}" in err
+    assert Workflow.objects.get().kind == "environment"
+
+
+def test_the_command_line_exits_non_zero_and_prints_file_and_path(db, config_file):
+    env = {**os.environ, "LOG_LEVEL": "WARNING"}
+    if child_database_url():  # the test database, where nothing has been applied
+        env["DATABASE_URL"] = child_database_url()
+    path = config_file(EXAMPLE_CONFIG.replace("repository: payments/api", "repository: Payments/API"))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "apply_config", path],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert (
+        f"{path}: integrations[0].buckets[2].repository: 'Payments/API' is not a valid repository path" in result.stderr
+    )
+    assert "nothing was applied" in result.stderr and result.stdout == ""

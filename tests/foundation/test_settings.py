@@ -1,0 +1,55 @@
+"""Production settings: `check --deploy` is clean, and missing secrets stop the process with a clear message."""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def production_env(**overrides) -> dict:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "P2P_"))}
+    env.update(
+        {
+            "DEBUG": "0",
+            "SECRET_KEY": secrets.token_urlsafe(64),
+            "P2P_FERNET_KEYS": Fernet.generate_key().decode(),
+            "P2P_TOKEN_PEPPERS": f"2026={secrets.token_urlsafe(32)}",
+            "ALLOWED_HOSTS": "p2p.example.com",
+            "DJANGO_SETTINGS_MODULE": "p2p_portal.settings",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    env.update(overrides)
+    return {key: value for key, value in env.items() if value is not None}
+
+
+def manage(*args, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_deploy_is_clean_with_production_settings():
+    result = manage("check", "--deploy", "--fail-level", "WARNING", env=production_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues (0 silenced)." in result.stdout
+
+
+def test_production_refuses_to_start_without_a_secret_key():
+    result = manage("check", env=production_env(SECRET_KEY=None))
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: Production settings need SECRET_KEY" in result.stderr
+
+
+def test_production_refuses_a_short_secret_key_and_the_development_keys():
+    from p2p_portal.settings import development_key
+
+    short = manage("check", env=production_env(SECRET_KEY="too-short"))
+    assert short.returncode != 0 and "SECRET_KEY must be a real secret" in short.stderr
+    fernet = manage("check", env=production_env(P2P_FERNET_KEYS=development_key("fernet")))
+    assert fernet.returncode != 0 and "P2P_FERNET_KEYS holds the public development key" in fernet.stderr

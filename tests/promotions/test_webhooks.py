@@ -1,0 +1,127 @@
+"""Webhooks: signed JSON with a Slack-style text, delivered by RQ jobs that retry and keep a log."""
+
+import hashlib
+import hmac
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ci_integrations.models import WebhookDelivery
+from ci_integrations.services.errors import InvalidInput, NotAllowed
+from ci_integrations.services.promotions import promotion_request
+from ci_integrations.services.webhooks import webhook_create
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+SECRET = "s3cret-s3cret-s3cret"
+
+
+class Receiver:
+    """A local HTTP endpoint answering with the given statuses in turn (the last one repeats)."""
+
+    def __init__(self, statuses):
+        self.statuses = list(statuses)
+        self.received = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver_factory():
+    made = []
+
+    def make(*statuses):
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()
+
+
+def test_the_signature_verifies_and_failed_deliveries_are_retried_and_logged(world, run_worker, receiver_factory):
+    receiver = receiver_factory(500, 503, 200)
+    webhook_create(
+        integration=world.integration,
+        url=receiver.url,
+        secret=SECRET,
+        events=["requested"],
+        actor=world.actor(world.admin),
+    )
+    artifact = world.register("qa", "v1")
+    promotion_request(artifact=artifact, to_env="staging", actor=world.actor(world.alice))
+    run_worker()
+
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.event == "requested" and delivery.attempts == 3
+    assert delivery.response_status == 200 and delivery.delivered_at is not None and delivery.error == ""
+    assert len(receiver.received) == 3
+    for headers, body in receiver.received:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["X-P2P-Signature"], expected)
+        assert headers["X-P2P-Event"] == "requested"
+    payload = json.loads(receiver.received[-1][1])
+    assert payload["event"] == "requested" and "alice requested promoting" in payload["text"]
+    assert payload["promotion"]["digest"] == artifact.digest and payload["promotion"]["to"] == "staging"
+
+
+def test_a_tampered_body_does_not_verify(world, run_worker, receiver_factory):
+    receiver = receiver_factory(200)
+    webhook_create(integration=world.integration, url=receiver.url, secret=SECRET, actor=world.actor(world.admin))
+    promotion_request(artifact=world.register("qa", "v1"), to_env="staging", actor=world.actor(world.alice))
+    run_worker()
+    events = sorted(json.loads(body)["event"] for _, body in receiver.received)
+    assert events == ["requested", "succeeded"]
+    headers, body = receiver.received[0]
+    tampered = body.replace(b"staging", b"prod")
+    assert headers["X-P2P-Signature"] != "sha256=" + hmac.new(SECRET.encode(), tampered, hashlib.sha256).hexdigest()
+
+
+def test_a_delivery_that_keeps_failing_stops_after_its_retries_with_the_error_kept(world, run_worker, receiver_factory):
+    receiver = receiver_factory(500)
+    webhook_create(
+        integration=world.integration,
+        url=receiver.url,
+        secret=SECRET,
+        events=["requested"],
+        actor=world.actor(world.admin),
+    )
+    promotion_request(artifact=world.register("qa", "v1"), to_env="staging", actor=world.actor(world.alice))
+    run_worker()
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.attempts == 4 and delivery.delivered_at is None  # one try and three retries
+    assert delivery.response_status == 500 and "HTTP 500" in delivery.error
+
+
+def test_webhook_urls_must_be_http_and_only_admins_add_them(world):
+    for url in ("ftp://example.com/x", "file:///etc/passwd", "javascript:alert(1)"):
+        with pytest.raises(InvalidInput, match="http"):
+            webhook_create(integration=world.integration, url=url, secret=SECRET, actor=world.actor(world.admin))
+    with pytest.raises(NotAllowed):
+        webhook_create(
+            integration=world.integration,
+            url="https://hooks.example.com/x",
+            secret=SECRET,
+            actor=world.actor(world.alice),
+        )
