@@ -8,7 +8,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -95,7 +94,10 @@ class Registry(models.Model):
         from ci_integrations.registry import RegistrySpec
 
         return RegistrySpec(
-            provider=self.provider, url=self.url.rstrip("/"), options=dict(self.options), credentials=self.get_credentials()
+            provider=self.provider,
+            url=self.url.rstrip("/"),
+            options=dict(self.options),
+            credentials=self.get_credentials(),
         )
 
 
@@ -496,9 +498,7 @@ class ApiToken(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(kind="ci") | Q(user__isnull=False), name="personal_token_has_user"
-            )
+            models.CheckConstraint(condition=Q(kind="ci") | Q(user__isnull=False), name="personal_token_has_user")
         ]
 
     def __str__(self) -> str:
@@ -522,6 +522,9 @@ class IdempotencyRecord(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_key_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.response_status or 'in flight'})"
 
 
 class Job(models.Model):
@@ -599,3 +602,6 @@ class WebhookDelivery(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} → webhook {self.webhook_id} ({self.response_status or self.error[:40] or 'pending'})"

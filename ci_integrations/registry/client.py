@@ -1,0 +1,353 @@
+"""An OCI Distribution client for one registry endpoint: manifests as raw bytes, blobs as streams.
+
+Every method names the scopes it needs so the bearer token covers them; the transport does auth, redirects and
+retries. Manifests are never parsed-and-reserialised on the way through: `Manifest.raw` is what gets pushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urljoin
+
+import requests
+
+from .auth import Authenticator, repository_scope
+from .errors import DigestMismatch, ProtocolError, error_for_response
+from .transport import RetryPolicy, Timeouts, Transport
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
+IMAGE_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
+MANIFEST_ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+SCHEMA1_TYPES = {
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a registry answers: `base_url` like https://host[:port]; verify is requests' TLS setting."""
+
+    base_url: str
+    verify: bool | str = True
+
+    @property
+    def host(self) -> str:
+        return self.base_url.split("://", 1)[1].rstrip("/")
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    digest: str
+    media_type: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry served it."""
+
+    raw: bytes
+    media_type: str
+    digest: str
+
+    @property
+    def info(self) -> ManifestInfo:
+        return ManifestInfo(self.digest, self.media_type, len(self.raw))
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+    def parsed(self) -> dict[str, Any]:
+        try:
+            body = json.loads(self.raw)
+        except ValueError:
+            raise ProtocolError(f"manifest {self.digest} is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ProtocolError(f"manifest {self.digest} is not a JSON object")
+        return body
+
+    def children(self) -> list[Descriptor]:
+        """The manifests an index or manifest list points at."""
+        return [_descriptor(d, self.digest) for d in self.parsed().get("manifests") or []]
+
+    def blobs(self) -> list[Descriptor]:
+        """Config and layers of an image manifest (empty for an index)."""
+        body = self.parsed()
+        found = []
+        if isinstance(body.get("config"), dict):
+            found.append(_descriptor(body["config"], self.digest))
+        found.extend(_descriptor(layer, self.digest) for layer in body.get("layers") or [])
+        return found
+
+    def subject(self) -> str | None:
+        subject = self.parsed().get("subject")
+        return subject.get("digest") if isinstance(subject, dict) else None
+
+
+def _descriptor(raw: Any, owner: str) -> Descriptor:
+    try:
+        return Descriptor(media_type=raw.get("mediaType", ""), digest=raw["digest"], size=int(raw["size"]))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise ProtocolError(f"manifest {owner} has a malformed descriptor") from None
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def hasher_for(digest: str):
+    algorithm = digest.partition(":")[0]
+    if algorithm not in ("sha256", "sha512"):
+        raise ProtocolError(f"unsupported digest algorithm {algorithm!r}")
+    return hashlib.new(algorithm)
+
+
+def digest_of(data: bytes, like: str = "sha256:") -> str:
+    hasher = hasher_for(like)
+    hasher.update(data)
+    return f"{hasher.name}:{hasher.hexdigest()}"
+
+
+class RegistryClient:
+    """Talks the OCI Distribution API to one endpoint with one identity."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        authenticator: Authenticator | None = None,
+        *,
+        policy: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        pool_size: int = 16,
+    ) -> None:
+        self.endpoint = endpoint
+        self.transport = Transport(
+            endpoint.base_url,
+            authenticator or Authenticator(endpoint.host),
+            policy=policy,
+            timeouts=timeouts,
+            pool_size=pool_size,
+            verify=endpoint.verify,
+        )
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.host
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- base ----------------------------------------------------------------------------------------------------
+
+    def ping(self, scopes: tuple[str, ...] = ()) -> None:
+        """GET /v2/: proves the endpoint speaks the API and the credentials are accepted."""
+        self.transport.request("GET", "/v2/", scopes=scopes, what=f"ping {self.host}")
+
+    # --- manifests -----------------------------------------------------------------------------------------------
+
+    def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
+        """HEAD a manifest; None when absent. Falls back to GET when the registry omits the digest header."""
+        response = self.transport.request(
+            "HEAD",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=(repository_scope(repository, "pull"),),
+            headers={"Accept": MANIFEST_ACCEPT},
+            allow=(404,),
+            what=f"HEAD manifest {repository}:{reference}",
+        )
+        if response.status_code == 404:
+            return None
+        digest = response.headers.get("Docker-Content-Digest")
+        media_type = _media_type(response.headers.get("Content-Type"))
+        length = response.headers.get("Content-Length")
+        if not digest or not media_type or not (length or "").isdigit():
+            manifest = self.get_manifest(repository, reference, missing_ok=True)
+            return manifest.info if manifest else None
+        if ":" in reference and digest != reference:
+            raise DigestMismatch(f"{self.host}/{repository}@{reference} answered digest {digest}")
+        return ManifestInfo(digest=digest, media_type=media_type, size=int(length))
+
+    def get_manifest(self, repository: str, reference: str, *, missing_ok: bool = False) -> Manifest | None:
+        response = self.transport.request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=(repository_scope(repository, "pull"),),
+            headers={"Accept": MANIFEST_ACCEPT},
+            allow=(404,) if missing_ok else (),
+            what=f"GET manifest {repository}:{reference}",
+        )
+        if response.status_code == 404:
+            return None
+        raw = response.content
+        media_type = _media_type(response.headers.get("Content-Type"))
+        if media_type in SCHEMA1_TYPES:
+            raise ProtocolError(f"{repository}:{reference} is a Docker schema 1 manifest, which is not supported")
+        if not media_type or media_type in ("application/json", "text/plain", "application/octet-stream"):
+            # Some registries serve a generic Content-Type; the manifest's own mediaType field is then authoritative.
+            try:
+                media_type = json.loads(raw).get("mediaType") or media_type
+            except (ValueError, AttributeError):
+                pass
+        if ":" in reference:
+            digest = digest_of(raw, reference)
+            if digest != reference:
+                raise DigestMismatch(f"manifest {repository}@{reference} served bytes hashing to {digest}")
+        else:
+            digest = sha256_digest(raw)
+            header = response.headers.get("Docker-Content-Digest")
+            if header and header.startswith("sha256:") and header != digest:
+                raise DigestMismatch(f"manifest {repository}:{reference} hashes to {digest}, not {header}")
+        return Manifest(raw=raw, media_type=media_type, digest=digest)
+
+    def put_manifest(self, repository: str, reference: str, manifest: Manifest) -> str:
+        """PUT the manifest's original bytes; returns the digest the registry reports (or ours if it says none)."""
+        response = self.transport.request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            scopes=(repository_scope(repository, "pull", "push"),),
+            headers={"Content-Type": manifest.media_type},
+            data=manifest.raw,
+            ok=(200, 201, 202, 204),
+            what=f"PUT manifest {repository}:{reference}",
+        )
+        return response.headers.get("Docker-Content-Digest") or manifest.digest
+
+    def delete_manifest(self, repository: str, digest: str) -> None:
+        self.transport.request(
+            "DELETE",
+            f"/v2/{repository}/manifests/{digest}",
+            scopes=(repository_scope(repository, "delete"),),
+            ok=(200, 202),
+            allow=(404,),
+        )
+
+    def tags(self, repository: str) -> list[str]:
+        tags: list[str] = []
+        path: str | None = f"/v2/{repository}/tags/list?n=1000"
+        while path:
+            response = self.transport.request(
+                "GET", path, scopes=(repository_scope(repository, "pull"),), allow=(404,), what=f"tags of {repository}"
+            )
+            if response.status_code == 404:
+                return tags
+            tags.extend(response.json().get("tags") or [])
+            link = response.links.get("next", {}).get("url")
+            path = urljoin(response.url, link) if link else None
+        return tags
+
+    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
+        """The referrers API; None when the registry does not implement it."""
+        response = self.transport.request(
+            "GET",
+            f"/v2/{repository}/referrers/{digest}",
+            scopes=(repository_scope(repository, "pull"),),
+            headers={"Accept": OCI_INDEX},
+            allow=(400, 404, 405),
+            what=f"referrers of {repository}@{digest}",
+        )
+        if response.status_code != 200 or _media_type(response.headers.get("Content-Type")) != OCI_INDEX:
+            return None
+        return Manifest(response.content, OCI_INDEX, sha256_digest(response.content)).children()
+
+    # --- blobs ---------------------------------------------------------------------------------------------------
+
+    def head_blob(self, repository: str, digest: str) -> int | None:
+        """The blob's size if the repository has it, else None."""
+        response = self.transport.request(
+            "HEAD",
+            f"/v2/{repository}/blobs/{digest}",
+            scopes=(repository_scope(repository, "pull"),),
+            allow=(404,),
+            what=f"HEAD blob {repository}@{digest}",
+        )
+        if response.status_code == 404:
+            return None
+        length = response.headers.get("Content-Length")
+        return int(length) if length and length.isdigit() else -1
+
+    def open_blob(self, repository: str, digest: str) -> requests.Response:
+        """Start a streaming GET of a blob (redirects to storage followed without our credentials).
+
+        One attempt only: the caller retries the whole transfer.
+        """
+        url = self.transport.url(f"/v2/{repository}/blobs/{digest}")
+        response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),), stream=True)
+        if response.status_code != 200:
+            body = response.raw.read(4096) if response.raw else b""
+            response.close()
+            raise error_for_response(response.status_code, body, what=f"GET blob {repository}@{digest}")
+        return response
+
+    def start_upload(
+        self, repository: str, *, mount: str | None = None, from_repository: str | None = None
+    ) -> tuple[bool, str | None]:
+        """POST an upload session, optionally as a cross-repository mount.
+
+        Returns (True, None) when the mount succeeded (201), else (False, upload URL).
+        """
+        path = f"/v2/{repository}/blobs/uploads/"
+        scopes = [repository_scope(repository, "pull", "push")]
+        if mount and from_repository:
+            path += f"?mount={quote(mount, safe=':')}&from={quote(from_repository, safe='/')}"
+            scopes.append(repository_scope(from_repository, "pull"))
+        response = self.transport.request(
+            "POST",
+            path,
+            scopes=tuple(scopes),
+            headers={"Content-Length": "0"},
+            ok=(201, 202),
+            what=f"start upload to {repository}",
+        )
+        response.close()
+        if response.status_code == 201 and mount:
+            return True, None
+        location = response.headers.get("Location")
+        if not location:
+            raise ProtocolError(f"{self.host} started an upload without a Location")
+        return False, urljoin(response.url, location)
+
+    def cancel_upload(self, location: str, repository: str) -> None:
+        try:
+            self.transport.send_once("DELETE", location, scopes=(repository_scope(repository, "pull", "push"),)).close()
+        except Exception:  # best effort: an abandoned session is purged by the registry anyway
+            pass
+
+    def finish_upload(self, location: str, repository: str, digest: str, body, length: int) -> requests.Response:
+        """Monolithic PUT <location>&digest=… with a streamed body of known length; one attempt (not replayable)."""
+        separator = "&" if "?" in location else "?"
+        url = f"{location}{separator}digest={quote(digest, safe=':')}"
+        return self.transport.send_once(
+            "PUT",
+            url,
+            scopes=(repository_scope(repository, "pull", "push"),),
+            headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
+            data=body,
+            replayable=False,
+            follow_redirects=False,
+        )
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip()

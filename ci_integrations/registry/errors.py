@@ -1,0 +1,144 @@
+"""Typed registry errors. Callers branch on the class; `.retryable` says whether trying later may help.
+
+Messages keep the registry's own words (from the OCI error JSON) but never carry credentials or tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+
+class RegistryError(Exception):
+    """Base of every error the registry package raises."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        message = redact(message)
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+class InvalidReference(RegistryError, ValueError):
+    """A malformed image reference, repository, tag or digest."""
+
+
+class AuthenticationError(RegistryError):
+    """401: no or wrong credentials, or a token the registry refuses."""
+
+
+class AccessDenied(RegistryError):
+    """403 / DENIED: the credentials are fine but may not do this."""
+
+
+class NotFound(RegistryError):
+    """404 / MANIFEST_UNKNOWN / NAME_UNKNOWN / BLOB_UNKNOWN."""
+
+
+class DigestMismatch(RegistryError):
+    """Bytes do not hash to the digest they were served or stored under."""
+
+
+class ImageMismatch(DigestMismatch):
+    """The source image is not the one the caller expected (expected_digest differs)."""
+
+
+class TagConflict(RegistryError):
+    """The destination tag holds a different digest and the registry refuses to move it (immutable tags)."""
+
+    def __init__(self, message: str, *, existing_digest: str | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.existing_digest = existing_digest
+
+
+class TransientError(RegistryError):
+    """5xx, 429, connection resets and timeouts; raised once the retries are spent."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ProtocolError(RegistryError):
+    """The registry answered something this client cannot use (bad JSON, unsupported media type, missing header)."""
+
+
+_NOT_FOUND_CODES = {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN", "BLOB_UPLOAD_UNKNOWN", "NOT_FOUND"}
+_SECRET_PATTERNS = [
+    # Authorization headers and bearer tokens, JWT-looking strings, password/token query or form fields.
+    (re.compile(r"(?i)(authorization:?\s*)(basic|bearer)\s+[A-Za-z0-9._~+/=-]+"), r"\1\2 [redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{16,}"), r"\1 [redacted]"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    (
+        re.compile(r"(?i)((?:password|passwd|secret|token|access_token|refresh_token|signature|sig)=)[^&\s\"']+"),
+        r"\1[redacted]",
+    ),
+    (re.compile(r"(?i)(https?://)[^/@\s:]+:[^/@\s]+@"), r"\1[redacted]@"),
+]
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a credential from text meant for logs and users."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def registry_errors(body: bytes | str | None) -> list[dict]:
+    """The `errors` list of an OCI error body, or [] when the body is not one."""
+    if not body:
+        return []
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    errors = parsed.get("errors") if isinstance(parsed, dict) else None
+    return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+
+def error_for_response(
+    status: int, body: bytes | str | None, *, what: str, retry_after: float | None = None
+) -> RegistryError:
+    """Map an HTTP status and OCI error JSON to a typed error, keeping the registry's message."""
+    errors = registry_errors(body)
+    code = str(errors[0].get("code", "")).upper() if errors else ""
+    detail = "; ".join(
+        filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors))
+    ) or _short_text(body)
+    message = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
+    kwargs = {"status": status, "code": code or None}
+    if status == 401 or code == "UNAUTHORIZED":
+        return AuthenticationError(message, **kwargs)
+    if status == 403 or code == "DENIED":
+        return AccessDenied(message, **kwargs)
+    if status == 429 or code == "TOOMANYREQUESTS":
+        return TransientError(message, retry_after=retry_after, **kwargs)
+    if status >= 500:
+        return TransientError(message, retry_after=retry_after, **kwargs)
+    if code == "DIGEST_INVALID":
+        return DigestMismatch(message, **kwargs)
+    if status == 404 or code in _NOT_FOUND_CODES:
+        return NotFound(message, **kwargs)
+    if status in (409, 412) or (code in ("TAG_INVALID",) and _mentions_immutability(detail)):
+        return TagConflict(message, **kwargs)
+    if code == "NAME_INVALID":
+        return InvalidReference(message, **kwargs)
+    return ProtocolError(message, **kwargs)
+
+
+def _mentions_immutability(detail: str) -> bool:
+    return bool(re.search(r"(?i)immutab|already exists|cannot be overwritten|overwrit", detail))
+
+
+def _short_text(body: bytes | str | None) -> str:
+    if not body:
+        return ""
+    if isinstance(body, bytes):
+        body = body[:300].decode("utf-8", "replace")
+    text = " ".join(body.split())
+    return text[:200]

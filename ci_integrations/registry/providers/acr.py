@@ -1,0 +1,182 @@
+"""Azure Container Registry.
+
+Auth: admin user or service principal work as plain Basic. Otherwise an Entra ID token from azure-identity is
+exchanged at /oauth2/exchange for an ACR refresh token, which /oauth2/token turns into scoped access tokens.
+Fast path: server-side `import_image` from another registry ACR can reach (another ACR by resource id, or any
+https registry with short-lived credentials), so the bytes never pass through the worker.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+
+import requests
+
+from ..auth import BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token
+from ..client import Manifest
+from ..errors import AuthenticationError, ProtocolError, TagConflict, TransientError, error_for_response
+from ..refs import ImageLocation, RegistrySpec
+from . import Provider, provider_for
+
+NULL_USER = "00000000-0000-0000-0000-000000000000"  # ACR's username for refresh-token Basic auth
+ENTRA_SCOPE = "https://management.azure.com/.default"
+_refresh_tokens: dict[tuple, tuple[str, float]] = {}
+_lock = threading.Lock()
+
+
+def azure_credential(spec: RegistrySpec):
+    """A service principal from stored credentials, else DefaultAzureCredential (managed identity, CLI, env)."""
+    creds = spec.credentials or {}
+    if creds.get("client_id") and creds.get("client_secret"):
+        from azure.identity import ClientSecretCredential
+
+        return ClientSecretCredential(
+            tenant_id=creds.get("tenant_id") or spec.options["tenant_id"],
+            client_id=creds["client_id"],
+            client_secret=creds["client_secret"],
+        )
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def management_client(spec: RegistrySpec):
+    from azure.mgmt.containerregistry import ContainerRegistryManagementClient
+
+    return ContainerRegistryManagementClient(azure_credential(spec), spec.options["subscription_id"])
+
+
+def fetch_acr_token(
+    session: requests.Session,
+    realm: str,
+    service: str,
+    scopes: tuple[str, ...],
+    credentials: BasicCredentials | None,
+    timeout: tuple,
+) -> tuple[str, float]:
+    """ACR's /oauth2/token: a refresh token (as Basic password of the null user) for a scoped access token."""
+    if credentials is None or credentials.username != NULL_USER:
+        return fetch_docker_token(session, realm, service, scopes, credentials, timeout)
+    data = {"grant_type": "refresh_token", "service": service, "scope": " ".join(scopes)}
+    data["refresh_token"] = credentials.password
+    try:
+        response = session.post(realm, data=data, timeout=timeout)
+    except requests.RequestException as exc:
+        raise TransientError(f"ACR token request failed: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise error_for_response(response.status_code, response.content, what="ACR /oauth2/token")
+    token = response.json().get("access_token")
+    if not token:
+        raise ProtocolError("ACR /oauth2/token answered no access_token")
+    return token, 300.0  # ACR access tokens live 75 minutes; 5 minutes of reuse is plenty per copy
+
+
+class AcrProvider(Provider):
+    name = "acr"
+
+    def credential_source(self, spec: RegistrySpec) -> CredentialSource | None:
+        creds = spec.credentials or {}
+        if creds.get("username") and creds.get("password"):
+            return super().credential_source(spec)  # admin user or service principal id/secret
+        return lambda refresh=False: BasicCredentials(NULL_USER, self.refresh_token(spec, refresh=refresh)[0])
+
+    def token_fetcher(self, spec: RegistrySpec) -> TokenFetcher:
+        return fetch_acr_token
+
+    def refresh_token(self, spec: RegistrySpec, *, refresh: bool = False) -> tuple[str, float]:
+        """An ACR refresh token from an Entra token, cached until shortly before the Entra token expires."""
+        endpoint = self.endpoint(spec)
+        creds = spec.credentials or {}
+        key = (endpoint.host, creds.get("client_id"), creds.get("tenant_id"))
+        with _lock:
+            cached = _refresh_tokens.get(key)
+        if cached and not refresh and cached[1] - 300 > time.time():
+            return cached
+        entra = azure_credential(spec).get_token(ENTRA_SCOPE)
+        data = {"grant_type": "access_token", "service": endpoint.host, "access_token": entra.token}
+        tenant = creds.get("tenant_id") or spec.options.get("tenant_id")
+        if tenant:
+            data["tenant"] = tenant
+        try:
+            response = requests.post(f"{endpoint.base_url}/oauth2/exchange", data=data, timeout=(10, 60))
+        except requests.RequestException as exc:
+            raise TransientError(f"ACR token exchange failed: {type(exc).__name__}") from None
+        if response.status_code != 200:
+            error = error_for_response(response.status_code, response.content, what="ACR /oauth2/exchange")
+            raise AuthenticationError(error.message, status=error.status) if error.status in (400, 401) else error
+        token = response.json().get("refresh_token")
+        if not token:
+            raise ProtocolError("ACR /oauth2/exchange answered no refresh_token")
+        # ACR refresh tokens live 3 hours; never trust them longer than the Entra token behind them.
+        fresh = (token, min(float(entra.expires_on), time.time() + 3 * 3600))
+        with _lock:
+            _refresh_tokens[key] = fresh
+        return fresh
+
+    def push_credentials(self, spec: RegistrySpec) -> dict:
+        creds = spec.credentials or {}
+        if creds.get("username") and creds.get("password"):
+            return super().push_credentials(spec)
+        token, expires = self.refresh_token(spec)
+        return {
+            "username": NULL_USER,
+            "password": token,
+            "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
+            "registry": self.host(spec),
+        }
+
+    def registry_name(self, spec: RegistrySpec) -> str:
+        return spec.options.get("registry_name") or self.host(spec).split(".")[0].split(":")[0]
+
+    def resource_id(self, spec: RegistrySpec) -> str:
+        options = spec.options
+        return (
+            f"/subscriptions/{options['subscription_id']}/resourceGroups/{options['resource_group']}"
+            f"/providers/Microsoft.ContainerRegistry/registries/{self.registry_name(spec)}"
+        )
+
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
+        """import_image into this ACR from another registry it can reach; same-registry copies mount instead."""
+        options = dst.registry.options
+        if not (options.get("subscription_id") and options.get("resource_group")) or not options.get(
+            "import_images", True
+        ):
+            return None
+        if self.same_registry(src.registry, dst.registry) or ":" in dst.reference:
+            return None
+        from azure.mgmt.containerregistry.models import ImportImageParameters, ImportSource, ImportSourceCredentials
+
+        source_image = f"{src.repository}@{manifest.digest}"
+        src_options = src.registry.options
+        if src.registry.provider == "acr" and src_options.get("subscription_id") and src_options.get("resource_group"):
+            source = ImportSource(resource_id=self.resource_id(src.registry), source_image=source_image)
+        elif src.registry.url.startswith("https://"):
+            login = provider_for(src.registry).push_credentials(src.registry)
+            credentials = (
+                ImportSourceCredentials(username=login["username"], password=login["password"])
+                if login.get("password")
+                else None
+            )
+            source = ImportSource(
+                registry_uri=provider_for(src.registry).host(src.registry),
+                source_image=source_image,
+                credentials=credentials,
+            )
+        else:
+            return None  # ACR cannot reach plain-HTTP or private-loopback registries
+        parameters = ImportImageParameters(
+            source=source, target_tags=[f"{dst.repository}:{dst.reference}"], mode="Force"
+        )
+        client = management_client(dst.registry)
+        try:
+            client.registries.begin_import_image(
+                options["resource_group"], self.registry_name(dst.registry), parameters
+            ).result()
+        except Exception as exc:
+            text = str(getattr(exc, "message", "") or exc)
+            if "locked" in text.lower() or "write" in text.lower() and "disabled" in text.lower():
+                raise TagConflict(f"{dst} is locked in ACR and cannot be moved: {text[:200]}") from None
+            raise
+        return "acr-import"

@@ -1,0 +1,22 @@
+"""Docker Hub: the API lives at registry-1.docker.io whatever name people use; tokens come from auth.docker.io."""
+
+from __future__ import annotations
+
+from ..client import Endpoint
+from ..refs import RegistrySpec
+from . import Provider
+
+_HUB_NAMES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "hub.docker.com"}
+
+
+class DockerHubProvider(Provider):
+    name = "dockerhub"
+
+    def endpoint(self, spec: RegistrySpec) -> Endpoint:
+        endpoint = super().endpoint(spec) if spec.url else Endpoint("https://registry-1.docker.io")
+        if endpoint.host.lower() in _HUB_NAMES:
+            return Endpoint("https://registry-1.docker.io", verify=endpoint.verify)
+        return endpoint  # a pull-through mirror of Hub
+
+    def push_credentials(self, spec: RegistrySpec) -> dict:
+        return {**super().push_credentials(spec), "registry": "docker.io"}

@@ -1,0 +1,153 @@
+"""Google Artifact Registry (and gcr.io hosts, which GAR now serves): an access token as Basic oauth2accesstoken.
+
+Fast path: a new tag on an image already in the same repository is one Artifact Registry API call (create or move
+the tag), with no manifest or blob traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from ..auth import BasicCredentials, CredentialSource
+from ..client import Manifest
+from ..errors import AuthenticationError, TagConflict
+from ..refs import ImageLocation, RegistrySpec
+from . import Provider
+
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+_GCR_LOCATIONS = {"gcr.io": "us", "us.gcr.io": "us", "eu.gcr.io": "europe", "asia.gcr.io": "asia"}
+_lock = threading.Lock()
+_credentials: dict[tuple, object] = {}
+
+
+def google_credentials(spec: RegistrySpec):
+    """google-auth credentials: a stored service-account key, else Application Default Credentials."""
+    creds = spec.credentials or {}
+    info = creds.get("service_account_info") or creds.get("service_account_json")
+    if info:
+        from google.oauth2 import service_account
+
+        if isinstance(info, str):
+            info = json.loads(info)
+        return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+    import google.auth
+
+    credentials, _ = google.auth.default(scopes=SCOPES)
+    return credentials
+
+
+def artifact_registry_client(spec: RegistrySpec):
+    from google.cloud import artifactregistry_v1
+
+    return artifactregistry_v1.ArtifactRegistryClient(credentials=_cached_credentials(spec))
+
+
+def _cached_credentials(spec: RegistrySpec):
+    key = (spec.url, json.dumps(spec.credentials or {}, sort_keys=True, default=str))
+    with _lock:
+        credentials = _credentials.get(key)
+        if credentials is None:
+            credentials = _credentials[key] = google_credentials(spec)
+        return credentials
+
+
+@dataclass(frozen=True)
+class GarPackage:
+    project: str
+    location: str
+    repository: str
+    package: str
+
+    @property
+    def parent(self) -> str:
+        # Package ids are URL-encoded image paths ("team/app" → "team%2Fapp").
+        return (
+            f"projects/{self.project}/locations/{self.location}/repositories/{self.repository}"
+            f"/packages/{quote(self.package, safe='')}"
+        )
+
+
+def package_of(spec: RegistrySpec, repository: str) -> GarPackage | None:
+    """Map host + image path to the Artifact Registry package; None when the path does not have that shape."""
+    host = Provider().host(spec).split(":")[0]
+    parts = repository.split("/")
+    if host in _GCR_LOCATIONS:
+        if len(parts) < 2:
+            return None
+        location = spec.options.get("location") or _GCR_LOCATIONS[host]
+        return GarPackage(parts[0], location, host, "/".join(parts[1:]))
+    location = spec.options.get("location") or (
+        host[: -len("-docker.pkg.dev")] if host.endswith("-docker.pkg.dev") else None
+    )
+    if not location or len(parts) < 3:
+        return None
+    return GarPackage(parts[0], location, parts[1], "/".join(parts[2:]))
+
+
+class GarProvider(Provider):
+    name = "gar"
+
+    def credential_source(self, spec: RegistrySpec) -> CredentialSource | None:
+        creds = spec.credentials or {}
+        if creds.get("username") and creds.get("password"):
+            return super().credential_source(spec)  # _json_key or a pre-fetched token
+
+        def source(refresh: bool = False) -> BasicCredentials:
+            return BasicCredentials("oauth2accesstoken", self.access_token(spec, refresh=refresh)[0])
+
+        return source
+
+    def access_token(self, spec: RegistrySpec, *, refresh: bool = False) -> tuple[str, object]:
+        credentials = _cached_credentials(spec)
+        with _lock:
+            if refresh or not getattr(credentials, "valid", False):
+                import google.auth.transport.requests
+
+                try:
+                    credentials.refresh(google.auth.transport.requests.Request())
+                except Exception as exc:
+                    raise AuthenticationError(f"could not get a Google access token: {type(exc).__name__}") from None
+            return credentials.token, getattr(credentials, "expiry", None)
+
+    def push_credentials(self, spec: RegistrySpec) -> dict:
+        creds = spec.credentials or {}
+        if creds.get("username") and creds.get("password"):
+            return super().push_credentials(spec)
+        token, expiry = self.access_token(spec)
+        return {
+            "username": "oauth2accesstoken",
+            "password": token,
+            "expires_at": expiry.isoformat() if expiry else None,
+            "registry": self.host(spec),
+        }
+
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
+        if (
+            src.registry.provider != "gar"
+            or not self.same_registry(src.registry, dst.registry)
+            or src.repository != dst.repository
+            or ":" in dst.reference
+            or not dst.registry.options.get("fast_path", True)
+        ):
+            return None
+        package = package_of(dst.registry, dst.repository)
+        if package is None:
+            return None
+        from google.api_core import exceptions as google_errors
+        from google.cloud import artifactregistry_v1
+        from google.protobuf import field_mask_pb2
+
+        client = artifact_registry_client(dst.registry)
+        name = f"{package.parent}/tags/{dst.reference}"
+        tag = artifactregistry_v1.Tag(name=name, version=f"{package.parent}/versions/{manifest.digest}")
+        try:
+            client.create_tag(parent=package.parent, tag_id=dst.reference, tag=tag)
+        except google_errors.AlreadyExists:
+            try:
+                client.update_tag(tag=tag, update_mask=field_mask_pb2.FieldMask(paths=["version"]))
+            except google_errors.FailedPrecondition as exc:  # immutable tags
+                raise TagConflict(f"{dst} is an immutable tag in Artifact Registry: {exc.message}") from None
+        return "gar-tag"

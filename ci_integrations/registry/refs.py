@@ -1,0 +1,188 @@
+"""Image references: `host[:port]/path[:tag][@digest]`, with Docker Hub's defaults (docker.io, library/).
+
+The grammar is the OCI distribution spec's (and github.com/distribution/reference's). Errors name the part that is
+wrong, because these messages reach people typing references into CI configs and forms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import InvalidReference
+
+DOCKER_HUB = "docker.io"
+_DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_COMPONENT_RE = re.compile(rf"^{_PATH_COMPONENT}$")
+_REPOSITORY_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?$")
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+_DIGEST_HEX = {"sha256": 64, "sha512": 128}
+MAX_REPOSITORY_LENGTH = 255
+
+
+def is_valid_tag(tag: str) -> bool:
+    return isinstance(tag, str) and bool(_TAG_RE.match(tag))
+
+
+def is_valid_repository(repository: str) -> bool:
+    return (
+        isinstance(repository, str)
+        and len(repository) <= MAX_REPOSITORY_LENGTH
+        and bool(_REPOSITORY_RE.match(repository))
+    )
+
+
+def is_valid_digest(digest: str) -> bool:
+    """sha256:<64 lowercase hex> or sha512:<128 lowercase hex>; other algorithms cannot be verified here."""
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        return False
+    algorithm, _, encoded = digest.partition(":")
+    length = _DIGEST_HEX.get(algorithm)
+    return length is not None and len(encoded) == length and bool(re.fullmatch(r"[a-f0-9]+", encoded))
+
+
+def is_valid_host(host: str) -> bool:
+    return isinstance(host, str) and bool(_HOST_RE.match(host))
+
+
+def check_tag(tag: str) -> str:
+    if not is_valid_tag(tag):
+        raise InvalidReference(
+            f"invalid tag {tag!r}: use up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        )
+    return tag
+
+
+def check_digest(digest: str) -> str:
+    if not is_valid_digest(digest):
+        raise InvalidReference(f"invalid digest {digest!r}: expected sha256:<64 lowercase hex> (or sha512:<128 hex>)")
+    return digest
+
+
+def check_repository(repository: str) -> str:
+    if not isinstance(repository, str) or not repository:
+        raise InvalidReference("repository is empty")
+    if len(repository) > MAX_REPOSITORY_LENGTH:
+        raise InvalidReference(f"repository is longer than {MAX_REPOSITORY_LENGTH} characters")
+    for component in repository.split("/"):
+        if not _PATH_COMPONENT_RE.match(component):
+            hint = " (must be lowercase)" if component.lower() != component else ""
+            raise InvalidReference(
+                f"invalid repository path component {component!r} in {repository!r}{hint}: use lowercase letters and "
+                "digits separated by '.', '_', '__' or '-'"
+            )
+    return repository
+
+
+def check_reference(reference: str) -> str:
+    """A manifest reference: a tag or a digest."""
+    if isinstance(reference, str) and ":" in reference:
+        return check_digest(reference)
+    return check_tag(reference)
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """A parsed, normalised image reference. `tag` and `digest` may both be set (the digest wins)."""
+
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """What to ask the registry for: the digest if pinned, else the tag (Docker's default "latest")."""
+        return self.digest or self.tag or "latest"
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry}/{self.repository}"
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.tag:
+            text += f":{self.tag}"
+        if self.digest:
+            text += f"@{self.digest}"
+        return text
+
+
+def _looks_like_host(component: str) -> bool:
+    # Docker's rule: the first component is a registry host if it has a '.' or ':' or is localhost.
+    return "." in component or ":" in component or component == "localhost" or component.startswith("[")
+
+
+def parse_reference(text: str) -> ImageReference:
+    """Parse `host[:port]/path[:tag][@sha256:…]`; raises InvalidReference naming the wrong part."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidReference("image reference is empty")
+    if text != text.strip() or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise InvalidReference(f"image reference {text!r} contains whitespace or control characters")
+    if "://" in text:
+        raise InvalidReference(f"image reference {text!r} must not contain a URL scheme; write host/repository:tag")
+    remainder, digest = text, None
+    if "@" in remainder:
+        remainder, _, digest = remainder.partition("@")
+        check_digest(digest)
+    host = DOCKER_HUB
+    first, slash, rest = remainder.partition("/")
+    if slash and _looks_like_host(first):
+        if not is_valid_host(first):
+            raise InvalidReference(f"invalid registry host {first!r} in {text!r}")
+        host, remainder = first, rest
+    tag = None
+    last_slash = remainder.rfind("/")
+    colon = remainder.rfind(":")
+    if colon > last_slash:
+        remainder, tag = remainder[:colon], remainder[colon + 1 :]
+        check_tag(tag)
+    repository = remainder
+    if host in _DOCKER_HUB_ALIASES:
+        host = DOCKER_HUB
+        if repository and "/" not in repository:
+            repository = f"library/{repository}"
+    if not repository:
+        raise InvalidReference(f"image reference {text!r} has no repository")
+    check_repository(repository)
+    if len(host) + 1 + len(repository) > MAX_REPOSITORY_LENGTH:
+        raise InvalidReference(f"image name {host}/{repository} is longer than {MAX_REPOSITORY_LENGTH} characters")
+    return ImageReference(registry=host, repository=repository, tag=tag, digest=digest)
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    """A registry as the Django side describes it; providers turn it into an endpoint and auth.
+
+    url: "https://host[:port]" (or "http://…" for plain-HTTP local registries). credentials: None means ambient (the
+    cloud's default chain, or anonymous for generic); else {"username", "password"} or provider-specific keys.
+    options: provider settings (region, project, location, tenant_id, subscription_id, resource_group, …) and
+    transport tuning (connect_timeout, read_timeout, retry_attempts, retry_base_delay, verify_tls, ca_bundle).
+    """
+
+    provider: str
+    url: str
+    options: dict = field(default_factory=dict)
+    credentials: dict | None = field(default=None, repr=False)
+
+    def __hash__(self) -> int:  # options/credentials are dicts; identity of a registry is provider + url
+        return hash((self.provider, self.url))
+
+
+@dataclass(frozen=True)
+class ImageLocation:
+    """One image on one registry: repository plus a tag or digest."""
+
+    registry: RegistrySpec
+    repository: str
+    reference: str
+
+    def __str__(self) -> str:
+        host = self.registry.url.split("://", 1)[-1].rstrip("/")
+        separator = "@" if ":" in self.reference else ":"
+        return f"{host}/{self.repository}{separator}{self.reference}"

@@ -1,0 +1,302 @@
+"""The one place that sends HTTP to registries: sessions, auth challenges, redirects, timeouts and retries.
+
+Retries live here and nowhere else (`with_retries` is reused by the copy engine for whole blob transfers, whose
+streamed bodies cannot be replayed by a single request retry).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .auth import Authenticator, merge_scopes, parse_www_authenticate
+from .errors import AccessDenied, AuthenticationError, RegistryError, TransientError, error_for_response
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "p2p-portal-registry/1.0"
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter; Retry-After wins when the registry sends one."""
+
+    attempts: int = 5
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    max_retry_after: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return max(0.0, min(retry_after, self.max_retry_after))
+        return random.uniform(self.base_delay / 2, min(self.max_delay, self.base_delay * (2**attempt)))
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect: float = 10.0
+    read: float = 120.0
+
+    @property
+    def pair(self) -> tuple[float, float]:
+        return (self.connect, self.read)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class RetryableFailure(Exception):
+    """Internal: one attempt failed in a way worth retrying (wraps the typed error to raise at the end)."""
+
+    def __init__(self, error: RegistryError, retry_after: float | None = None):
+        super().__init__(error.message)
+        self.error = error
+        self.retry_after = retry_after
+
+
+def with_retries(
+    operation: Callable[[int], T],
+    *,
+    policy: RetryPolicy,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run operation(attempt) until it returns; retry on RetryableFailure up to policy.attempts, then raise."""
+    last: RetryableFailure | None = None
+    for attempt in range(policy.attempts):
+        try:
+            return operation(attempt)
+        except RetryableFailure as failure:
+            last = failure
+            if attempt + 1 < policy.attempts:
+                pause = policy.delay(attempt, failure.retry_after)
+                log.info("%s: %s; retry in %.2fs (%d/%d)", what, failure, pause, attempt + 1, policy.attempts)
+                sleep(pause)
+    assert last is not None
+    error = last.error
+    if isinstance(error, TransientError):
+        raise TransientError(
+            f"{error.message} (gave up after {policy.attempts} attempts)",
+            status=error.status,
+            code=error.code,
+            retry_after=error.retry_after,
+        ) from None
+    raise error
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, secret-free description of a connection-level failure."""
+    if isinstance(exc, requests.Timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        if "reset" in text.lower() or "aborted" in text.lower():
+            return "connection reset"
+        if "IncompleteRead" in text or "Connection broken" in text:
+            return "connection broken mid-body"
+        return "connection failed"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return "connection broken mid-body"
+    return type(exc).__name__
+
+
+class Transport:
+    """HTTP to one registry host: a pooled session with auth, plus plain sessions for redirect targets."""
+
+    def __init__(
+        self,
+        base_url: str,
+        authenticator: Authenticator,
+        *,
+        policy: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        pool_size: int = 16,
+        verify: bool | str = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.host = urlsplit(self.base_url).netloc
+        self.auth = authenticator
+        self.policy = policy or RetryPolicy()
+        self.timeouts = timeouts or Timeouts()
+        self.verify = verify
+        self._pool_size = pool_size
+        self._sessions: dict[str, requests.Session] = {}
+        self._lock = threading.Lock()
+
+    def session(self, netloc: str | None = None) -> requests.Session:
+        netloc = netloc or self.host
+        with self._lock:
+            session = self._sessions.get(netloc)
+            if session is None:
+                session = requests.Session()
+                adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                # Transparent decompression would break digests; we always want the bytes as stored.
+                session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+                session.verify = self.verify
+                self._sessions[netloc] = session
+            return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions.values():
+                session.close()
+            self._sessions.clear()
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        scopes: tuple[str, ...] = (),
+        headers: dict | None = None,
+        data=None,
+        stream: bool = False,
+        replayable: bool = True,
+        follow_redirects: bool = True,
+    ) -> requests.Response:
+        """One logical request: auth challenge answered (bodies must be replayable for that), redirects followed.
+
+        Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry.
+        """
+        scopes = merge_scopes(scopes)
+        sent = self.auth.header(scopes)
+        for auth_round in range(3):
+            request_headers = dict(headers or {})
+            if sent:
+                request_headers["Authorization"] = sent
+            response = self._send(method, url, request_headers, data, stream)
+            if response.status_code != 401:
+                break
+            challenge = response.headers.get("WWW-Authenticate", "")
+            body = response.content
+            response.close()
+            if not challenge or auth_round == 2:
+                raise error_for_response(401, body, what=f"{method} {_path(url)}")
+            if sent and _insufficient_scope(challenge):
+                raise AccessDenied(f"{method} {_path(url)}: the token lacks the needed scope ({', '.join(scopes)})")
+            if not replayable and sent:
+                # A streamed body cannot be sent again; the caller restarts the whole operation.
+                self._answer(challenge, scopes, sent)
+                raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: credentials expired mid-request"))
+            sent = self._answer(challenge, scopes, sent)
+            if not replayable:
+                raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: needed auth first"))
+        if follow_redirects and response.status_code in REDIRECT_STATUS and method in ("GET", "HEAD"):
+            response = self._follow(method, response, headers or {}, stream, sent)
+        if response.status_code in RETRYABLE_STATUS:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            body = response.content if not stream or method != "GET" else response.raw.read(4096)
+            response.close()
+            error = error_for_response(
+                response.status_code, body, what=f"{method} {_path(url)}", retry_after=retry_after
+            )
+            if not isinstance(error, TransientError):
+                error = TransientError(error.message, status=response.status_code, retry_after=retry_after)
+            raise RetryableFailure(error, retry_after)
+        return response
+
+    def _answer(self, challenge: str, scopes: tuple[str, ...], sent: str | None) -> str:
+        try:
+            return self.auth.answer(challenge, scopes, self.session(), self.timeouts.pair, sent=sent)
+        except TransientError as exc:  # the token service had a hiccup: retry like any other request
+            raise RetryableFailure(exc, exc.retry_after) from None
+
+    def _send(self, method: str, url: str, headers: dict, data, stream: bool) -> requests.Response:
+        try:
+            return self.session(urlsplit(url).netloc).request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                stream=stream,
+                timeout=self.timeouts.pair,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise RetryableFailure(TransientError(f"{method} {_path(url)}: {describe_exception(exc)}")) from None
+
+    def _follow(
+        self, method: str, response: requests.Response, headers: dict, stream: bool, sent: str | None
+    ) -> requests.Response:
+        for _ in range(10):
+            location = response.headers.get("Location")
+            if not location:
+                return response
+            target = urljoin(response.url, location)  # relative Locations resolve against the request; query kept
+            response.close()
+            request_headers = dict(headers)
+            if urlsplit(target).netloc == self.host and sent:
+                request_headers["Authorization"] = sent
+            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials.
+            response = self._send(method, target, request_headers, None, stream)
+            if response.status_code not in REDIRECT_STATUS:
+                return response
+        raise TransientError("too many redirects")
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scopes: tuple[str, ...] = (),
+        headers: dict | None = None,
+        data: bytes | None = None,
+        stream: bool = False,
+        ok: tuple[int, ...] = (200,),
+        allow: tuple[int, ...] = (),
+        what: str | None = None,
+    ) -> requests.Response:
+        """A replayable request with retries; returns the response when its status is in ok+allow, else raises."""
+        url = path_or_url if "://" in path_or_url else self.url(path_or_url)
+        label = what or f"{method} {_path(url)}"
+
+        def attempt(_: int) -> requests.Response:
+            return self.send_once(method, url, scopes=scopes, headers=headers, data=data, stream=stream)
+
+        response = with_retries(attempt, policy=self.policy, what=label)
+        if response.status_code in ok or response.status_code in allow:
+            return response
+        body = response.content if method != "HEAD" else b""
+        response.close()
+        raise error_for_response(response.status_code, body, what=label)
+
+
+def _path(url: str) -> str:
+    """URL without query (upload URLs carry state tokens) and without the host, for messages."""
+    parts = urlsplit(url)
+    return parts.path
+
+
+def _insufficient_scope(challenge: str) -> bool:
+    return any(c.params.get("error") == "insufficient_scope" for c in parse_www_authenticate(challenge))
