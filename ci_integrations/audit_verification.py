@@ -1,0 +1,61 @@
+"""On-demand verification of the audit chain for the dashboard's badge.
+
+Verifying a million entries takes most of a minute, far too long for a request, so the button queues a job and
+the badge shows the last result. Results live in Redis: losing them only means the badge says "not verified yet".
+"""
+
+from __future__ import annotations
+
+import json
+
+from django.utils import timezone
+
+from ci_integrations.services.audit import audit_verify
+
+RESULT_KEY = "p2p:audit:last-verification"
+RUNNING_KEY = "p2p:audit:verification-running"
+RUNNING_FOR_AT_MOST = 3600  # seconds; a worker that died mid-run does not block the button for longer
+
+
+def _redis():
+    import django_rq
+
+    return django_rq.get_connection("default")
+
+
+def audit_verification_start() -> bool:
+    """Queue a verification unless one is already queued or running; True when this call queued it."""
+    import django_rq
+
+    if not _redis().set(RUNNING_KEY, timezone.now().isoformat(), nx=True, ex=RUNNING_FOR_AT_MOST):
+        return False
+    django_rq.get_queue("default").enqueue(audit_verification_run, job_timeout=RUNNING_FOR_AT_MOST)
+    return True
+
+
+def audit_verification_run() -> dict:
+    """The job: walk the whole chain and remember the outcome."""
+    try:
+        report = audit_verify()
+        result = {
+            "ok": report.ok,
+            "entries": report.entries,
+            "head": report.head,
+            "broken_id": report.broken_id,
+            "problem": report.problem,
+            "verified_at": timezone.now().isoformat(timespec="seconds"),
+        }
+        _redis().set(RESULT_KEY, json.dumps(result))
+        return result
+    finally:
+        _redis().delete(RUNNING_KEY)
+
+
+def audit_verification_status() -> tuple[dict | None, bool]:
+    """The last result (or None) and whether a verification is queued or running now."""
+    try:
+        redis = _redis()
+        raw, running = redis.get(RESULT_KEY), redis.exists(RUNNING_KEY)
+    except Exception:  # noqa: BLE001 - the badge must render even when Redis is down
+        return None, False
+    return (json.loads(raw) if raw else None), bool(running)

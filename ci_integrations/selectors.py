@@ -1,0 +1,415 @@
+"""Read-side queries shared by the UI and the API.
+
+Every selector runs a fixed number of queries whatever the data size: the matrix reads the denormalised
+Bucket.current_arrival, histories are bounded per bucket, and lists are keyset-paginated by id (never OFFSET, never a
+COUNT of a filtered set).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import connection
+from django.db.models import F, Prefetch, Q, Subquery, Value, Window
+from django.db.models.functions import Coalesce, RowNumber
+from django.utils import timezone
+
+from ci_integrations.models import (
+    ApiToken,
+    Approval,
+    Arrival,
+    Artifact,
+    AuditEntry,
+    Bucket,
+    CheckResult,
+    FreezeWindow,
+    Integration,
+    Promotion,
+    WorkflowStep,
+)
+
+OVERVIEW_PAGE_SIZE = 100
+HISTORY_PER_BUCKET = 10
+ARTIFACTS_PER_PAGE = 20
+AUDIT_PAGE_SIZE = 50
+INBOX_PAGE_SIZE = 25
+FAILED_RECENT_DAYS = 7
+
+
+# --- overview ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MatrixCell:
+    """One bucket in the matrix: what it runs and whether the environment before it holds something else."""
+
+    bucket: Bucket
+    arrival: Arrival | None
+    newer_waits: bool = False
+
+
+@dataclass
+class MatrixRow:
+    integration: Integration
+    cells: dict[str, MatrixCell] = field(default_factory=dict)
+    columns: list[MatrixCell | None] = field(default_factory=list)  # one per matrix environment, None for no bucket
+
+
+@dataclass
+class Matrix:
+    environments: list[str]
+    rows: list[MatrixRow]
+    next_after: str | None  # the name to continue from, when there are more integrations
+
+
+def integration_matrix(*, after: str = "", limit: int = OVERVIEW_PAGE_SIZE) -> Matrix:
+    """Integrations (keyset-paginated by name) × environments, each cell the bucket's current arrival. Two queries."""
+    integrations = list(Integration.objects.filter(name__gt=after).order_by("name")[: limit + 1])
+    more = len(integrations) > limit
+    integrations = integrations[:limit]
+    buckets = (
+        Bucket.objects.filter(integration__in=[i.pk for i in integrations])
+        .select_related("current_arrival__artifact", "registry")
+        .order_by("integration_id", "position", "env")
+    )
+    rows = {i.pk: MatrixRow(integration=i) for i in integrations}
+    env_order: dict[str, tuple[int, int]] = {}
+    previous_by_integration: dict[int, MatrixCell] = {}
+    for bucket in buckets:
+        arrival = bucket.current_arrival
+        cell = MatrixCell(bucket=bucket, arrival=arrival)
+        before = previous_by_integration.get(bucket.integration_id)
+        if before is not None and before.arrival is not None:
+            cell.newer_waits = arrival is None or arrival.artifact.digest != before.arrival.artifact.digest
+        previous_by_integration[bucket.integration_id] = cell
+        rows[bucket.integration_id].cells[bucket.env] = cell
+        rank = (bucket.position, len(env_order))
+        env_order[bucket.env] = min(env_order.get(bucket.env, rank), rank)
+    environments = sorted(env_order, key=lambda env: env_order[env])
+    for row in rows.values():
+        row.columns = [row.cells.get(env) for env in environments]
+    return Matrix(
+        environments=environments, rows=list(rows.values()), next_after=integrations[-1].name if more else None
+    )
+
+
+def approvals_waiting_for(user, *, limit: int = INBOX_PAGE_SIZE) -> list[Promotion]:
+    """Promotions pending approval that this user could still decide on: not their own (unless the step allows
+    self-approval), not already decided by them, and in their approver group when the step names one.
+
+    The service has the last word (promotion_approval_block); this is the list to show.
+    """
+    if not user.has_perm("ci_integrations.approve_promotion"):
+        return []
+    group_ids = [g.pk for g in user.groups.all()]
+    return list(
+        Promotion.objects.filter(state=Promotion.State.PENDING_APPROVAL)
+        .exclude(approvals__user=user)
+        .exclude(Q(requested_by=user) & ~Q(step__self_approval=True))
+        .filter(Q(step__approver_group__isnull=True) | Q(step__approver_group__in=group_ids))
+        .select_related("integration", "artifact", "from_bucket", "to_bucket__current_arrival__artifact", "step")
+        .order_by("created_at", "id")[:limit]
+    )
+
+
+def promotions_pending(*, limit: int = INBOX_PAGE_SIZE) -> list[Promotion]:
+    """Every promotion pending approval, oldest first (for people who cannot decide on them)."""
+    return list(
+        Promotion.objects.filter(state=Promotion.State.PENDING_APPROVAL)
+        .select_related("integration", "artifact", "from_bucket", "to_bucket__current_arrival__artifact", "step")
+        .order_by("created_at", "id")[:limit]
+    )
+
+
+def promotions_failed_recently(*, days: int = FAILED_RECENT_DAYS, limit: int = 10) -> list[Promotion]:
+    since = timezone.now() - timedelta(days=days)
+    return list(
+        Promotion.objects.filter(state=Promotion.State.FAILED, created_at__gte=since)
+        .select_related("integration", "artifact", "to_bucket")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+# --- integration -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepView:
+    """One workflow step as the pipeline shows it, with the artifact it could take next."""
+
+    step: WorkflowStep
+    from_bucket: Bucket | None
+    to_bucket: Bucket | None
+
+    @property
+    def candidate(self) -> Artifact | None:
+        """The source's current artifact, when the target does not already run it."""
+        source = self.from_bucket.current_arrival if self.from_bucket else None
+        if source is None or self.to_bucket is None:
+            return None
+        target = self.to_bucket.current_arrival
+        if target is not None and target.artifact_id == source.artifact_id:
+            return None
+        return source.artifact
+
+
+@dataclass
+class BucketView:
+    bucket: Bucket
+    history: list[Arrival]
+    outgoing: StepView | None = None
+
+
+@dataclass
+class IntegrationDetail:
+    integration: Integration
+    buckets: list[BucketView]
+    steps: list[StepView]
+    artifacts: list[Artifact]
+    artifacts_next_before: int | None
+    promotions: list[Promotion]
+
+
+def _arrival_histories(bucket_ids: list[int], per_bucket: int) -> dict[int, list[Arrival]]:
+    """The latest arrivals of each bucket, in one query (index arrival_bucket_recent_idx per bucket)."""
+    histories: dict[int, list[Arrival]] = {pk: [] for pk in bucket_ids}
+    if not bucket_ids:
+        return histories
+    base = Arrival.objects.select_related("artifact").order_by("-arrived_at", "-id")
+    if connection.features.supports_slicing_ordering_in_compound and len(bucket_ids) > 1:
+        first, *rest = [base.filter(bucket_id=pk)[:per_bucket] for pk in bucket_ids]
+        arrivals = list(first.union(*rest, all=True))
+    else:
+        # SQLite cannot slice inside a UNION; a window function does it in one query (fine at demo sizes).
+        rank = Window(RowNumber(), partition_by=F("bucket_id"), order_by=[F("arrived_at").desc(), F("id").desc()])
+        arrivals = list(base.filter(bucket_id__in=bucket_ids).annotate(rank=rank).filter(rank__lte=per_bucket))
+    for arrival in arrivals:
+        histories[arrival.bucket_id].append(arrival)
+    for items in histories.values():
+        items.sort(key=lambda a: (a.arrived_at, a.pk), reverse=True)
+    return histories
+
+
+def artifacts_with_checks(*, integration: Integration, before_id: int | None = None, limit: int = ARTIFACTS_PER_PAGE):
+    """An integration's artifacts, newest first (keyset by id), with checks and arrivals (two prefetch queries)."""
+    qs = Artifact.objects.filter(integration=integration)
+    if before_id:
+        qs = qs.filter(id__lt=before_id)
+    artifacts = list(
+        qs.order_by("-id").prefetch_related(
+            Prefetch("checks", queryset=CheckResult.objects.order_by("name")),
+            Prefetch("arrivals", queryset=Arrival.objects.select_related("bucket").order_by("arrived_at", "id")),
+        )[: limit + 1]
+    )
+    more = len(artifacts) > limit
+    artifacts = artifacts[:limit]
+    return artifacts, (artifacts[-1].pk if more and artifacts else None)
+
+
+def integration_detail(*, name: str, artifacts_before: int | None = None) -> IntegrationDetail:
+    """Everything the integration page shows, in a fixed number of queries. Raises Integration.DoesNotExist."""
+    integration = Integration.objects.select_related("workflow").get(name=name)
+    buckets = list(
+        Bucket.objects.filter(integration=integration)
+        .select_related("registry", "current_arrival__artifact")
+        .order_by("position", "env")
+    )
+    by_env = {b.env: b for b in buckets}
+    steps: list[StepView] = []
+    if integration.workflow_id:
+        for step in WorkflowStep.objects.filter(workflow_id=integration.workflow_id).select_related("approver_group"):
+            steps.append(StepView(step=step, from_bucket=by_env.get(step.from_env), to_bucket=by_env.get(step.to_env)))
+    histories = _arrival_histories([b.pk for b in buckets], HISTORY_PER_BUCKET)
+    views = [BucketView(bucket=b, history=histories[b.pk]) for b in buckets]
+    for view in views:
+        view.outgoing = next((s for s in steps if s.from_bucket and s.from_bucket.pk == view.bucket.pk), None)
+    artifacts, next_before = artifacts_with_checks(integration=integration, before_id=artifacts_before)
+    promotions = list(
+        Promotion.objects.filter(integration=integration)
+        .select_related("artifact", "from_bucket", "to_bucket")
+        .order_by("-created_at", "-id")[:10]
+    )
+    return IntegrationDetail(integration, views, steps, artifacts, next_before, promotions)
+
+
+# --- artifact and promotion ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArtifactDetail:
+    artifact: Artifact
+    checks: list[CheckResult]
+    arrivals: list[Arrival]
+    promotions: list[Promotion]
+    current_in: list[str]
+    tags: list[str]
+
+
+def artifact_detail(*, pk: int, limit: int = 50) -> ArtifactDetail:
+    """An artifact with its checks, where it has been and its promotions. Raises Artifact.DoesNotExist."""
+    artifact = Artifact.objects.select_related("integration").get(pk=pk)
+    checks = list(CheckResult.objects.filter(artifact=artifact).order_by("name"))
+    arrivals = list(
+        Arrival.objects.filter(artifact=artifact)
+        .select_related("bucket__registry", "promotion")
+        .order_by("-arrived_at", "-id")[:limit]
+    )
+    promotions = list(
+        Promotion.objects.filter(artifact=artifact)
+        .select_related("from_bucket", "to_bucket")
+        .order_by("-created_at", "-id")[:limit]
+    )
+    current_in = list(
+        Bucket.objects.filter(integration_id=artifact.integration_id, current_arrival__artifact=artifact)
+        .order_by("position")
+        .values_list("env", flat=True)
+    )
+    tags = sorted({a.tag for a in arrivals})
+    return ArtifactDetail(artifact, checks, arrivals, promotions, current_in, tags)
+
+
+def promotion_detail(pk: int) -> Promotion:
+    """A promotion with what its page shows (approvals with their users). Raises Promotion.DoesNotExist."""
+    return (
+        Promotion.objects.select_related(
+            "integration", "artifact", "from_bucket__registry", "to_bucket__registry", "step__approver_group"
+        )
+        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user").order_by("id")))
+        .get(pk=pk)
+    )
+
+
+def promotion_for_decision(pk: int) -> Promotion:
+    """A promotion with what the policy evaluation and the approval check read, in one query."""
+    return Promotion.objects.select_related(
+        "integration", "artifact__integration", "from_bucket__registry", "to_bucket__registry", "step__approver_group"
+    ).get(pk=pk)
+
+
+def promotion_progress(pk: int) -> Promotion:
+    """Only what the live progress partial needs (polled every second or two)."""
+    return Promotion.objects.select_related("to_bucket").get(pk=pk)
+
+
+def promotion_timeline(pk: int, *, limit: int = 50) -> list[AuditEntry]:
+    """The audit entries about one promotion, oldest first."""
+    entries = AuditEntry.objects.filter(object_type="promotion", object_id=str(pk)).order_by("-id")[:limit]
+    return list(reversed(entries))
+
+
+# --- audit -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditFilters:
+    integration: str = ""
+    environment: str = ""
+    actor: str = ""
+    action: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def queryset(self):
+        qs = AuditEntry.objects.all()
+        if self.integration:
+            qs = qs.filter(integration=self.integration)
+        if self.environment:
+            qs = qs.filter(environment=self.environment)
+        if self.actor:
+            qs = qs.filter(actor=self.actor)
+        if self.action:
+            # "promotion." lists every promotion action; a full name lists one.
+            qs = (
+                qs.filter(action__startswith=self.action)
+                if self.action.endswith(".")
+                else qs.filter(action=self.action)
+            )
+        # Appends are serialised and stamped inside the lock, so ids follow time: a date bound becomes an id bound
+        # (one index probe on timestamp), and the page is a primary-key range scan instead of a filter over the log.
+        if self.since:
+            qs = qs.filter(timestamp__gte=self.since, id__gte=_first_id_at_or_after(self.since, default=0))
+        if self.until:
+            qs = qs.filter(timestamp__lt=self.until, id__lt=_first_id_at_or_after(self.until, default=2**62))
+        return qs
+
+
+def _first_id_at_or_after(moment: datetime, *, default: int):
+    first = AuditEntry.objects.filter(timestamp__gte=moment).order_by("timestamp", "id").values("id")[:1]
+    return Coalesce(Subquery(first), Value(default))
+
+
+@dataclass
+class AuditPage:
+    entries: list[AuditEntry]
+    older_than: int | None  # pass as ?before= for the next (older) page
+    newer_than: int | None  # pass as ?after= for the previous (newer) page
+
+
+def audit_entries(
+    filters: AuditFilters, *, before: int | None = None, after: int | None = None, limit: int = AUDIT_PAGE_SIZE
+):
+    """One page of entries, newest first, keyset-paginated by id: one query, whatever the table size."""
+    qs = filters.queryset()
+    if after:
+        rows = list(qs.filter(id__gt=after).order_by("id")[: limit + 1])
+        more_newer = len(rows) > limit
+        entries = list(reversed(rows[:limit]))
+        return AuditPage(
+            entries, older_than=entries[-1].id if entries else None, newer_than=entries[0].id if more_newer else None
+        )
+    if before:
+        qs = qs.filter(id__lt=before)
+    rows = list(qs.order_by("-id")[: limit + 1])
+    entries = rows[:limit]
+    return AuditPage(
+        entries,
+        older_than=entries[-1].id if len(rows) > limit else None,
+        newer_than=entries[0].id if before and entries else None,
+    )
+
+
+def audit_entries_for_export(filters: AuditFilters, *, chunk_size: int = 2000):
+    """Every matching entry, oldest first, read in id-keyset chunks so memory stays flat on a million rows."""
+    qs = filters.queryset().order_by("id")
+    last = 0
+    while True:
+        chunk = list(qs.filter(id__gt=last)[:chunk_size])
+        if not chunk:
+            return
+        yield from chunk
+        last = chunk[-1].id
+
+
+def audit_latest_entry() -> AuditEntry | None:
+    return AuditEntry.objects.order_by("-id").only("id", "hash", "timestamp").first()
+
+
+def audit_filter_choices() -> dict[str, list[str]]:
+    """Values for the filter drop-downs: integration names and environments come from configuration, not the log."""
+    return {
+        "integrations": list(Integration.objects.order_by("name").values_list("name", flat=True)[:500]),
+        "environments": sorted(set(Bucket.objects.values_list("env", flat=True).distinct()[:200])),
+    }
+
+
+# --- tokens and freeze windows -------------------------------------------------------------------------------------
+
+
+def tokens_visible_to(user, *, limit: int = 200) -> list[ApiToken]:
+    """A user's personal tokens and the CI tokens they created; platform admins see every CI token."""
+    mine = Q(user=user) | Q(kind=ApiToken.Kind.CI, created_by=user.get_username())
+    if user.has_perm("ci_integrations.change_apitoken"):
+        mine |= Q(kind=ApiToken.Kind.CI)
+    return list(
+        ApiToken.objects.filter(mine)
+        .select_related("user")
+        .prefetch_related(Prefetch("integrations", queryset=Integration.objects.only("id", "name")))
+        .order_by("-created_at")[:limit]
+    )
+
+
+def freeze_windows_recent(*, limit: int = 100) -> list[FreezeWindow]:
+    """Freeze windows that have not ended long ago, latest start first."""
+    since = timezone.now() - timedelta(days=30)
+    return list(FreezeWindow.objects.filter(ends_at__gte=since).order_by("-starts_at")[:limit])

@@ -1,0 +1,46 @@
+"""`manage.py seed_demo`: the `make run` demo is seeded once, with real images in qa and printed passwords."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+
+from ci_integrations.models import Arrival, Artifact, Bucket, WorkflowStep
+from tests.support.images import get_manifest_digest
+from tests.ui.conftest import ensure_roles
+
+pytestmark = pytest.mark.django_db
+
+
+def test_seed_demo_seeds_once_and_prints_the_same_passwords_every_time(registry_servers, settings, tmp_path):
+    settings.VAR_DIR = tmp_path
+    ensure_roles()
+    first, second = registry_servers
+    args = ["--registry-a", first.url, "--registry-b", second.url, "--wait", "5"]
+    out = io.StringIO()
+    call_command("seed_demo", *args, stdout=out)
+    again = io.StringIO()
+    call_command("seed_demo", *args, stdout=again)
+
+    assert "already seeded" in again.getvalue()
+    assert Artifact.objects.filter(integration__name="demo-shop").count() == 3
+    qa = Bucket.objects.get(integration__name="demo-shop", env="qa")
+    assert Arrival.objects.filter(bucket=qa).count() == 3
+    for arrival in Arrival.objects.filter(bucket=qa).select_related("artifact"):
+        assert get_manifest_digest(first.url, "demo-shop/qa", arrival.tag) == arrival.artifact.digest
+    prod = Bucket.objects.get(integration__name="demo-shop", env="prod")
+    assert prod.registry.url == second.url
+    staging_step = WorkflowStep.objects.get(to_env="staging")
+    prod_step = WorkflowStep.objects.get(to_env="prod")
+    assert (staging_step.required_approvals, prod_step.required_approvals) == (1, 2)
+    assert not staging_step.self_approval and staging_step.approver_group.name == "release-managers"
+
+    passwords = dict(line.split() for line in (tmp_path / "demo-passwords.txt").read_text().splitlines())
+    assert set(passwords) == {"release1", "release2", "auditor", "admin"}
+    for name, password in passwords.items():
+        assert f"{name}" in out.getvalue() and password in out.getvalue() and password in again.getvalue()
+        assert User.objects.get(username=name).check_password(password)
+    assert User.objects.get(username="admin").is_staff

@@ -1,0 +1,352 @@
+"""The dashboard through Django's test client: who may see and do what, CSRF, htmx polling, audit paging and
+exports, tokens, freeze windows, and a constant number of queries per page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.audit import audit_record
+from ci_integrations.services.promotions import promotion_approve, promotion_request
+
+pytestmark = pytest.mark.django_db
+
+MAX_QUERIES = 12
+
+
+def client_for(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def requested(world, artifact, env="staging", by="release1", reason=""):
+    return promotion_request(artifact=artifact, to_env=env, actor=Actor.for_user(world.users[by]), reason=reason)
+
+
+@pytest.fixture
+def pending(world):
+    artifact = world.place("qa", "1.0.0", branch="main")
+    return requested(world, artifact)
+
+
+def page_urls(world, promotion) -> dict[str, str]:
+    return {
+        "overview": reverse("overview"),
+        "integration": reverse("integration", args=[world.integration.name]),
+        "artifact": reverse("artifact", args=[promotion.artifact_id]),
+        "approvals": reverse("approvals"),
+        "promotion": reverse("promotion", args=[promotion.pk]),
+        "audit": reverse("audit"),
+        "tokens": reverse("tokens"),
+        "freeze windows": reverse("freeze_windows"),
+    }
+
+
+def test_every_page_sends_anonymous_visitors_to_sign_in(world, pending):
+    client = Client()
+    for name, url in page_urls(world, pending).items():
+        response = client.get(url)
+        assert response.status_code == 302, name
+        assert response["Location"].startswith(reverse("login")), name
+
+
+def test_an_auditor_cannot_approve_promote_or_see_the_approve_button(world, pending):
+    client = client_for(world.users["auditor"])
+    page = client.get(reverse("promotion", args=[pending.pk])).content.decode()
+    panel = client.get(reverse("approval_panel", args=[pending.pk])).content.decode()
+    assert ">Approve</button>" not in page + panel
+    assert "Why can't I approve?" in panel
+    assert client.post(reverse("promotion_approve", args=[pending.pk])).status_code == 403
+    assert client.post(reverse("promotion_reject", args=[pending.pk])).status_code == 403
+    assert client.get(reverse("promote", args=[pending.artifact_id, "staging"])).status_code == 403
+    pending.refresh_from_db()
+    assert pending.state == Promotion.State.PENDING_APPROVAL
+    assert not Approval.objects.exists()
+
+
+def test_a_viewer_cannot_see_or_export_the_audit_log(world):
+    client = client_for(world.users["viewer"])
+    assert client.get(reverse("audit")).status_code == 403
+    assert client.get(reverse("audit_export_csv")).status_code == 403
+    assert client.get(reverse("audit_export_jsonl")).status_code == 403
+    assert client.post(reverse("audit_verify")).status_code == 403
+    assert "Audit log" not in client.get(reverse("overview")).content.decode()
+
+
+def test_promote_and_roll_back_buttons_show_only_for_people_who_may_request(world):
+    old = world.place("qa", "1.0.0")
+    world.place("qa", "1.1.0")
+    url = reverse("integration", args=[world.integration.name])
+    viewer_page = client_for(world.users["viewer"]).get(url).content.decode()
+    manager_page = client_for(world.users["release1"]).get(url).content.decode()
+    assert "Promote 1.1.0 to staging" not in viewer_page and "Roll back to this" not in viewer_page
+    assert "Promote 1.1.0 to staging" in manager_page and "Roll back to this" in manager_page
+    rollback_url = reverse("rollback", args=[world.integration.name, "qa", old.arrivals.get().pk])
+    assert client_for(world.users["viewer"]).post(rollback_url, {"reason": "x"}).status_code == 403
+
+
+def test_the_requester_is_told_why_they_cannot_approve_and_the_server_refuses(world, pending):
+    client = client_for(world.users["release1"])
+    page = client.get(reverse("approval_panel", args=[pending.pk]), headers={"HX-Request": "true"}).content.decode()
+    assert ">Approve</button>" not in page and "<html" not in page
+    assert "four-eyes" in page
+    response = client.post(reverse("promotion_approve", args=[pending.pk]), {"comment": "me"}, follow=True)
+    assert "four-eyes" in response.content.decode()
+    pending.refresh_from_db()
+    assert pending.state == Promotion.State.PENDING_APPROVAL
+    assert AuditEntry.objects.filter(action="promotion.approve_refused").exists()
+
+
+def test_a_second_release_manager_approves_with_a_comment_from_the_inbox(world, pending, rq_queues):
+    client = client_for(world.users["release2"])
+    inbox = client.get(reverse("approvals")).content.decode()
+    assert f"#{pending.pk}" in inbox
+    panel = client.get(reverse("approval_panel", args=[pending.pk]) + "?next=inbox").content.decode()
+    assert ">Approve</button>" in panel and ">Reject</button>" in panel
+    response = client.post(
+        reverse("promotion_approve", args=[pending.pk]), {"comment": "looks good", "next": reverse("approvals")}
+    )
+    assert response.status_code == 302 and response["Location"] == reverse("approvals")
+    pending.refresh_from_db()
+    assert pending.state == Promotion.State.QUEUED
+    assert Approval.objects.get(promotion=pending).comment == "looks good"
+
+
+def test_approving_by_get_is_impossible(world, pending):
+    client = client_for(world.users["release2"])
+    assert client.get(reverse("promotion_approve", args=[pending.pk])).status_code == 405
+    assert client.get(reverse("promotion_reject", args=[pending.pk])).status_code == 405
+    pending.refresh_from_db()
+    assert pending.state == Promotion.State.PENDING_APPROVAL
+
+
+def test_a_post_without_its_csrf_token_is_refused(world, pending):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.users["release2"])
+    response = client.post(reverse("promotion_approve", args=[pending.pk]), {"comment": "no token"})
+    assert response.status_code == 403
+    assert client.post(reverse("promote", args=[pending.artifact_id, "staging"]), {}).status_code == 403
+    assert client.post(reverse("tokens"), {"name": "t", "kind": "personal"}).status_code == 403
+    pending.refresh_from_db()
+    assert pending.state == Promotion.State.PENDING_APPROVAL
+    assert not ApiToken.objects.exists()
+
+
+def test_promote_previews_the_policy_then_confirm_creates_the_request(world):
+    artifact = world.place("qa", "2.0.0")
+    client = client_for(world.users["release1"])
+    url = reverse("promote", args=[artifact.pk, "staging"])
+    preview = client.get(url).content.decode()
+    for words in ("required checks", "freeze window", "1 needed from release-managers", "Preflight"):
+        assert words in preview
+    assert not Promotion.objects.exists()
+    response = client.post(url, {"tag": "", "reason": "ship it"})
+    promotion = Promotion.objects.get()
+    assert response["Location"] == reverse("promotion", args=[promotion.pk])
+    assert (promotion.to_bucket_id, promotion.tag, promotion.reason) == (world.staging.pk, "2.0.0", "ship it")
+
+
+def test_a_policy_refusal_is_shown_with_every_unmet_condition(world):
+    artifact = world.place("qa", "2.0.0")
+    artifact.checks.all().delete()
+    FreezeWindow.objects.create(
+        name="holidays",
+        environments=["staging"],
+        starts_at=timezone.now() - timedelta(hours=1),
+        ends_at=timezone.now() + timedelta(hours=1),
+    )
+    response = client_for(world.users["release1"]).post(
+        reverse("promote", args=[artifact.pk, "staging"]), {"reason": "now"}, follow=True
+    )
+    page = response.content.decode()
+    assert "not reported: functional" in page and "holidays" in page
+    assert not Promotion.objects.exists()
+
+
+def test_polling_the_promotion_page_returns_the_live_part_and_286_once_final(world, pending):
+    client = client_for(world.users["release2"])
+    headers = {"HX-Request": "true", "HX-Target": "live"}
+    url = reverse("promotion", args=[pending.pk])
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200
+    assert "<html" not in response.content.decode() and 'data-state="pending_approval"' in response.content.decode()
+    Promotion.objects.filter(pk=pending.pk).update(
+        state=Promotion.State.FAILED, error="registry said <no>", blobs_total=3, blobs_done=1
+    )
+    response = client.get(url, headers=headers)
+    assert response.status_code == 286
+    body = response.content.decode()
+    assert 'data-state="failed"' in body and "registry said &lt;no&gt;" in body and ">Retry</button>" in body
+
+
+def test_the_audit_log_pages_by_id_and_filters(world):
+    for i in range(120):
+        audit_record(actor=f"user{i % 3}", action="test.entry", integration="shop", environment=f"env{i % 2}")
+    client = client_for(world.users["auditor"])
+    first = client.get(reverse("audit"), {"action": "test.entry"})
+    entries = first.context["page"].entries
+    assert len(entries) == 50 and entries[0].id > entries[-1].id
+    older = client.get(reverse("audit"), {"action": "test.entry", "before": first.context["page"].older_than})
+    older_entries = older.context["page"].entries
+    assert older_entries[0].id < entries[-1].id
+    newer = client.get(reverse("audit"), {"action": "test.entry", "after": older.context["page"].newer_than})
+    assert [e.id for e in newer.context["page"].entries] == [e.id for e in entries]
+    filtered = client.get(reverse("audit"), {"actor": "user1", "environment": "env1"}).context["page"].entries
+    assert filtered and all(e.actor == "user1" and e.environment == "env1" for e in filtered)
+    assert client.get(reverse("audit"), {"since": "2030-01-02", "until": "2030-01-01"}).status_code == 200
+
+
+def test_audit_exports_stream_csv_and_json_lines_ending_with_the_chain_head(world, pending):
+    client = client_for(world.users["auditor"])
+    response = client.get(reverse("audit_export_csv"), {"action": "promotion.requested"})
+    assert response.streaming and response["Content-Type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert rows[0][:4] == ["id", "timestamp", "actor", "action"]
+    assert [row[3] for row in rows[1:-1]] == ["promotion.requested"]
+    head = AuditEntry.objects.order_by("-id").first()
+    assert rows[-1][:2] == ["# chain_head", head.hash]
+    lines = b"".join(client.get(reverse("audit_export_jsonl")).streaming_content).decode().splitlines()
+    assert json.loads(lines[-1])["chain_head"] == head.hash
+    assert len(lines) - 1 == AuditEntry.objects.count()
+
+
+def test_verifying_the_chain_runs_as_a_job_and_the_badge_shows_the_result(
+    world, pending, rq_queues, run_worker, django_capture_on_commit_callbacks
+):
+    client = client_for(world.users["auditor"])
+    assert "Not verified yet" in client.get(reverse("audit")).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("audit_verify"), headers={"HX-Request": "true"})
+        client.post(reverse("audit_verify"))  # a second click queues nothing more
+    assert "Verifying the whole chain" in response.content.decode()
+    assert rq_queues["default"].count == 1
+    assert client.get(reverse("audit_badge")).status_code == 200  # still running: keep polling
+    run_worker()
+    badge = client.get(reverse("audit_badge"))
+    assert badge.status_code == 286
+    assert "Chain verified" in badge.content.decode()
+    assert f"{AuditEntry.objects.count()} entries" in badge.content.decode()
+
+
+def test_a_token_is_shown_once_with_a_copy_button_and_can_be_revoked(world):
+    client = client_for(world.users["release1"])
+    response = client.post(reverse("tokens"), {"name": "laptop", "kind": "personal", "scopes": ["read"]})
+    body = response.content.decode()
+    token = ApiToken.objects.get()
+    plain = response.context["created"]["plain"]
+    assert plain.startswith("p2p_") and plain in body and "data-copy-target" in body
+    assert response["Cache-Control"] == "no-store"
+    again = client.get(reverse("tokens")).content.decode()
+    assert plain not in again and "laptop" in again
+    ci = client.post(reverse("tokens"), {"name": "ci", "kind": "ci", "integrations": [world.integration.name]})
+    assert ci.context["created"]["token"].kind == "ci"
+    viewer = client_for(world.users["viewer"])
+    assert viewer.post(reverse("token_revoke", args=[token.pk])).status_code == 404
+    viewer_ci = viewer.post(reverse("tokens"), {"name": "x", "kind": "ci", "integrations": [world.integration.name]})
+    assert viewer_ci.status_code == 200 and not ApiToken.objects.filter(name="x").exists()
+    client.post(reverse("token_revoke", args=[token.pk]))
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+
+
+def test_only_platform_admins_manage_freeze_windows(world):
+    assert client_for(world.users["release1"]).get(reverse("freeze_windows")).status_code == 403
+    admin = client_for(world.users["admin"])
+    now = timezone.now()
+    admin.post(
+        reverse("freeze_windows"),
+        {
+            "name": "release week",
+            "environments": "staging, prod",
+            "starts_at": (now - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
+            "ends_at": (now + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+            "reason": "quiet please",
+        },
+    )
+    window = FreezeWindow.objects.get()
+    assert window.environments == ["prod", "staging"] and window.is_active()
+    assert "release week" in admin.get(reverse("freeze_windows")).content.decode()
+    admin.post(reverse("freeze_window_end", args=[window.pk]))
+    window.refresh_from_db()
+    assert not window.is_active()
+
+
+def test_markup_in_metadata_reasons_and_comments_is_escaped_everywhere(world):
+    script = "<script>alert(1)</script>"
+    artifact = world.place("qa", "1.0.0", branch=script, labels={"note": script}, build_url="javascript:alert(1)")
+    promotion = requested(world, artifact, reason=script)
+    promotion_approve(promotion=promotion, actor=Actor.for_user(world.users["release2"]), comment=script)
+    for user in ("release2", "auditor"):
+        client = client_for(world.users[user])
+        urls = page_urls(world, promotion) | {"decision": reverse("approval_panel", args=[promotion.pk])}
+        for name, url in urls.items():
+            response = client.get(url)
+            if response.status_code != 200:
+                continue
+            body = response.content.decode()
+            assert script not in body, f"{name} as {user}"
+            assert 'href="javascript:' not in body, name
+    audit_page = client_for(world.users["auditor"]).get(reverse("audit")).content.decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in audit_page
+    export = b"".join(client_for(world.users["auditor"]).get(reverse("audit_export_jsonl")).streaming_content)
+    assert script in json.dumps([json.loads(line) for line in export.decode().splitlines()])
+
+
+def _count(client, url) -> int:
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    assert response.status_code == 200, url
+    return len(queries)
+
+
+def _more_of_everything(world, n: int) -> None:
+    for i in range(n):
+        artifact = world.place("qa", f"9.{i}.0", labels={"i": i})
+        world.place("staging", f"8.{i}.0")
+        promotion = requested(world, artifact)
+        if i % 2:
+            promotion_approve(promotion=promotion, actor=Actor.for_user(world.users["release2"]))
+    for _ in range(n):
+        audit_record(actor="bulk", action="test.bulk", integration=world.integration.name)
+
+
+def test_main_pages_use_a_constant_number_of_queries(world, pending):
+    people = {"release2": client_for(world.users["release2"]), "auditor": client_for(world.users["auditor"])}
+    before = {
+        (who, name): _count(client, url)
+        for who, client in people.items()
+        for name, url in page_urls(world, pending).items()
+        if not (who == "release2" and name in ("audit", "freeze windows"))
+        and not (who == "auditor" and name == "freeze windows")
+    }
+    _more_of_everything(world, 25)
+    after = {(who, name): _count(people[who], url) for (who, name), url in _urls_again(world, pending, before)}
+    assert after == before
+    assert max(before.values()) <= MAX_QUERIES, before
+
+
+def _urls_again(world, pending, before):
+    urls = page_urls(world, pending)
+    return [((who, name), urls[name]) for (who, name) in before]
+
+
+def test_the_decision_panel_runs_the_policy_in_a_constant_number_of_queries(world, pending):
+    """The panel evaluates the whole policy (checks, soak, freeze windows, open promotions, four-eyes), so it is
+    lazy-loaded by the pages; its own cost must still not grow with the data."""
+    client = client_for(world.users["release2"])
+    url = reverse("approval_panel", args=[pending.pk]) + "?next=inbox"
+    before = _count(client, url)
+    _more_of_everything(world, 10)
+    assert _count(client, url) == before <= 16
