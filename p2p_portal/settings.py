@@ -55,6 +55,10 @@ if not DEBUG:
         raise ImproperlyConfigured(f"Production settings need {', '.join(missing)} in the environment.")
     if SECRET_KEY == development_key("secret-key") or len(SECRET_KEY) < 50:
         raise ImproperlyConfigured("SECRET_KEY must be a real secret of at least 50 characters.")
+    if development_key("fernet") in P2P_FERNET_KEYS:
+        raise ImproperlyConfigured("P2P_FERNET_KEYS holds the public development key; generate a real one.")
+    if any(pepper.partition("=")[2] == development_key("pepper") for pepper in P2P_TOKEN_PEPPERS):
+        raise ImproperlyConfigured("P2P_TOKEN_PEPPERS holds the public development pepper; generate a real one.")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -128,6 +132,17 @@ RQ_QUEUES = {
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
 
+# Shared cache (API rate limits are counted here, so every web replica counts together).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "p2p",
+    }
+}
+# Requests per API token (and per address without one), e.g. "1200/minute"; empty turns the limit off.
+P2P_API_TOKEN_RATE = os.environ.get("P2P_API_TOKEN_RATE", "1200/minute")
+
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
@@ -193,6 +208,8 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# The container healthcheck and load balancers probe /healthz over plain HTTP from inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG

@@ -1,0 +1,354 @@
+"""Input and output shapes of API v1. Inputs check form (types, lengths, characters) and name the field; the
+services check meaning (does the bucket exist, does policy allow it)."""
+
+from __future__ import annotations
+
+import re
+
+from rest_framework import serializers
+
+from ci_integrations.models import CheckResult
+from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
+
+SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,63}$")
+LOG_TAIL_LINES = 50
+
+
+def no_control_characters(value: str) -> None:
+    """Refuse C0/C1 control characters in one-line fields (they corrupt logs, terminals and exports)."""
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
+        raise serializers.ValidationError("must not contain control characters")
+
+
+def no_control_characters_multiline(value: str) -> None:
+    if any((ord(ch) < 32 and ch not in "\n\t\r") or 127 <= ord(ch) < 160 for ch in value):
+        raise serializers.ValidationError("must not contain control characters")
+
+
+def valid_slug(value: str) -> None:
+    if not SLUG_RE.match(value):
+        raise serializers.ValidationError("must be 1 to 63 letters, digits, '-' or '_'")
+
+
+def valid_tag(value: str) -> None:
+    if not is_valid_tag(value):
+        raise serializers.ValidationError(
+            "not a valid tag: up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
+        )
+
+
+def valid_digest(value: str) -> None:
+    if not is_valid_digest(value):
+        raise serializers.ValidationError("not a digest: expected sha256: followed by 64 lowercase hex characters")
+
+
+def Line(*, max_length: int, required: bool = True, validators=(), **kwargs) -> serializers.CharField:  # noqa: N802
+    """A one-line text field: trimmed, bounded, no control characters."""
+    return serializers.CharField(
+        max_length=max_length, required=required, validators=[no_control_characters, *validators], **kwargs
+    )
+
+
+def Text(*, max_length: int = 4000, **kwargs) -> serializers.CharField:  # noqa: N802
+    return serializers.CharField(
+        max_length=max_length,
+        required=False,
+        allow_blank=True,
+        default="",
+        validators=[no_control_characters_multiline],
+        **kwargs,
+    )
+
+
+class LabelsField(serializers.DictField):
+    def __init__(self, **kwargs):
+        super().__init__(child=Line(max_length=255, allow_blank=True), **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if len(value) > 50:
+            raise serializers.ValidationError("at most 50 labels")
+        for key in value:
+            if not key or len(key) > 63 or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in key):
+                raise serializers.ValidationError(f"label name {key[:70]!r} must be 1 to 63 printable characters")
+        return value
+
+
+class MetadataIn(serializers.Serializer):
+    git_sha = Line(max_length=64, required=False, allow_blank=True)
+    branch = Line(max_length=255, required=False, allow_blank=True)
+    build_url = serializers.URLField(max_length=1024, required=False, allow_blank=True)
+    labels = LabelsField(required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({key: "unknown metadata key" for key in unknown})
+        return super().to_internal_value(data)
+
+
+# --- integrations -----------------------------------------------------------------------------------------------
+
+
+class CurrentArrivalOut(serializers.Serializer):
+    artifact = serializers.IntegerField(source="artifact_id")
+    digest = serializers.CharField(source="artifact.digest")
+    tag = serializers.CharField()
+    how = serializers.CharField()
+    arrived_at = serializers.DateTimeField()
+    arrived_by = serializers.CharField()
+
+
+class BucketOut(serializers.Serializer):
+    env = serializers.CharField()
+    position = serializers.IntegerField()
+    registry = serializers.CharField(source="registry.name")
+    repository = serializers.CharField()
+    image = serializers.CharField(source="image_name")
+    immutable_tags = serializers.BooleanField()
+    allow_push_credentials = serializers.BooleanField()
+    current = CurrentArrivalOut(source="current_arrival", allow_null=True)
+
+
+class IntegrationOut(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    workflow = serializers.CharField(source="workflow.name", allow_null=True, default=None)
+    description = serializers.CharField()
+    buckets = BucketOut(many=True)
+
+
+# --- artifacts ----------------------------------------------------------------------------------------------------
+
+
+class RegisterIn(serializers.Serializer):
+    env = Line(max_length=63, validators=[valid_slug])
+    tag = Line(max_length=128, validators=[valid_tag])
+    digest = Line(max_length=71, required=False, allow_null=True, validators=[valid_digest])
+    metadata = MetadataIn(required=False, allow_null=True)
+
+
+class CheckOut(serializers.Serializer):
+    artifact = serializers.IntegerField(source="artifact_id")
+    name = serializers.CharField()
+    status = serializers.CharField()
+    url = serializers.CharField()
+    reported_at = serializers.DateTimeField()
+    reported_by = serializers.CharField()
+
+
+class ArrivalOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    env = serializers.CharField(source="bucket.env")
+    tag = serializers.CharField()
+    how = serializers.CharField()
+    arrived_at = serializers.DateTimeField()
+    arrived_by = serializers.CharField()
+
+
+class ArtifactOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    integration = serializers.CharField(source="integration.name")
+    digest = serializers.CharField()
+    media_type = serializers.CharField()
+    size = serializers.IntegerField(allow_null=True)
+    git_sha = serializers.CharField()
+    branch = serializers.CharField()
+    build_url = serializers.CharField()
+    labels = serializers.DictField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    created_by = serializers.CharField()
+    checks = CheckOut(many=True)
+    arrivals = ArrivalOut(many=True)
+
+
+class RegisterOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    digest = serializers.CharField()
+    integration = serializers.CharField()
+    env = serializers.CharField()
+    tag = serializers.CharField()
+    created = serializers.BooleanField()
+    arrival = serializers.IntegerField()
+    arrived_at = serializers.DateTimeField()
+
+
+class ArtifactSearchIn(serializers.Serializer):
+    env = Line(max_length=63, required=False, validators=[valid_slug])
+    tag = Line(max_length=128, required=False, validators=[valid_tag])
+    digest = Line(max_length=71, required=False, validators=[valid_digest])
+
+
+class ImportIn(serializers.Serializer):
+    source = Line(max_length=512, help_text="host/repository:tag or host/repository@sha256:…")
+    source_credentials = serializers.DictField(
+        child=Line(max_length=4096, allow_blank=True), required=False, allow_null=True
+    )
+    tag = Line(max_length=128, required=False, allow_null=True, validators=[valid_tag])
+    metadata = MetadataIn(required=False, allow_null=True)
+
+    def validate_source_credentials(self, value):
+        if value is not None and set(value) - {"username", "password"}:
+            raise serializers.ValidationError("only username and password are accepted")
+        return value
+
+
+class JobOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    kind = serializers.CharField()
+    state = serializers.CharField()
+    integration = serializers.CharField(source="integration.name", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField()
+    result = serializers.JSONField(allow_null=True)
+    url = serializers.SerializerMethodField()
+
+    def get_url(self, job) -> str:
+        return f"/api/v1/jobs/{job.pk}/"
+
+
+class CheckIn(serializers.Serializer):
+    name = Line(max_length=63, validators=[valid_slug])
+    status = serializers.ChoiceField(choices=CheckResult.Status.values)
+    url = serializers.URLField(max_length=1024, required=False, allow_blank=True, default="")
+
+
+# --- promotions ---------------------------------------------------------------------------------------------------
+
+
+class PromotionIn(serializers.Serializer):
+    integration = Line(max_length=63, validators=[valid_slug])
+    artifact = Line(max_length=128, help_text="artifact id, digest (sha256:…) or tag")
+    to_env = Line(max_length=63, validators=[valid_slug])
+    from_env = Line(
+        max_length=63,
+        required=False,
+        validators=[valid_slug],
+        help_text="where to look the tag up (corectl's source stage)",
+    )
+    tag = Line(
+        max_length=128, required=False, validators=[valid_tag], help_text="tag in the target; default: the source's"
+    )
+    reason = Text()
+    freeze_override_reason = Text()
+
+
+class ApprovalOut(serializers.Serializer):
+    user = serializers.CharField(source="user.username")
+    decision = serializers.CharField()
+    digest = serializers.CharField()
+    comment = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class ProgressOut(serializers.Serializer):
+    blobs_total = serializers.IntegerField()
+    blobs_done = serializers.IntegerField()
+    bytes_total = serializers.IntegerField()
+    bytes_done = serializers.IntegerField()
+
+
+class PromotionOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    state = serializers.CharField()
+    kind = serializers.CharField()
+    integration = serializers.CharField(source="integration.name")
+    artifact = serializers.IntegerField(source="artifact_id")
+    digest = serializers.CharField()
+    from_env = serializers.CharField(source="from_bucket.env", allow_null=True, default=None)
+    to_env = serializers.CharField(source="to_bucket.env")
+    source_tag = serializers.CharField()
+    tag = serializers.CharField()
+    required_approvals = serializers.IntegerField()
+    approvals = ApprovalOut(many=True)
+    requested_by = serializers.CharField(source="requested_by_label")
+    reason = serializers.CharField()
+    progress = serializers.SerializerMethodField()
+    log_tail = serializers.SerializerMethodField()
+    error = serializers.CharField()
+    result_digest = serializers.CharField()
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    final = serializers.BooleanField(source="is_final")
+
+    def get_progress(self, promotion) -> ProgressOut:
+        return ProgressOut(promotion).data
+
+    def get_log_tail(self, promotion) -> list[str]:
+        return promotion.log.splitlines()[-LOG_TAIL_LINES:]
+
+
+class CommentIn(serializers.Serializer):
+    comment = Text()
+
+
+class RollbackIn(serializers.Serializer):
+    env = Line(max_length=63, validators=[valid_slug])
+    to = Line(max_length=71, help_text="artifact id or digest to return the bucket to")
+    reason = Line(max_length=2000)
+
+
+class PushCredentialsIn(serializers.Serializer):
+    env = Line(max_length=63, validators=[valid_slug])
+
+
+class PushCredentialsOut(serializers.Serializer):
+    registry = serializers.CharField()
+    username = serializers.CharField(allow_null=True)
+    password = serializers.CharField(allow_null=True)
+    expires_at = serializers.CharField(allow_null=True)
+    repository = serializers.CharField()
+    image = serializers.CharField()
+
+
+# --- audit ----------------------------------------------------------------------------------------------------------
+
+
+class AuditQueryIn(serializers.Serializer):
+    integration = Line(max_length=63, required=False, validators=[valid_slug])
+    environment = Line(max_length=63, required=False, validators=[valid_slug])
+    actor = Line(max_length=150, required=False)
+    action = Line(max_length=64, required=False)
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+
+
+class AuditEntryOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    timestamp = serializers.DateTimeField()
+    actor = serializers.CharField()
+    action = serializers.CharField()
+    object_type = serializers.CharField()
+    object_id = serializers.CharField()
+    object_repr = serializers.CharField()
+    integration = serializers.CharField()
+    environment = serializers.CharField()
+    before = serializers.JSONField(allow_null=True)
+    after = serializers.JSONField(allow_null=True)
+    reason = serializers.CharField()
+    request_id = serializers.CharField()
+    prev_hash = serializers.CharField()
+    hash = serializers.CharField()
+
+
+class AuditVerifyOut(serializers.Serializer):
+    ok = serializers.BooleanField()
+    entries = serializers.IntegerField()
+    head = serializers.CharField()
+    broken_id = serializers.IntegerField(allow_null=True)
+    problem = serializers.CharField()
+
+
+class ErrorBody(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.JSONField()
+
+
+class ErrorOut(serializers.Serializer):
+    error = ErrorBody()

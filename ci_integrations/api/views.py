@@ -1,0 +1,528 @@
+"""API v1: one small view per operation. Each parses input with a serializer, calls one service and renders.
+
+Visibility and scopes are in permissions.py, the error envelope in errors.py, Idempotency-Key in idempotency.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpResponse
+from django.views.decorators.http import require_GET
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.pagination import CursorPagination
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ci_integrations.api import serializers as s
+from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
+from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
+from ci_integrations.api.permissions import HasScope, check_scope, is_ci_token, request_token, visible_integrations
+from ci_integrations.api.throttling import TokenRateThrottle
+from ci_integrations.models import (
+    Approval,
+    Arrival,
+    Artifact,
+    Bucket,
+    CheckResult,
+    Integration,
+    Job,
+    Promotion,
+)
+from ci_integrations.registry import errors as registry_errors
+from ci_integrations.registry.refs import is_valid_digest
+from ci_integrations.selectors import AuditFilters
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.artifacts import artifact_import, artifact_register, check_report
+from ci_integrations.services.audit import audit_verify
+from ci_integrations.services.errors import InvalidInput, NotAllowed, NotFound, RegistryUnavailable
+from ci_integrations.services.promotions import (
+    bucket_rollback,
+    promotion_approve,
+    promotion_cancel,
+    promotion_reject,
+    promotion_request,
+    promotion_retry,
+)
+from ci_integrations.services.tokens import (
+    SCOPE_ARTIFACTS_WRITE,
+    SCOPE_CHECKS_WRITE,
+    SCOPE_PROMOTIONS_APPROVE,
+    SCOPE_PROMOTIONS_REQUEST,
+    SCOPE_READ,
+)
+
+CLI_PATH = Path(__file__).resolve().parent.parent / "cli" / "p2p.py"
+ERRORS = {code: s.ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 429)}
+
+
+class BoundedJSONParser(JSONParser):
+    """JSON bodies up to MAX_BODY_BYTES; anything larger is a 413, whatever Content-Length claimed."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        import io
+
+        raw = stream.read(MAX_BODY_BYTES + 1) if stream is not None else b""
+        if len(raw) > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        return super().parse(io.BytesIO(raw), media_type, parser_context)
+
+
+class _Replay(Exception):
+    def __init__(self, response: Response):
+        self.response = response
+
+
+class ApiView(APIView):
+    """Base of every v1 view: token auth, scopes, per-token throttling, JSON only, Idempotency-Key on POST."""
+
+    permission_classes = [HasScope]
+    throttle_classes = [TokenRateThrottle]
+    parser_classes = [BoundedJSONParser]
+    renderer_classes = [JSONRenderer]
+    scopes: dict[str, str] = {"GET": SCOPE_READ}
+    _idempotency_record = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        token = request_token(request)
+        if request.method == "POST" and token is not None:
+            claim = idempotency_claim(request, token)
+            if isinstance(claim, Response):
+                raise _Replay(claim)
+            self._idempotency_record = claim
+
+    def handle_exception(self, exc):
+        if isinstance(exc, _Replay):
+            return exc.response
+        return super().handle_exception(exc)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        if self._idempotency_record is not None:
+            record, self._idempotency_record = self._idempotency_record, None
+            idempotency_store(record, response)
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    def actor(self) -> Actor:
+        return Actor.from_request(self.request)
+
+    @staticmethod
+    def parse(serializer_class, data) -> dict:
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+
+# --- lookups: everything outside the caller's integrations is "not found" -----------------------------------------
+
+
+def integration_for(request, name: str) -> Integration:
+    integration = visible_integrations(request).filter(name=name).first()
+    if integration is None:
+        raise NotFound(f"no integration named {name!r}")
+    return integration
+
+
+def artifact_for(request, pk: int) -> Artifact:
+    artifact = (
+        Artifact.objects.select_related("integration")
+        .filter(pk=pk, integration__in=visible_integrations(request))
+        .first()
+    )
+    if artifact is None:
+        raise NotFound(f"no artifact {pk}")
+    return artifact
+
+
+def promotion_for(request, pk: int) -> Promotion:
+    promotion = (
+        Promotion.objects.select_related("integration", "artifact", "from_bucket", "to_bucket")
+        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user")))
+        .filter(pk=pk, integration__in=visible_integrations(request))
+        .first()
+    )
+    if promotion is None:
+        raise NotFound(f"no promotion {pk}")
+    return promotion
+
+
+def bucket_for(integration: Integration, env: str) -> Bucket:
+    bucket = Bucket.objects.select_related("registry").filter(integration=integration, env=env).first()
+    if bucket is None:
+        raise NotFound(f"integration {integration.name!r} has no bucket {env!r}", details={"env": env})
+    return bucket
+
+
+def artifact_by_reference(integration: Integration, reference: str, *, env: str | None = None) -> Artifact:
+    """An artifact named by id, digest or tag; a tag is looked up in `env`'s bucket first, then anywhere."""
+    if reference.isdigit() and len(reference) <= 18:
+        artifact = integration.artifacts.filter(pk=int(reference)).first()
+    elif ":" in reference:
+        if not is_valid_digest(reference):
+            raise InvalidInput(f"artifact: {reference!r} is not a digest", details={"artifact": "invalid digest"})
+        artifact = integration.artifacts.filter(digest=reference).first()
+    else:
+        arrivals = Arrival.objects.filter(bucket__integration=integration, tag=reference).select_related("artifact")
+        arrival = None
+        if env:
+            arrival = arrivals.filter(bucket__env=env).order_by("-arrived_at", "-id").first()
+        arrival = arrival or arrivals.order_by("-arrived_at", "-id").first()
+        artifact = arrival.artifact if arrival else None
+    if artifact is None:
+        where = f" in {env}" if env else ""
+        raise NotFound(f"integration {integration.name!r} has no artifact {reference!r}{where}")
+    return artifact
+
+
+# --- integrations -----------------------------------------------------------------------------------------------
+
+
+def integrations_with_buckets(qs: QuerySet[Integration]) -> QuerySet[Integration]:
+    buckets = Bucket.objects.select_related("registry", "current_arrival__artifact").order_by("position", "env")
+    return qs.select_related("workflow").prefetch_related(Prefetch("buckets", queryset=buckets))
+
+
+class IntegrationListView(ApiView):
+    @extend_schema(responses={200: s.IntegrationOut(many=True), **ERRORS}, operation_id="integrations_list")
+    def get(self, request):
+        """Integrations visible to the token, each with its buckets and what each bucket runs."""
+        integrations = integrations_with_buckets(visible_integrations(request).order_by("name"))
+        return Response(s.IntegrationOut(integrations, many=True).data)
+
+
+class IntegrationDetailView(ApiView):
+    @extend_schema(responses={200: s.IntegrationOut, **ERRORS}, operation_id="integration_detail")
+    def get(self, request, name: str):
+        integration = integrations_with_buckets(visible_integrations(request)).filter(name=name).first()
+        if integration is None:
+            raise NotFound(f"no integration named {name!r}")
+        return Response(s.IntegrationOut(integration).data)
+
+
+# --- artifacts ----------------------------------------------------------------------------------------------------
+
+
+class NewestFirst(CursorPagination):
+    ordering = ("-id",)
+    page_size = 50
+    max_page_size = 200
+    page_size_query_param = "limit"
+
+
+class ArtifactsView(ApiView):
+    scopes = {"GET": SCOPE_READ, "POST": SCOPE_ARTIFACTS_WRITE}
+
+    @extend_schema(
+        parameters=[s.ArtifactSearchIn, OpenApiParameter("cursor", OpenApiTypes.STR)],
+        responses={200: s.ArtifactOut(many=True), **ERRORS},
+        operation_id="artifacts_search",
+    )
+    def get(self, request, name: str):
+        """Search an integration's artifacts by environment (arrived there), tag and digest; newest first."""
+        integration = integration_for(request, name)
+        query = self.parse(s.ArtifactSearchIn, request.query_params)
+        artifacts = Artifact.objects.filter(integration=integration)
+        arrivals = Arrival.objects.filter(bucket__integration=integration)
+        if query.get("env") or query.get("tag"):
+            if query.get("env"):
+                arrivals = arrivals.filter(bucket__env=query["env"])
+            if query.get("tag"):
+                arrivals = arrivals.filter(tag=query["tag"])
+            artifacts = artifacts.filter(pk__in=arrivals.values("artifact_id"))
+        if query.get("digest"):
+            artifacts = artifacts.filter(digest=query["digest"])
+        artifacts = artifacts.select_related("integration").prefetch_related(
+            "checks", Prefetch("arrivals", queryset=Arrival.objects.select_related("bucket").order_by("-id"))
+        )
+        paginator = NewestFirst()
+        page = paginator.paginate_queryset(artifacts, request, view=self)
+        return paginator.get_paginated_response(s.ArtifactOut(page, many=True).data)
+
+    @extend_schema(
+        request=s.RegisterIn,
+        responses={200: s.RegisterOut, 201: s.RegisterOut, 502: s.ErrorOut, **ERRORS},
+        operation_id="artifacts_register",
+    )
+    def post(self, request, name: str):
+        """Register an image already pushed to the env's bucket: 201 when new there, 200 when already registered."""
+        integration = integration_for(request, name)
+        data = self.parse(s.RegisterIn, request.data)
+        artifact, arrival, created = artifact_register(
+            integration=integration,
+            env=data["env"],
+            tag=data["tag"],
+            digest=data.get("digest"),
+            metadata=data.get("metadata"),
+            actor=self.actor(),
+        )
+        # Built from what is at hand: no extra queries on the hot path of every CI pipeline.
+        body = {
+            "id": artifact.pk,
+            "digest": artifact.digest,
+            "integration": integration.name,
+            "env": data["env"],
+            "tag": arrival.tag,
+            "created": created,
+            "arrival": arrival.pk,
+            "arrived_at": arrival.arrived_at,
+        }
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class ArtifactDetailView(ApiView):
+    @extend_schema(responses={200: s.ArtifactOut, **ERRORS}, operation_id="artifact_detail")
+    def get(self, request, pk: int):
+        artifact = artifact_for(request, pk)
+        return Response(s.ArtifactOut(artifact).data)
+
+
+class ImportCreateView(ApiView):
+    scopes = {"POST": SCOPE_ARTIFACTS_WRITE}
+
+    @extend_schema(request=s.ImportIn, responses={202: s.JobOut, **ERRORS}, operation_id="artifacts_import")
+    def post(self, request, name: str):
+        """Copy an image from an outside build registry into the integration's first bucket; follow the job."""
+        integration = integration_for(request, name)
+        data = self.parse(s.ImportIn, request.data)
+        job = artifact_import(
+            integration=integration,
+            source=data["source"],
+            source_credentials=data.get("source_credentials") or None,
+            tag=data.get("tag"),
+            metadata=data.get("metadata"),
+            actor=self.actor(),
+        )
+        return Response(s.JobOut(job).data, status=status.HTTP_202_ACCEPTED)
+
+
+class JobDetailView(ApiView):
+    @extend_schema(responses={200: s.JobOut, **ERRORS}, operation_id="job_detail")
+    def get(self, request, pk: int):
+        job = (
+            Job.objects.select_related("integration")
+            .filter(pk=pk, integration__in=visible_integrations(request))
+            .first()
+        )
+        if job is None:
+            raise NotFound(f"no job {pk}")
+        return Response(s.JobOut(job).data)
+
+
+class CheckReportView(ApiView):
+    scopes = {"POST": SCOPE_CHECKS_WRITE}
+
+    @extend_schema(request=s.CheckIn, responses={201: s.CheckOut, **ERRORS}, operation_id="checks_report")
+    def post(self, request, pk: int):
+        """Report a named check as passed or failed; the latest report wins."""
+        artifact = artifact_for(request, pk)
+        data = self.parse(s.CheckIn, request.data)
+        result: CheckResult = check_report(
+            artifact=artifact, name=data["name"], status=data["status"], url=data.get("url", ""), actor=self.actor()
+        )
+        return Response(s.CheckOut(result).data, status=status.HTTP_201_CREATED)
+
+
+# --- promotions ---------------------------------------------------------------------------------------------------
+
+
+def promotion_response(promotion: Promotion, *, status_code: int = 200) -> Response:
+    promotion = (
+        Promotion.objects.select_related("integration", "from_bucket", "to_bucket")
+        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user")))
+        .get(pk=promotion.pk)
+    )
+    return Response(s.PromotionOut(promotion).data, status=status_code)
+
+
+class PromotionCreateView(ApiView):
+    scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
+
+    @extend_schema(request=s.PromotionIn, responses={201: s.PromotionOut, **ERRORS}, operation_id="promotions_request")
+    def post(self, request):
+        """Request a promotion along the integration's workflow; 409 lists every unmet policy condition."""
+        data = self.parse(s.PromotionIn, request.data)
+        integration = integration_for(request, data["integration"])
+        artifact = artifact_by_reference(integration, data["artifact"], env=data.get("from_env"))
+        if data.get("from_env"):
+            step = integration.workflow.steps.filter(to_env=data["to_env"]).first() if integration.workflow else None
+            if step is not None and step.from_env != data["from_env"]:
+                raise InvalidInput(
+                    f"the workflow moves into {data['to_env']!r} from {step.from_env!r}, not from {data['from_env']!r}",
+                    details={"from_env": f"expected {step.from_env}"},
+                )
+        promotion = promotion_request(
+            artifact=artifact,
+            to_env=data["to_env"],
+            actor=self.actor(),
+            tag=data.get("tag"),
+            reason=data.get("reason", ""),
+            freeze_override_reason=data.get("freeze_override_reason", ""),
+        )
+        return promotion_response(promotion, status_code=status.HTTP_201_CREATED)
+
+
+class PromotionDetailView(ApiView):
+    @extend_schema(responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_detail")
+    def get(self, request, pk: int):
+        """State, progress, the log's tail, the error and the approvals of one promotion."""
+        return Response(s.PromotionOut(promotion_for(request, pk)).data)
+
+
+class PromotionApproveView(ApiView):
+    scopes = {"POST": SCOPE_PROMOTIONS_APPROVE}
+
+    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_approve")
+    def post(self, request, pk: int):
+        """Approve (personal tokens only; four-eyes and the approver group apply)."""
+        promotion = promotion_for(request, pk)
+        data = self.parse(s.CommentIn, request.data)
+        promotion = promotion_approve(promotion=promotion, actor=self.actor(), comment=data["comment"])
+        return promotion_response(promotion)
+
+
+class PromotionRejectView(ApiView):
+    scopes = {"POST": SCOPE_PROMOTIONS_APPROVE}
+
+    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_reject")
+    def post(self, request, pk: int):
+        promotion = promotion_for(request, pk)
+        data = self.parse(s.CommentIn, request.data)
+        promotion = promotion_reject(promotion=promotion, actor=self.actor(), comment=data["comment"])
+        return promotion_response(promotion)
+
+
+class PromotionCancelView(ApiView):
+    scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
+
+    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_cancel")
+    def post(self, request, pk: int):
+        promotion = promotion_for(request, pk)
+        data = self.parse(s.CommentIn, request.data)
+        promotion = promotion_cancel(promotion=promotion, actor=self.actor(), reason=data["comment"])
+        return promotion_response(promotion)
+
+
+class PromotionRetryView(ApiView):
+    scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
+
+    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_retry")
+    def post(self, request, pk: int):
+        promotion = promotion_for(request, pk)
+        self.parse(s.CommentIn, request.data)
+        promotion = promotion_retry(promotion=promotion, actor=self.actor())
+        return promotion_response(promotion)
+
+
+class RollbackView(ApiView):
+    scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
+
+    @extend_schema(request=s.RollbackIn, responses={201: s.PromotionOut, **ERRORS}, operation_id="bucket_rollback")
+    def post(self, request, name: str):
+        """Return a bucket to an artifact that arrived there before (by artifact id or digest)."""
+        integration = integration_for(request, name)
+        data = self.parse(s.RollbackIn, request.data)
+        bucket = bucket_for(integration, data["env"])
+        artifact = artifact_by_reference(integration, data["to"], env=bucket.env)
+        arrival = Arrival.objects.filter(bucket=bucket, artifact=artifact).order_by("-arrived_at", "-id").first()
+        if arrival is None:
+            raise NotFound(
+                f"artifact {artifact.short_digest} never arrived in {bucket}; "
+                "only earlier arrivals can be rolled back to",
+                details={"to": data["to"]},
+            )
+        promotion = bucket_rollback(bucket=bucket, to_arrival=arrival, actor=self.actor(), reason=data["reason"])
+        return promotion_response(promotion, status_code=status.HTTP_201_CREATED)
+
+
+class PushCredentialsView(ApiView):
+    scopes = {"POST": SCOPE_ARTIFACTS_WRITE}
+
+    @extend_schema(
+        request=s.PushCredentialsIn,
+        responses={200: s.PushCredentialsOut, 502: s.ErrorOut, **ERRORS},
+        operation_id="push_credentials",
+    )
+    def post(self, request, name: str):
+        """Short-lived credentials to push into the bucket's registry, if the bucket allows it."""
+        from ci_integrations import registry
+
+        integration = integration_for(request, name)
+        data = self.parse(s.PushCredentialsIn, request.data)
+        bucket = bucket_for(integration, data["env"])
+        if not bucket.allow_push_credentials:
+            raise NotAllowed(
+                f"bucket {bucket} does not hand out push credentials (allow_push_credentials is off)",
+                details={"env": bucket.env},
+            )
+        try:
+            credentials = registry.push_credentials(bucket.registry.spec())
+        except registry_errors.RegistryError as exc:
+            raise RegistryUnavailable(f"registry {bucket.registry.name}: {exc}") from None
+        body = {**credentials, "repository": bucket.repository, "image": bucket.image_name}
+        if body.get("expires_at") is not None:
+            body["expires_at"] = str(body["expires_at"])
+        return Response(s.PushCredentialsOut(body).data)
+
+
+# --- audit ----------------------------------------------------------------------------------------------------------
+
+
+class AuditListView(ApiView):
+    @extend_schema(
+        parameters=[s.AuditQueryIn, OpenApiParameter("cursor", OpenApiTypes.STR)],
+        responses={200: s.AuditEntryOut(many=True), **ERRORS},
+        operation_id="audit_list",
+    )
+    def get(self, request):
+        """Audit entries, newest first, cursor-paginated. CI tokens see their integrations' entries only."""
+        if not is_ci_token(request):
+            check_scope(request, SCOPE_READ, permission="ci_integrations.view_auditentry")
+        query = self.parse(s.AuditQueryIn, request.query_params)
+        entries = AuditFilters(**{key: value for key, value in query.items()}).queryset()
+        if is_ci_token(request):
+            entries = entries.filter(integration__in=visible_integrations(request).values("name"))
+        paginator = NewestFirst()
+        page = paginator.paginate_queryset(entries, request, view=self)
+        return paginator.get_paginated_response(s.AuditEntryOut(page, many=True).data)
+
+
+class AuditVerifyView(ApiView):
+    permissions = {"GET": "ci_integrations.export_auditentry"}
+
+    @extend_schema(responses={200: s.AuditVerifyOut, **ERRORS}, operation_id="audit_verify")
+    def get(self, request):
+        """Walk the whole hash chain: ok, how many entries, the head hash, and the first broken entry if any."""
+        report = audit_verify()
+        return Response(
+            s.AuditVerifyOut(
+                {
+                    "ok": report.ok,
+                    "entries": report.entries,
+                    "head": report.head,
+                    "broken_id": report.broken_id,
+                    "problem": report.problem,
+                }
+            ).data
+        )
+
+
+# --- the CLI --------------------------------------------------------------------------------------------------------
+
+
+@require_GET
+def cli_download(request) -> HttpResponse:
+    """The `p2p` CLI as one file, for `curl -o p2p $P2P_URL/api/v1/cli/p2p`; no token needed."""
+    response = HttpResponse(CLI_PATH.read_bytes(), content_type="text/x-python; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="p2p"'
+    return response

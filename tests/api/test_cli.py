@@ -1,0 +1,175 @@
+"""The `p2p` CLI as CI runs it: a subprocess with P2P_URL and P2P_TOKEN, against a live server and a real worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ci_integrations.models import Promotion, Registry
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+CLI = Path(__file__).resolve().parents[2] / "ci_integrations" / "cli" / "p2p.py"
+
+
+def p2p(live_server, token: str, *args: str, wait: bool = True, **env):
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "P2P_URL": live_server.url,
+        "P2P_TOKEN": token,
+        "P2P_WAIT_INTERVAL": "0.2",
+        **env,
+    }
+    command = [sys.executable, "-I", str(CLI), *args]
+    if not wait:
+        return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the CLI's request"
+        time.sleep(0.05)
+
+
+def test_push_check_promote_with_wait_status_and_rollback(world, live_server, run_worker):
+    ci = world.plain["ci_own"]
+    image = f"{world.dev.image_name}"
+    digest = world.push(world.dev, "1.0.0")
+    pushed = p2p(
+        live_server,
+        ci,
+        "push",
+        world.shop.name,
+        "dev",
+        f"{image}:1.0.0",
+        "--meta",
+        "team=web",
+        GITHUB_SHA="abc123",
+        GITHUB_REF_NAME="main",
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.startswith("registered") and digest in pushed.stdout
+
+    again = p2p(live_server, ci, "push", world.shop.name, "dev", f"{image}:1.0.0", "--json")
+    body = json.loads(again.stdout)
+    assert again.returncode == 0 and body["created"] is False and body["digest"] == digest
+
+    checked = p2p(
+        live_server,
+        ci,
+        "check",
+        f"{world.shop.name}:1.0.0",
+        "functional",
+        "passed",
+        "--url",
+        "https://ci.example.com/checks/1",
+    )
+    assert checked.returncode == 0 and "functional passed" in checked.stdout, checked.stderr
+
+    # corectl's flags and environment defaults; the integration is the image's last path component.
+    process = p2p(
+        live_server,
+        ci,
+        "promote",
+        f"registry.example.com/team/{world.shop.name}:1.0.0",
+        "--wait",
+        "--json",
+        wait=False,
+        SOURCE_STAGE="dev",
+        DEST_STAGE="staging",
+    )
+    wait_for(lambda: Promotion.objects.filter(integration=world.shop).exists())
+    run_worker()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    promotion = json.loads(stdout)
+    assert promotion["state"] == "succeeded" and promotion["result_digest"] == digest
+
+    status = p2p(live_server, ci, "status", str(promotion["id"]), "--wait")
+    assert status.returncode == 0 and "succeeded" in status.stdout
+
+    # staging moves on to 1.1.0, then is rolled back to 1.0.0.
+    world.push(world.dev, "1.1.0")
+    world.copy(world.dev, world.staging, "1.1.0")
+    assert p2p(live_server, ci, "push", world.shop.name, "staging", f"{image}:1.1.0").returncode == 0
+    process = p2p(
+        live_server,
+        ci,
+        "rollback",
+        world.shop.name,
+        "staging",
+        digest,
+        "--reason",
+        "1.1.0 is broken",
+        "--wait",
+        wait=False,
+    )
+    wait_for(lambda: Promotion.objects.filter(kind=Promotion.Kind.ROLLBACK).exists())
+    run_worker()
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "succeeded" in stdout
+    world.staging.refresh_from_db()
+    assert world.staging.current_arrival.artifact.digest == digest
+
+
+def test_status_wait_exits_1_for_rejected_and_2_on_timeout(world, live_server):
+    world.push(world.dev, "2.0.0")
+    digest = world.copy(world.dev, world.staging, "2.0.0")
+    ci, rm, rm2 = world.plain["ci_own"], world.plain["rm"], world.plain["rm2"]
+    assert p2p(live_server, ci, "push", world.shop.name, "staging", f"x/{world.shop.name}:2.0.0").returncode == 0
+
+    requested = p2p(live_server, rm2, "promote", f"{world.shop.name}@{digest}", "--dest-stage", "prod", "--json")
+    assert requested.returncode == 0, requested.stderr
+    pk = str(json.loads(requested.stdout)["id"])
+
+    timed_out = p2p(live_server, ci, "status", pk, "--wait", "--timeout", "0.5")
+    assert timed_out.returncode == 2 and "timed out" in timed_out.stdout
+
+    rejected = p2p(live_server, rm, "reject", pk, "--comment", "not this week")
+    assert rejected.returncode == 0 and "rejected" in rejected.stdout
+    final = p2p(live_server, ci, "status", pk, "--wait")
+    assert final.returncode == 1 and "rejected" in final.stdout
+
+
+def test_errors_are_one_line_and_exit_1(world, live_server):
+    bad = p2p(live_server, world.plain["wrong_checksum"], "status", "1")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1 and "checksum" in bad.stderr and "401" in bad.stderr
+
+    world.to_prod.required_checks = ["functional", "nft"]
+    world.to_prod.save()
+    world.push(world.dev, "3.0.0")
+    p2p(live_server, world.plain["ci_own"], "push", world.shop.name, "dev", f"x/{world.shop.name}:3.0.0")
+    refused = p2p(live_server, world.plain["rm"], "promote", f"{world.shop.name}:3.0.0", "--dest-stage", "prod")
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "functional" in refused.stderr and "409" in refused.stderr
+
+    unset = p2p(live_server, "", "status", "1")
+    assert unset.returncode == 1 and "P2P_TOKEN" in unset.stderr
+
+
+def test_login_prints_a_docker_login_command_from_push_credentials(world, live_server):
+    registry = Registry.objects.create(name="with-creds", url=world.registry_url)
+    registry.set_credentials({"username": "pusher", "password": "s3cret'pw"})
+    registry.save()
+    world.dev.registry = registry
+    world.dev.save()
+    login = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "dev")
+    assert login.returncode == 0, login.stderr
+    host = world.registry_url.split("://", 1)[1]
+    assert login.stdout.strip() == (
+        f"printf '%s' 's3cret'\"'\"'pw' | docker login --username pusher --password-stdin {host}"
+    )
+    as_json = json.loads(p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "dev", "--json").stdout)
+    assert as_json["username"] == "pusher" and as_json["registry"] == host
+    refused = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "staging")
+    assert refused.returncode == 1 and "allow_push_credentials" in refused.stderr
