@@ -12,10 +12,14 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import csrf_protect_m
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group, User
+from django.core.exceptions import PermissionDenied
 from django.db import models, transaction
 
+from ci_integrations.forms import AdminSignInForm
 from ci_integrations.models import (
     ApiToken,
     Approval,
@@ -339,6 +343,30 @@ class ApiTokenAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
 
 
+class DecisionsOnlyThroughTheService:
+    """Promotions and approvals are decided only by the promotion service, which enforces four-eyes and the approver
+    group. A form posted here (a state change, an approval added) is refused with 403 and, like any refused
+    approval, audited as promotion.approve_refused with the promotion it aimed at."""
+
+    refusal = "the admin cannot change promotions or record approvals; decide in the portal, where four-eyes applies"
+
+    def promotion_aimed_at(self, request, object_id) -> Promotion | None:
+        raise NotImplementedError
+
+    @csrf_protect_m
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method == "POST":
+            audit_record(
+                actor=Actor.from_request(request),
+                action="promotion.approve_refused",
+                obj=self.promotion_aimed_at(request, object_id),
+                reason=self.refusal,
+                after={"via": "admin", "fields": sorted(k for k in request.POST if k != "csrfmiddlewaretoken")[:50]},
+            )
+            raise PermissionDenied(self.refusal)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+
 class ApprovalInline(admin.TabularInline):
     model = Approval
     extra = 0
@@ -353,7 +381,7 @@ class ApprovalInline(admin.TabularInline):
 
 
 @admin.register(Promotion)
-class PromotionAdmin(ReadOnlyAdmin):
+class PromotionAdmin(DecisionsOnlyThroughTheService, ReadOnlyAdmin):
     """Read-only: states change only through the promotion service, which enforces four-eyes."""
 
     inlines = [ApprovalInline]
@@ -363,11 +391,21 @@ class PromotionAdmin(ReadOnlyAdmin):
     search_fields = ["integration__name", "digest", "tag"]
     readonly_fields = ["state"]
 
+    def promotion_aimed_at(self, request, object_id) -> Promotion | None:
+        return self.get_object(request, unquote(object_id)) if object_id else None
+
 
 @admin.register(Approval)
-class ApprovalAdmin(ReadOnlyAdmin):
+class ApprovalAdmin(DecisionsOnlyThroughTheService, ReadOnlyAdmin):
     list_display = ["promotion", "user", "decision", "created_at"]
     list_select_related = ["user"]
+
+    def promotion_aimed_at(self, request, object_id) -> Promotion | None:
+        if object_id:
+            approval = self.get_object(request, unquote(object_id))
+            return approval.promotion if approval else None
+        pk = request.POST.get("promotion", "")
+        return Promotion.objects.filter(pk=pk).first() if pk.isdigit() and len(pk) < 19 else None
 
 
 @admin.register(Artifact)
@@ -406,6 +444,8 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
 class IdempotencyRecordAdmin(ReadOnlyAdmin):
     list_display = ["token", "key", "response_status", "created_at"]
 
+
+admin.site.login_form = AdminSignInForm
 
 # Who belongs to which role is as much an audit matter as any registry: users and groups are audited too.
 admin.site.unregister(User)

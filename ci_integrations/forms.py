@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime, time, timedelta
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.validators import MaxLengthValidator
 from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Integration, validate_tag
 from ci_integrations.selectors import AuditFilters
 
 MAX_TEXT = 2000
+# Tabs and line breaks are text; other control characters (terminal escapes, NUL…) are not.
+TEXT_WHITESPACE = {"\t", "\n", "\r"}
+
+
+def validate_printable(value: str) -> None:
+    """Refuse control characters, naming the first one, so text shown, logged or exported stays inert."""
+    for char in value:
+        if char not in TEXT_WHITESPACE and char != "\x00" and unicodedata.category(char) == "Cc":
+            raise forms.ValidationError(
+                "Remove the control character U+%(code)04X; only printable text is allowed.",
+                code="control_character",
+                params={"code": ord(char)},
+            )
+
+
+class TextField(forms.CharField):
+    """A CharField for people's text: any language, no control characters (Django already refuses NUL)."""
+
+    default_validators = [validate_printable]
 
 
 class PromoteForm(forms.Form):
@@ -19,8 +42,8 @@ class PromoteForm(forms.Form):
     tag = forms.CharField(
         required=False, max_length=128, validators=[validate_tag], help_text="Leave empty to keep the source tag."
     )
-    reason = forms.CharField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
-    freeze_override_reason = forms.CharField(
+    reason = TextField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+    freeze_override_reason = TextField(
         required=False,
         max_length=MAX_TEXT,
         label="Freeze override reason",
@@ -30,15 +53,15 @@ class PromoteForm(forms.Form):
 
 
 class RollbackForm(forms.Form):
-    reason = forms.CharField(max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+    reason = TextField(max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
 
 
 class DecisionForm(forms.Form):
-    comment = forms.CharField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+    comment = TextField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
 
 
 class CancelForm(forms.Form):
-    reason = forms.CharField(required=False, max_length=MAX_TEXT)
+    reason = TextField(required=False, max_length=MAX_TEXT)
 
 
 def _day_start(value):
@@ -48,10 +71,10 @@ def _day_start(value):
 class AuditFilterForm(forms.Form):
     """Audit log filters from the query string; dates are whole UTC days, `until` inclusive."""
 
-    integration = forms.CharField(required=False, max_length=63)
-    environment = forms.CharField(required=False, max_length=63)
-    actor = forms.CharField(required=False, max_length=150)
-    action = forms.CharField(required=False, max_length=64, help_text="e.g. promotion.approved, or promotion.")
+    integration = TextField(required=False, max_length=63)
+    environment = TextField(required=False, max_length=63)
+    actor = TextField(required=False, max_length=150)
+    action = TextField(required=False, max_length=64, help_text="e.g. promotion.approved, or promotion.")
     since = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     until = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
     before = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
@@ -77,7 +100,7 @@ class AuditFilterForm(forms.Form):
 
 
 class TokenCreateForm(forms.Form):
-    name = forms.CharField(max_length=120)
+    name = TextField(max_length=120)
     kind = forms.ChoiceField(choices=ApiToken.Kind.choices, initial=ApiToken.Kind.PERSONAL)
     integrations = forms.ModelMultipleChoiceField(
         queryset=Integration.objects.order_by("name"),
@@ -111,15 +134,15 @@ class TokenCreateForm(forms.Form):
 
 
 class FreezeWindowForm(forms.Form):
-    name = forms.CharField(max_length=120)
-    environments = forms.CharField(max_length=500, help_text="Comma-separated, e.g. staging, prod")
+    name = TextField(max_length=120)
+    environments = TextField(max_length=500, help_text="Comma-separated, e.g. staging, prod")
     starts_at = forms.DateTimeField(
         label="Starts (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
     )
     ends_at = forms.DateTimeField(
         label="Ends (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
     )
-    reason = forms.CharField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+    reason = TextField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
 
     def clean_environments(self) -> list[str]:
         envs = [e.strip() for e in self.cleaned_data["environments"].split(",") if e.strip()]
@@ -132,3 +155,20 @@ class FreezeWindowForm(forms.Form):
         if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
             self.add_error("ends_at", "The window must end after it starts.")
         return data
+
+
+class UsernameLengthChecked:
+    """Django's sign-in forms set the username's max_length after the field is built, so it is never validated and
+    an overlong name reaches authenticate(), where django-axes fails to store it (a 500). Check it first."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["username"].validators.append(MaxLengthValidator(self.fields["username"].max_length))
+
+
+class SignInForm(UsernameLengthChecked, AuthenticationForm):
+    pass
+
+
+class AdminSignInForm(UsernameLengthChecked, AdminAuthenticationForm):
+    pass

@@ -159,7 +159,8 @@ def _decision_context(request: HttpRequest, promotion: Promotion) -> dict:
         "evaluation": evaluation,
         "evaluation_error": evaluation_error,
         "may_decide": request.user.has_perm(APPROVE) and block is None,
-        "block": block if request.user.has_perm(APPROVE) else "You are not in a role that approves promotions.",
+        # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
+        "why_not": block if request.user.has_perm(APPROVE) else "You are not in a role that approves promotions.",
         "form": DecisionForm(),
     }
 
@@ -287,15 +288,25 @@ def rollback(request: HttpRequest, name: str, env: str, arrival_pk: int) -> Http
 
 
 def _promotion_action(
-    request: HttpRequest, pk: int, action: Callable[..., object], done: str, **kwargs
+    request: HttpRequest, pk: int, action: Callable[..., object], done: str, form=None, **kwargs
 ) -> HttpResponse:
+    """Run one promotion service call and go back to the page the button was on, with what happened.
+
+    With a form that does not validate nothing is done: the errors are shown instead (a comment with a control
+    character must not turn into an approval without its comment).
+    """
     promotion = get_object_or_404(Promotion, pk=pk)
-    try:
-        action(promotion=promotion, actor=Actor.from_request(request), **kwargs)
-    except ServiceError as exc:
-        messages.error(request, exc.message)
+    if form is not None and not form.is_valid():
+        for name, errors in form.errors.items():
+            label = form.fields[name].label or name.capitalize() if name in form.fields else ""
+            messages.error(request, f"{label}: {' '.join(errors)}" if label else " ".join(errors))
     else:
-        messages.success(request, done.format(pk=pk))
+        try:
+            action(promotion=promotion, actor=Actor.from_request(request), **kwargs)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, done.format(pk=pk))
     back = request.POST.get("next", "")
     return redirect(back if back == reverse("approvals") else reverse("promotion", args=[pk]))
 
@@ -305,7 +316,9 @@ def _promotion_action(
 def promotion_approve(request: HttpRequest, pk: int) -> HttpResponse:
     form = DecisionForm(request.POST)
     comment = form.cleaned_data["comment"] if form.is_valid() else ""
-    return _promotion_action(request, pk, promotion_service.promotion_approve, "Approved #{pk}.", comment=comment)
+    return _promotion_action(
+        request, pk, promotion_service.promotion_approve, "Approved #{pk}.", form=form, comment=comment
+    )
 
 
 @require_POST
@@ -313,7 +326,9 @@ def promotion_approve(request: HttpRequest, pk: int) -> HttpResponse:
 def promotion_reject(request: HttpRequest, pk: int) -> HttpResponse:
     form = DecisionForm(request.POST)
     comment = form.cleaned_data["comment"] if form.is_valid() else ""
-    return _promotion_action(request, pk, promotion_service.promotion_reject, "Rejected #{pk}.", comment=comment)
+    return _promotion_action(
+        request, pk, promotion_service.promotion_reject, "Rejected #{pk}.", form=form, comment=comment
+    )
 
 
 @require_POST
@@ -321,7 +336,9 @@ def promotion_reject(request: HttpRequest, pk: int) -> HttpResponse:
 def promotion_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     form = CancelForm(request.POST)
     reason = form.cleaned_data["reason"] if form.is_valid() else ""
-    return _promotion_action(request, pk, promotion_service.promotion_cancel, "Cancelled #{pk}.", reason=reason)
+    return _promotion_action(
+        request, pk, promotion_service.promotion_cancel, "Cancelled #{pk}.", form=form, reason=reason
+    )
 
 
 @require_POST
@@ -370,7 +387,12 @@ def audit_export(request: HttpRequest, fmt: str) -> StreamingHttpResponse:
     """The filtered log, oldest first, streamed; the last line carries the chain's head hash."""
     form = AuditFilterForm(request.GET or None)
     if request.GET and not form.is_valid():
-        return HttpResponse("Invalid filters: " + "; ".join(form.errors.get("__all__", [])), status=400)
+        problems = [
+            f"{form.fields[name].label or name}: {error}" if name in form.fields else error
+            for name, errors in form.errors.items()
+            for error in errors
+        ]
+        return HttpResponse("Invalid filters: " + "; ".join(problems), status=400, content_type="text/plain")
     filters = form.filters() if request.GET else selectors.AuditFilters()
     entries = selectors.audit_entries_for_export(filters)
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
