@@ -26,7 +26,7 @@ def registry_config(port: int, data_dir: str) -> str:
     """A minimal distribution config (JSON is valid YAML): filesystem storage, deletes allowed, loopback only."""
     config = {
         "version": 0.1,
-        "log": {"level": "fatal", "accesslog": {"disabled": True}},
+        "log": {"level": "error", "accesslog": {"disabled": True}},
         "storage": {"filesystem": {"rootdirectory": os.path.abspath(data_dir)}, "delete": {"enabled": True}},
         "http": {"addr": f"127.0.0.1:{port}", "secret": hashlib.sha256(f"demo-{port}".encode()).hexdigest()},
     }

@@ -4,8 +4,22 @@ from django.db import migrations
 
 APP = "ci_integrations"
 MODELS = [
-    "registry", "workflow", "workflowstep", "integration", "bucket", "artifact", "arrival", "checkresult",
-    "promotion", "approval", "freezewindow", "auditentry", "apitoken", "job", "webhook", "webhookdelivery",
+    "registry",
+    "workflow",
+    "workflowstep",
+    "integration",
+    "bucket",
+    "artifact",
+    "arrival",
+    "checkresult",
+    "promotion",
+    "approval",
+    "freezewindow",
+    "auditentry",
+    "apitoken",
+    "job",
+    "webhook",
+    "webhookdelivery",
 ]
 VIEW_ALL = [f"view_{model}" for model in MODELS]
 ROLES = {

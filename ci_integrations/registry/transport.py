@@ -88,21 +88,22 @@ def with_retries(
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
     """Run operation(attempt) until it returns; retry on RetryableFailure up to policy.attempts, then raise."""
+    attempts = max(1, policy.attempts)  # "retry_attempts: 0" means no retries, not no request
     last: RetryableFailure | None = None
-    for attempt in range(policy.attempts):
+    for attempt in range(attempts):
         try:
             return operation(attempt)
         except RetryableFailure as failure:
             last = failure
-            if attempt + 1 < policy.attempts:
+            if attempt + 1 < attempts:
                 pause = policy.delay(attempt, failure.retry_after)
-                log.info("%s: %s; retry in %.2fs (%d/%d)", what, failure, pause, attempt + 1, policy.attempts)
+                log.info("%s: %s; retry in %.2fs (%d/%d)", what, failure, pause, attempt + 1, attempts)
                 sleep(pause)
     assert last is not None
     error = last.error
     if isinstance(error, TransientError):
         raise TransientError(
-            f"{error.message} (gave up after {policy.attempts} attempts)",
+            f"{error.message} (gave up after {attempts} attempts)",
             status=error.status,
             code=error.code,
             retry_after=error.retry_after,
@@ -190,7 +191,10 @@ class Transport:
         Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry.
         """
         scopes = merge_scopes(scopes)
-        sent = self.auth.header(scopes)
+        # Credentials belong to the registry host: an upload Location or pagination link on another host (storage,
+        # a CDN) gets no Authorization, and its challenges are not answered with the registry's credentials.
+        own_host = urlsplit(url).netloc == self.host
+        sent = self.auth.header(scopes) if own_host else None
         for auth_round in range(3):
             request_headers = dict(headers or {})
             if sent:
@@ -201,7 +205,7 @@ class Transport:
             challenge = response.headers.get("WWW-Authenticate", "")
             body = response.content
             response.close()
-            if not challenge or auth_round == 2:
+            if not challenge or auth_round == 2 or not own_host:
                 raise error_for_response(401, body, what=f"{method} {_path(url)}")
             if sent and _insufficient_scope(challenge):
                 raise AccessDenied(f"{method} {_path(url)}: the token lacks the needed scope ({', '.join(scopes)})")

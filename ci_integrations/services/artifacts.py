@@ -325,6 +325,30 @@ def artifact_import(
     return job
 
 
+def _immutable_tag_check(bucket: Bucket, tag: str, src) -> str | None:
+    """Before an import writes `tag` into an immutable_tags bucket: refuse another digest than the tag holds.
+
+    The copy would move the registry's tag before registration could refuse it, so the check comes first; the
+    digest it checked is returned so the copy can insist on exactly that image.
+    """
+    if not bucket.immutable_tags:
+        return None
+    arrivals = Arrival.objects.filter(bucket=bucket, tag=tag).select_related("artifact")
+    holder = arrivals.order_by("-arrived_at", "-id").first()
+    if holder is None:
+        return None
+    from ci_integrations.registry import resolve_manifest
+
+    digest = resolve_manifest(src).digest
+    if digest != holder.artifact.digest:
+        raise StateConflict(
+            f"tag {tag!r} in bucket {bucket} is immutable and already holds {holder.artifact.digest}; "
+            f"the import of {digest} was refused before copying",
+            details={"existing_digest": holder.artifact.digest},
+        )
+    return digest
+
+
 def artifact_import_execute(*, job_id: int) -> None:
     """The import job body: copy the source image into the first bucket, then register it (how=import)."""
     from ci_integrations.registry import copy_image
@@ -341,7 +365,8 @@ def artifact_import_execute(*, job_id: int) -> None:
         credentials = decrypt_json(args["credentials_encrypted"]) if args.get("credentials_encrypted") else None
         src, _ = _source_location(args["source"], credentials)
         bucket = _bucket(job.integration, args["env"])
-        summary = copy_image(src, bucket.location(args["tag"]))
+        expected = _immutable_tag_check(bucket, args["tag"], src)
+        summary = copy_image(src, bucket.location(args["tag"]), expected_digest=expected)
         artifact, arrival, created = artifact_register(
             integration=job.integration,
             env=bucket.env,
@@ -351,8 +376,12 @@ def artifact_import_execute(*, job_id: int) -> None:
             actor=actor,
             how=Arrival.How.IMPORT,
         )
-    except (registry_errors.RegistryError, ServiceError) as exc:
-        message = getattr(exc, "message", str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the job must not stay running
+        if isinstance(exc, registry_errors.RegistryError | ServiceError):
+            message = exc.message
+        else:
+            logger.exception("import job %s crashed", job_id)
+            message = registry_errors.redact(f"unexpected error: {exc.__class__.__name__}: {exc}")
         with transaction.atomic():
             Job.objects.filter(pk=job_id).update(
                 state=Job.State.FAILED,

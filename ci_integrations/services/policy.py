@@ -102,6 +102,15 @@ def step_into(integration, to_env: str) -> WorkflowStep | None:
     return WorkflowStep.objects.filter(workflow_id=integration.workflow_id, to_env=to_env).first()
 
 
+def immutable_tag_holder(bucket: Bucket, tag: str, artifact: Artifact) -> Arrival | None:
+    """In an immutable_tags bucket, the latest arrival that holds `tag` with another artifact (None if free)."""
+    if not bucket.immutable_tags or not tag:
+        return None
+    latest = Arrival.objects.filter(bucket=bucket, tag=tag).select_related("artifact").order_by("-arrived_at", "-id")
+    holder = latest.first()
+    return holder if holder is not None and holder.artifact_id != artifact.pk else None
+
+
 def promotion_evaluate(
     *,
     artifact: Artifact,
@@ -181,6 +190,9 @@ def promotion_evaluate(
         _checks(ev, artifact)
         _soak(ev, source_arrival)
         _tag_rule(ev)
+        holder = immutable_tag_holder(ev.to_bucket, ev.tag, artifact)
+        if holder is not None:
+            ev.add(TAG_RULE, False, f"tag {ev.tag!r} is immutable in {to_env} and holds {holder.artifact.short_digest}")
 
     _freeze(ev, actor, freeze_override_reason)
     open_promotions = Promotion.objects.filter(

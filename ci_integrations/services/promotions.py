@@ -40,6 +40,7 @@ from ci_integrations.services.policy import (  # noqa: F401 - re-exported for ca
     Condition,
     PolicyEvaluation,
     actor_may_request,
+    immutable_tag_holder,
     promotion_evaluate,
 )
 from ci_integrations.services.webhooks import webhooks_notify
@@ -301,6 +302,26 @@ def _block(p: Promotion, actor: Actor, decision: str) -> tuple[str, str] | None:
     return None
 
 
+def _frozen(p: Promotion) -> list[str]:
+    """Why `p` may not be queued now: its target is frozen and its request did not override the freeze."""
+    if p.freeze_override_reason:
+        return []
+    windows = freeze_windows_active(env=p.to_bucket.env)
+    if not windows:
+        return []
+    names = ", ".join(repr(w.name) for w in windows)
+    return [f"freeze window: {p.to_bucket.env} is frozen ({names}); a platform admin may override with a reason"]
+
+
+def _freeze_holds_approval(p: Promotion) -> list[str]:
+    """The unmet freeze condition when the next approval would complete the quorum (and so queue the copy)."""
+    unmet = _frozen(p)
+    given = Approval.objects.filter(promotion=p, decision=Approval.Decision.APPROVE, digest=p.digest)
+    if not unmet or given.values("user").distinct().count() + 1 < p.required_approvals:
+        return []
+    return unmet
+
+
 def promotion_approval_block(*, promotion: Promotion, user) -> str | None:
     """Why `user` cannot approve `promotion` now, or None if they can (for the UI to show or hide the button)."""
     blocked = _block(promotion, Actor.for_user(user), Approval.Decision.APPROVE)
@@ -324,12 +345,16 @@ def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> 
     verb = "approve" if decision == Approval.Decision.APPROVE else "reject"
     comment = (comment or "").strip()
     refusal = None
+    refusal_error: ServiceError | None = None
     with transaction.atomic():
         # The row lock serialises decisions: concurrent clicks give one state change, one job, one audit entry.
         p = _locked(promotion)
         blocked = _block(p, actor, decision)
         if blocked and blocked[0] == "state":
             raise StateConflict(blocked[1])
+        if not blocked and decision == Approval.Decision.APPROVE and (unmet := _freeze_holds_approval(p)):
+            # A freeze that began after the request holds the approval that would queue the copy.
+            blocked, refusal_error = ("policy", unmet[0]), PolicyViolation(unmet)
         if blocked:
             refusal = blocked[1]
             audit_record(
@@ -390,7 +415,7 @@ def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> 
                     )
     if refusal is not None:
         # Raised after the commit so the refusal's audit entry stays.
-        raise NotAllowed(refusal)
+        raise refusal_error or NotAllowed(refusal)
     return p
 
 
@@ -444,9 +469,7 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
             raise NotAllowed(f"{actor.label} may not retry promotion #{p.pk}")
         if p.state != State.FAILED:
             raise StateConflict(f"promotion #{p.pk} is {p.state}; only failed promotions can be retried")
-        unmet = []
-        if freeze_windows_active(env=p.to_bucket.env) and not p.freeze_override_reason:
-            unmet.append(f"freeze window: {p.to_bucket.env} is frozen")
+        unmet = _frozen(p)
         other = (
             Promotion.objects.filter(artifact=p.artifact, to_bucket=p.to_bucket, state__in=Promotion.OPEN_STATES)
             .exclude(pk=p.pk)
@@ -608,6 +631,11 @@ def _source(p: Promotion):
 
 
 def _run(p: Promotion) -> None:
+    # Checked again under the bucket lock: another promotion may have taken the tag since this one was requested.
+    holder = immutable_tag_holder(p.to_bucket, p.tag, p.artifact)
+    if holder is not None:
+        _finish_failed(p, f"tag {p.tag!r} is immutable in {p.to_bucket.env} and already holds {holder.artifact.digest}")
+        return
     delays = _copy_retry_delays()
     summary = None
     for attempt in range(len(delays) + 1):
@@ -764,7 +792,8 @@ def _job_is_live(job_id: str, queue: str = PROMOTIONS_QUEUE) -> bool:
 
 def promotions_reconcile() -> int:
     """Re-enqueue what Redis lost: approved/queued promotions with no live job, running promotions whose heartbeat
-    went stale (their worker died), and queued imports with no live job. Returns how many were re-enqueued."""
+    went stale (their worker died), and queued or running imports with no live job. Returns how many were
+    re-enqueued."""
     from ci_integrations import jobs
 
     now = timezone.now()
@@ -825,12 +854,26 @@ def promotions_reconcile() -> int:
                 )
                 enqueue_on_commit(jobs.run_promotion, p.pk, queue=PROMOTIONS_QUEUE, job_id=job_id)
                 count += 1
-    for job in Job.objects.filter(kind="import", state=Job.State.QUEUED).only("pk", "rq_job_id", "created_at"):
+    # Imports have no heartbeat: a running one whose RQ job is gone (worker killed, Redis flushed) runs again, which
+    # is harmless because the copy and the registration are both idempotent.
+    imports = Job.objects.filter(kind="import", state__in=(Job.State.QUEUED, Job.State.RUNNING))
+    for job in imports.only("pk", "kind", "state", "rq_job_id", "integration_id"):
         if _job_is_live(job.rq_job_id, queue=DEFAULT_QUEUE):
             continue
         job_id = new_job_id("import", job.pk)
         with transaction.atomic():
-            if Job.objects.filter(pk=job.pk, state=Job.State.QUEUED, rq_job_id=job.rq_job_id).update(rq_job_id=job_id):
+            if Job.objects.filter(pk=job.pk, state=job.state, rq_job_id=job.rq_job_id).update(
+                state=Job.State.QUEUED, rq_job_id=job_id
+            ):
+                if job.state == Job.State.RUNNING:
+                    audit_record(
+                        actor=RECONCILER,
+                        action="artifact.import_requeued",
+                        obj=job,
+                        before={"state": Job.State.RUNNING, "job_id": job.rq_job_id},
+                        after={"state": Job.State.QUEUED, "job_id": job_id},
+                        reason="its job is no longer known to the queue",
+                    )
                 enqueue_on_commit(jobs.run_import, job.pk, queue=DEFAULT_QUEUE, job_id=job_id)
                 count += 1
     return count

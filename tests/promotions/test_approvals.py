@@ -1,11 +1,15 @@
 """Who may approve: four-eyes, the approver group, a quorum of distinct people, bound to one digest."""
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import Group
+from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Approval, AuditEntry, Promotion
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.errors import NotAllowed, StateConflict
+from ci_integrations.services.errors import NotAllowed, PolicyViolation, StateConflict
+from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
 from ci_integrations.services.promotions import (
     promotion_approval_block,
     promotion_approve,
@@ -125,3 +129,23 @@ def test_cancel_ends_a_pending_request_but_not_a_finished_one(world, pending):
             ),
             actor=world.actor(world.dave),
         )
+
+
+def test_a_freeze_that_starts_after_the_request_holds_the_approval_that_would_queue_it(world, pending):
+    promotion_approve(promotion=pending, actor=world.actor(world.bob))
+    window = freeze_window_create(
+        name="Quarter close",
+        environments=["prod"],
+        starts_at=timezone.now() - timedelta(minutes=1),
+        ends_at=timezone.now() + timedelta(hours=1),
+        reason="quarter end",
+        actor=world.actor(world.admin),
+    )
+    with pytest.raises(PolicyViolation, match="Quarter close"):
+        promotion_approve(promotion=pending, actor=world.actor(world.carol), comment="ship it")
+    pending.refresh_from_db()
+    assert pending.state == Promotion.State.PENDING_APPROVAL and not pending.job_id
+    refused = AuditEntry.objects.get(action="promotion.approve_refused")
+    assert refused.actor == "carol" and "freeze window" in refused.reason
+    freeze_window_end(window=window, actor=world.actor(world.admin))
+    assert promotion_approve(promotion=pending, actor=world.actor(world.carol)).state == Promotion.State.QUEUED

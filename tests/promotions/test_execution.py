@@ -229,6 +229,61 @@ def test_import_copies_from_a_build_registry_into_the_first_bucket(world, rq_que
     assert arrival.artifact.git_sha == "deadbeef"
 
 
+def test_an_import_whose_worker_died_is_run_again_by_the_reconciler(world, rq_queues, run_worker, registry_servers):
+    outside, _ = registry_servers
+    digest = push_random_image(outside.url, "outside/checkout", "build-8")
+    job = artifact_import(
+        integration=world.integration, source=f"{outside.host}/outside/checkout:build-8", actor=world.actor(world.alice)
+    )
+    # The worker took the job and died: the row says running, and Redis no longer knows the job.
+    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    for queue in rq_queues.values():
+        queue.empty()
+    assert promotions_reconcile() == 1
+    assert AuditEntry.objects.filter(action="artifact.import_requeued", object_id=str(job.pk)).exists()
+    run_worker()
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    world.qa.refresh_from_db()
+    assert world.qa.current_arrival.artifact.digest == digest
+
+
+def test_an_import_never_moves_an_immutable_tag_to_another_image(world, rq_queues, run_worker, registry_servers):
+    outside, _ = registry_servers
+    Bucket.objects.filter(pk=world.qa.pk).update(immutable_tags=True)
+    held = world.register("qa", "v1")
+    push_random_image(outside.url, "outside/checkout", "build-9")
+    job = artifact_import(
+        integration=world.integration,
+        source=f"{outside.host}/outside/checkout:build-9",
+        tag="v1",
+        actor=world.actor(world.alice),
+    )
+    run_worker()
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED and "immutable" in job.error
+    assert get_manifest_digest(world.build_url, world.qa.repository, "v1") == held.digest
+
+
+def test_an_import_whose_credentials_cannot_be_read_fails_instead_of_running_for_ever(
+    world, rq_queues, run_worker, registry_servers, settings
+):
+    from cryptography.fernet import Fernet
+
+    outside, _ = registry_servers
+    job = artifact_import(
+        integration=world.integration,
+        source=f"{outside.host}/outside/checkout:build-10",
+        source_credentials={"username": "ci", "password": "import-s3cret"},
+        actor=world.actor(world.alice),
+    )
+    settings.P2P_FERNET_KEYS = [Fernet.generate_key().decode()]  # the key that encrypted them was rotated out
+    run_worker()
+    job.refresh_from_db()
+    assert job.state == Job.State.FAILED and "cannot be decrypted" in job.error
+    assert job.arguments["credentials_encrypted"] == "" and job.finished_at is not None
+
+
 def test_the_last_two_approvals_at_once_still_give_exactly_one_transition(world, rq_queues):
     artifact = world.register("staging", "v1")
     promotion = promotion_request(artifact=artifact, to_env="prod", actor=world.actor(world.alice))

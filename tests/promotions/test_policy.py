@@ -5,12 +5,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from ci_integrations.models import ApiToken, AuditEntry, Promotion
+from ci_integrations.models import ApiToken, Arrival, AuditEntry, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import check_report
 from ci_integrations.services.errors import NotAllowed, PolicyViolation
 from ci_integrations.services.freeze import freeze_window_create
-from ci_integrations.services.promotions import promotion_evaluate, promotion_request
+from ci_integrations.services.promotions import promotion_evaluate, promotion_execute, promotion_request
 from tests.promotions.conftest import place
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
@@ -163,3 +163,28 @@ def test_freeze_window_blocks_until_an_admin_overrides_with_a_reason(world):
 
     freeze_window_end(window=window, actor=world.actor(world.admin))
     assert freeze_windows_active(env="prod") == []
+
+
+def test_it_refuses_to_move_an_immutable_tag_of_the_target_bucket_to_another_digest(world):
+    world.prod.immutable_tags = True
+    world.prod.save()
+    running = place(world, "prod", "v1")
+    candidate = place(world, "staging", "v1")
+    unmet = refusal(world, candidate)
+    assert names(unmet) == ["tag rule"] and "immutable" in unmet[0] and running.short_digest in unmet[0]
+    assert promotion_request(artifact=candidate, to_env="prod", actor=world.actor(world.alice), tag="v2").tag == "v2"
+
+
+def test_the_copy_job_fails_when_an_immutable_tag_was_taken_after_the_request(world):
+    world.prod.immutable_tags = True
+    world.prod.save()
+    world.to_prod.required_approvals = 0
+    world.to_prod.save()
+    candidate = place(world, "staging", "v1")
+    promotion = promotion_request(artifact=candidate, to_env="prod", actor=world.actor(world.alice))
+    assert promotion.state == Promotion.State.QUEUED
+    place(world, "prod", "v1")  # another image lands under v1 while this one waits in the queue
+    promotion_execute(promotion_id=promotion.pk)
+    promotion.refresh_from_db()
+    assert promotion.state == Promotion.State.FAILED and "immutable" in promotion.error
+    assert not Arrival.objects.filter(promotion=promotion).exists()

@@ -83,6 +83,20 @@ def test_persistent_503_gives_up_after_bounded_attempts_without_pushing_the_mani
     assert get_manifest_digest(other_registry.url, "prod/api", "1.0") is None
 
 
+def test_zero_retry_attempts_still_makes_one_attempt_and_fails_with_a_typed_error(
+    registry, other_registry, proxy_factory, image
+):
+    assert _copy(registry.url, other_registry.url, retry_attempts=0).digest == image
+    proxy = proxy_factory(registry.url)
+    proxy.add("status", method="GET", path=BLOB_GET, status=503, times=None)
+    with pytest.raises(TransientError, match="after 1 attempts"):
+        copy_image(
+            location(proxy.url, "team/api", "1.0", retry_attempts=0),
+            location(other_registry.url, "prod/other", "1.0", retry_attempts=0),
+        )
+    assert max(collections.Counter(e.path for e in proxy.requests("GET", BLOB_GET)).values()) == 1  # none retried
+
+
 def test_connection_reset_halfway_through_a_blob_is_retried(registry, other_registry, proxy_factory, image):
     proxy = proxy_factory(registry.url)
     proxy.add("reset", method="GET", path=BLOB_GET, times=1)

@@ -4,6 +4,7 @@ storage host follow without the registry's credentials."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urljoin, urlsplit
 
 import requests
 
@@ -62,3 +63,48 @@ def test_blob_redirect_to_storage_never_carries_registry_credentials(other_regis
         assert not any("Authorization" in e.headers for e in fetched)
     finally:
         source.stop()
+
+
+def test_upload_locations_on_another_host_never_carry_registry_credentials(registry, proxy_factory):
+    destination = start_registry(htpasswd={"alice": ALICE["password"]})
+    try:
+        digest = push_random_image(registry.url, "team/api", "1.0")
+        auth = ("alice", ALICE["password"])
+        framing = {"host", "content-length", "connection", "transfer-encoding"}
+
+        def forward(method, path, headers, body, *, own_auth=None):
+            sent = {k: v for k, v in headers.items() if k.lower() not in framing}
+            if own_auth:
+                sent.pop("Authorization", None)
+            response = requests.request(
+                method, f"{destination.url}{path}", headers=sent, data=body, auth=own_auth, timeout=30
+            )
+            answer = {k: v for k, v in response.headers.items() if k.lower() not in framing}
+            return response.status_code, answer, response.content
+
+        def upload_host_routes(method, path, headers, body):
+            # Another host taking uploads (as some registries hand out): it accepts them on its own authority.
+            return forward(method, path, headers, body, own_auth=auth)
+
+        upload_host = proxy_factory(destination.url, intercept=upload_host_routes)
+
+        def front(method, path, headers, body):
+            status, answer, content = forward(method, path, headers, body)
+            if method == "POST" and "Location" in answer:
+                moved = urlsplit(urljoin(destination.url, answer["Location"]))
+                answer["Location"] = f"{upload_host.url}{moved.path}?{moved.query}"
+            return status, answer, content
+
+        registry_front = proxy_factory(destination.url, intercept=front)
+
+        copy_image(
+            location(registry.url, "team/api", "1.0"),
+            location(registry_front.url, "prod/api", "1.0", credentials=ALICE),
+        )
+
+        assert get_manifest_digest(destination.url, "prod/api", "1.0", auth=auth) == digest
+        uploads = upload_host.requests("PUT")
+        assert len(uploads) == 3
+        assert not any(key.lower() == "authorization" for entry in uploads for key in entry.headers)
+    finally:
+        destination.stop()

@@ -44,3 +44,31 @@ def test_seed_demo_seeds_once_and_prints_the_same_passwords_every_time(registry_
         assert f"{name}" in out.getvalue() and password in out.getvalue() and password in again.getvalue()
         assert User.objects.get(username=name).check_password(password)
     assert User.objects.get(username="admin").is_staff
+
+
+def test_the_demo_registry_process_serves_the_distribution_api(tmp_path):
+    """The Procfile's registries start from the config the demo writes (a bad config stops `make run` at once)."""
+    import socket
+    import subprocess
+    import sys
+
+    from ci_integrations.demo import wait_for_registry
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ci_integrations.demo", "registry", str(port), str(tmp_path / "registry")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        try:
+            wait_for_registry(f"http://127.0.0.1:{port}", timeout=10)
+        except TimeoutError:
+            process.kill()
+            pytest.fail(f"the demo registry did not start: {process.communicate()[0].decode(errors='replace')}")
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
