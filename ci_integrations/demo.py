@@ -34,11 +34,18 @@ def registry_config(port: int, data_dir: str) -> str:
 
 
 def serve_registry(port: int, data_dir: str) -> None:
-    """Write the config and replace this process with docker-registry (so honcho can stop it directly)."""
+    """Write the config and replace this process with docker-registry (so honcho can stop it directly).
+
+    Its log goes to DATA_DIR/registry.log.
+    """
     os.makedirs(data_dir, exist_ok=True)
     path = os.path.join(data_dir, "config.yml")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(registry_config(port, data_dir))
+    # The registry logs every 404 of a blob HEAD as an error; keep that out of the `make run` console.
+    log = os.open(os.path.join(data_dir, "registry.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     os.execv(REGISTRY_BINARY, [REGISTRY_BINARY, "serve", path])
 
 

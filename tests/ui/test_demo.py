@@ -67,7 +67,8 @@ def test_the_demo_registry_process_serves_the_distribution_api(tmp_path):
             wait_for_registry(f"http://127.0.0.1:{port}", timeout=10)
         except TimeoutError:
             process.kill()
-            pytest.fail(f"the demo registry did not start: {process.communicate()[0].decode(errors='replace')}")
+            log = tmp_path / "registry" / "registry.log"
+            pytest.fail(f"the demo registry did not start: {log.read_text() if log.exists() else 'no log'}")
         assert process.poll() is None
     finally:
         process.terminate()
