@@ -54,6 +54,13 @@ class PromoteForm(forms.Form):
 
 class RollbackForm(forms.Form):
     reason = TextField(max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+    freeze_override_reason = TextField(
+        required=False,
+        max_length=MAX_TEXT,
+        label="Freeze override reason",
+        help_text="Only for platform admins rolling back through an active freeze window.",
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
 
 
 class DecisionForm(forms.Form):

@@ -275,6 +275,8 @@ class Arrival(models.Model):
         indexes = [
             models.Index(fields=["bucket", "-arrived_at"], name="arrival_bucket_recent_idx"),
             models.Index(fields=["artifact", "bucket"], name="arrival_artifact_idx"),
+            # The latest arrival of a tag in a bucket (registration, immutable tags) without walking the history.
+            models.Index(fields=["bucket", "tag", "-arrived_at"], name="arrival_bucket_tag_idx"),
         ]
 
     def __str__(self) -> str:
@@ -597,11 +599,21 @@ class WebhookDelivery(models.Model):
     response_status = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # The RQ job carrying it, and when its retries ran out: open = neither delivered nor given up.
+    job_id = models.CharField(max_length=64, blank=True, default="")
+    given_up_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="webhookdelivery_open",
+                condition=Q(delivered_at__isnull=True, given_up_at__isnull=True),
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} → webhook {self.webhook_id} ({self.response_status or self.error[:40] or 'pending'})"

@@ -159,6 +159,8 @@ def _decision_context(request: HttpRequest, promotion: Promotion) -> dict:
         "evaluation": evaluation,
         "evaluation_error": evaluation_error,
         "may_decide": request.user.has_perm(APPROVE) and block is None,
+        # A freeze holds only the approval that would queue the copy; saying no stays possible.
+        "may_reject": request.user.has_perm(APPROVE) and isinstance(block, promotion_service.FreezeHold),
         # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
         "why_not": block if request.user.has_perm(APPROVE) else "You are not in a role that approves promotions.",
         "form": DecisionForm(),
@@ -276,6 +278,7 @@ def rollback(request: HttpRequest, name: str, env: str, arrival_pk: int) -> Http
                 to_arrival=arrival,
                 actor=Actor.from_request(request),
                 reason=form.cleaned_data["reason"],
+                freeze_override_reason=form.cleaned_data["freeze_override_reason"],
             )
         except ServiceError as exc:
             messages.error(request, exc.message)

@@ -291,6 +291,7 @@ class RollbackIn(serializers.Serializer):
     env = Line(max_length=63, validators=[valid_slug])
     to = Line(max_length=71, help_text="artifact id or digest to return the bucket to")
     reason = Line(max_length=2000)
+    freeze_override_reason = Text(help_text="roll back through an active freeze window (needs override_freezewindow)")
 
 
 class PushCredentialsIn(serializers.Serializer):

@@ -441,7 +441,13 @@ class RollbackView(ApiView):
                 "only earlier arrivals can be rolled back to",
                 details={"to": data["to"]},
             )
-        promotion = bucket_rollback(bucket=bucket, to_arrival=arrival, actor=self.actor(), reason=data["reason"])
+        promotion = bucket_rollback(
+            bucket=bucket,
+            to_arrival=arrival,
+            actor=self.actor(),
+            reason=data["reason"],
+            freeze_override_reason=data.get("freeze_override_reason", ""),
+        )
         return promotion_response(promotion, status_code=status.HTTP_201_CREATED)
 
 

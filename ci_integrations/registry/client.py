@@ -25,6 +25,9 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
 IMAGE_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
 MANIFEST_ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
+# OCI distribution guidance: registries and clients should accept manifests up to at least 4 MiB; larger ones are
+# refused before they are read, so a hostile registry cannot make a worker hold an arbitrarily large body.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 SCHEMA1_TYPES = {
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -197,8 +200,10 @@ class RegistryClient:
             headers={"Accept": MANIFEST_ACCEPT},
             allow=(404,) if missing_ok else (),
             what=f"GET manifest {repository}:{reference}",
+            max_bytes=MAX_MANIFEST_BYTES,
         )
         if response.status_code == 404:
+            response.close()
             return None
         raw = response.content
         media_type = _media_type(response.headers.get("Content-Type"))
@@ -266,8 +271,10 @@ class RegistryClient:
             headers={"Accept": OCI_INDEX},
             allow=(400, 404, 405),
             what=f"referrers of {repository}@{digest}",
+            max_bytes=MAX_MANIFEST_BYTES,
         )
         if response.status_code != 200 or _media_type(response.headers.get("Content-Type")) != OCI_INDEX:
+            response.close()
             return None
         return Manifest(response.content, OCI_INDEX, sha256_digest(response.content)).children()
 

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from .client import Descriptor, Manifest, ManifestInfo, hasher_for
+from .client_cache import shared_client
 from .errors import (
     AccessDenied,
     DigestMismatch,
@@ -540,11 +541,8 @@ def resolve_manifest(location: ImageLocation) -> ManifestInfo:
     """Digest, media type and size of the manifest at location (HEAD, falling back to GET); NotFound if absent."""
     check_repository(location.repository)
     check_reference(location.reference)
-    client = provider_for(location.registry).client(location.registry, pool_size=2)
-    try:
-        info = client.head_manifest(location.repository, location.reference)
-    finally:
-        client.close()
+    # A shared client: the HEAD reuses a keep-alive connection and a cached token (registration does one per call).
+    info = shared_client(location.registry).head_manifest(location.repository, location.reference)
     if info is None:
         raise NotFound(f"{location} does not exist")
     return info
@@ -558,17 +556,13 @@ def check_access(location: ImageLocation, *, push: bool = False) -> None:
     """
     check_repository(location.repository)
     check_reference(location.reference)
-    client = provider_for(location.registry).client(location.registry, pool_size=2)
-    try:
-        if push:
-            _, upload = client.start_upload(location.repository)
-            if upload:
-                client.cancel_upload(upload, location.repository)
-        else:
-            if client.head_manifest(location.repository, location.reference) is None:
-                raise NotFound(f"{location} does not exist")
-    finally:
-        client.close()
+    client = shared_client(location.registry)
+    if push:
+        _, upload = client.start_upload(location.repository)
+        if upload:
+            client.cancel_upload(upload, location.repository)
+    elif client.head_manifest(location.repository, location.reference) is None:
+        raise NotFound(f"{location} does not exist")
 
 
 def push_credentials(spec) -> dict:

@@ -79,6 +79,14 @@ _SECRET_PATTERNS = [
         r"\1[redacted]",
     ),
     (re.compile(r"(?i)(https?://)[^/@\s:]+:[^/@\s]+@"), r"\1[redacted]@"),
+    # Quoted keys, as in a credentials dict or JSON body quoted by an exception: 'password': 'hunter2'.
+    (
+        re.compile(
+            r"(?i)([\"'](?:password|passwd|secret|client_secret|token|access_token|refresh_token)[\"']\s*:\s*)"
+            r"([\"'])(?:(?!\2).)*\2"
+        ),
+        r"\1\2[redacted]\2",
+    ),
 ]
 
 

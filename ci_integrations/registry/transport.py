@@ -17,10 +17,18 @@ from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .auth import Authenticator, merge_scopes, parse_www_authenticate
-from .errors import AccessDenied, AuthenticationError, RegistryError, TransientError, error_for_response
+from .errors import (
+    AccessDenied,
+    AuthenticationError,
+    ProtocolError,
+    RegistryError,
+    TransientError,
+    error_for_response,
+)
 
 log = logging.getLogger(__name__)
 
@@ -280,13 +288,23 @@ class Transport:
         ok: tuple[int, ...] = (200,),
         allow: tuple[int, ...] = (),
         what: str | None = None,
+        max_bytes: int | None = None,
     ) -> requests.Response:
-        """A replayable request with retries; returns the response when its status is in ok+allow, else raises."""
+        """A replayable request with retries; returns the response when its status is in ok+allow, else raises.
+
+        With `max_bytes`, a body in `ok` is read into `response.content` only up to that size; a larger one is
+        refused with ProtocolError without reading more than the limit.
+        """
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         label = what or f"{method} {_path(url)}"
 
         def attempt(_: int) -> requests.Response:
-            return self.send_once(method, url, scopes=scopes, headers=headers, data=data, stream=stream)
+            response = self.send_once(
+                method, url, scopes=scopes, headers=headers, data=data, stream=stream or max_bytes is not None
+            )
+            if max_bytes is not None and method != "HEAD" and response.status_code in ok:
+                read_bounded(response, max_bytes, what=label)
+            return response
 
         response = with_retries(attempt, policy=self.policy, what=label)
         if response.status_code in ok or response.status_code in allow:
@@ -294,6 +312,38 @@ class Transport:
         body = response.content if method != "HEAD" else b""
         response.close()
         raise error_for_response(response.status_code, body, what=label)
+
+
+def read_bounded(response: requests.Response, limit: int, *, what: str) -> bytes:
+    """Read a streamed body into `response.content`, refusing (ProtocolError) one over `limit` bytes.
+
+    The declared Content-Length is refused before reading; an undeclared or lying length is cut off at limit + 1
+    bytes. A connection failure mid-body is retryable like any other.
+    """
+    declared = (response.headers.get("Content-Length") or "").strip()
+    if declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise ProtocolError(f"{what}: {int(declared)} bytes, over the limit of {limit} bytes ({_mib(limit)})")
+    body = bytearray()
+    try:
+        while len(body) <= limit:
+            chunk = response.raw.read(min(64 * 1024, limit + 1 - len(body)), decode_content=True)
+            if not chunk:
+                break
+            body += chunk
+    except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+        response.close()
+        raise RetryableFailure(TransientError(f"{what}: {describe_exception(exc)}")) from None
+    if len(body) > limit:
+        response.close()
+        raise ProtocolError(f"{what}: more than {limit} bytes, over the limit of {limit} bytes ({_mib(limit)})")
+    response._content = bytes(body)  # what requests itself stores once a body is read
+    response._content_consumed = True
+    return response._content
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1024 * 1024):g} MiB"
 
 
 def _path(url: str) -> str:

@@ -8,11 +8,11 @@ from urllib.parse import urlsplit
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Integration, Job
+from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Integration, Job, WorkflowStep
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.audit import audit_record
+from ci_integrations.services.audit import audit_record, audit_records
 from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, ServiceError, StateConflict
 from ci_integrations.services.secrets import decrypt_json, encrypt_json
@@ -76,27 +76,42 @@ def arrival_record(*, bucket: Bucket, artifact: Artifact, tag: str, how: str, ac
     with transaction.atomic():
         # The bucket row lock orders arrivals into one bucket, so current_arrival always points at the newest.
         locked = Bucket.objects.select_for_update().get(pk=bucket.pk)
-        previous = locked.current_arrival_id
-        arrival = Arrival.objects.create(
-            bucket=locked, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label
+        arrival, previous = _arrival_insert(
+            locked=locked, bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor, promotion=promotion
         )
-        locked.current_arrival = arrival
-        locked.save(update_fields=["current_arrival"])
-        bucket.current_arrival = arrival
-        audit_record(
-            actor=actor,
-            action="arrival.recorded",
-            obj=arrival,
-            before={"current_arrival": previous},
-            after={
-                "arrival": arrival.pk,
-                "digest": artifact.digest,
-                "tag": tag,
-                "how": how,
-                "promotion": promotion.pk if promotion else None,
-            },
-        )
+        audit_record(**_arrival_audit(arrival=arrival, previous=previous, actor=actor))
     return arrival
+
+
+def _arrival_insert(
+    *, locked: Bucket, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None
+) -> tuple[Arrival, int | None]:
+    """The arrival row and the bucket's pointer to it; the caller holds the bucket row lock (`locked`)."""
+    previous = locked.current_arrival_id
+    arrival = Arrival.objects.create(
+        bucket=bucket, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label
+    )
+    locked.current_arrival = arrival
+    locked.save(update_fields=["current_arrival"])
+    bucket.current_arrival = arrival
+    return arrival, previous
+
+
+def _arrival_audit(*, arrival: Arrival, previous: int | None, actor: Actor) -> dict:
+    """The `arrival.recorded` audit entry, as audit_record keyword arguments."""
+    return {
+        "actor": actor,
+        "action": "arrival.recorded",
+        "obj": arrival,
+        "before": {"current_arrival": previous},
+        "after": {
+            "arrival": arrival.pk,
+            "digest": arrival.artifact.digest,
+            "tag": arrival.tag,
+            "how": arrival.how,
+            "promotion": arrival.promotion_id,
+        },
+    }
 
 
 def _resolve(bucket: Bucket, reference: str):
@@ -140,14 +155,16 @@ def artifact_register(
             f"tag {tag!r} in {bucket.image_name} points at {info.digest}, not at the digest given ({digest})",
             details={"registry_digest": info.digest},
         )
+    # The idempotent path (CI retries) reads without locking: a tag that already holds this digest stays that way
+    # until a later arrival, and seeing that arrival a moment late is the same as the retry arriving a moment early.
+    latest = _latest_arrival(bucket, tag)
+    if latest and latest.artifact.digest == info.digest:
+        return latest.artifact, latest, False
     with transaction.atomic():
-        Bucket.objects.select_for_update().filter(pk=bucket.pk).first()
-        latest = (
-            Arrival.objects.filter(bucket=bucket, tag=tag)
-            .select_related("artifact")
-            .order_by("-arrived_at", "-id")
-            .first()
-        )
+        # It will write: lock the bucket (orders arrivals into it) and look again, since another request may have
+        # registered the tag between the read above and the lock.
+        locked = Bucket.objects.select_for_update().get(pk=bucket.pk)
+        latest = _latest_arrival(bucket, tag)
         if latest and latest.artifact.digest == info.digest:
             return latest.artifact, latest, False
         if latest and bucket.immutable_tags:
@@ -157,23 +174,39 @@ def artifact_register(
                 details={"existing_digest": latest.artifact.digest},
             )
         artifact, created = _artifact_get_or_create(integration, info, cleaned, actor)
-        audit_record(
-            actor=actor,
-            action="artifact.registered",
-            obj=artifact,
-            after={
-                "digest": artifact.digest,
-                "tag": tag,
-                "bucket": bucket.env,
-                "how": how,
-                "new_artifact": created,
-                **{k: v for k, v in cleaned.items() if v},
-            },
-            environment=bucket.env,
+        arrival, previous = _arrival_insert(
+            locked=locked, bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor
         )
-        arrival = arrival_record(bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor)
-        _auto_promote_after(artifact=artifact, bucket=bucket)
+        auto_promote = _auto_promote_steps_exist(integration, bucket)
+        # The audit entries come last: the append lock they take is held until COMMIT and serialises every
+        # audited change, so nothing else should run while it is held. Same transaction, same order as ever.
+        audit_records(
+            {
+                "actor": actor,
+                "action": "artifact.registered",
+                "obj": artifact,
+                "after": {
+                    "digest": artifact.digest,
+                    "tag": tag,
+                    "bucket": bucket.env,
+                    "how": how,
+                    "new_artifact": created,
+                    **{k: v for k, v in cleaned.items() if v},
+                },
+                "environment": bucket.env,
+            },
+            _arrival_audit(arrival=arrival, previous=previous, actor=actor),
+        )
+        if auto_promote:  # rare; it audits its own requests, which belong after this registration's entries
+            _auto_promote_after(artifact=artifact, bucket=bucket)
     return artifact, arrival, True
+
+
+def _latest_arrival(bucket: Bucket, tag: str) -> Arrival | None:
+    """The newest arrival of `tag` in `bucket` (index arrival_bucket_tag_idx), with its artifact."""
+    return (
+        Arrival.objects.filter(bucket=bucket, tag=tag).select_related("artifact").order_by("-arrived_at", "-id").first()
+    )
 
 
 def _artifact_get_or_create(integration, info, cleaned: dict, actor: Actor) -> tuple[Artifact, bool]:
@@ -197,6 +230,15 @@ def _artifact_get_or_create(integration, info, cleaned: dict, actor: Actor) -> t
     if changed:
         artifact.save(update_fields=changed)
     return artifact, False
+
+
+def _auto_promote_steps_exist(integration: Integration, bucket: Bucket) -> bool:
+    """Whether any workflow step out of this bucket promotes by itself (checked before the audit lock is taken)."""
+    if not integration.workflow_id:
+        return False
+    return WorkflowStep.objects.filter(
+        workflow_id=integration.workflow_id, from_env=bucket.env, auto_promote=True
+    ).exists()
 
 
 def _auto_promote_after(*, artifact: Artifact, bucket: Bucket) -> None:

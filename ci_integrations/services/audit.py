@@ -134,33 +134,75 @@ def audit_record(
     environment: str | None = None,
 ) -> AuditEntry:
     """Append one entry to the chain inside the caller's transaction (opening one if there is none)."""
+    return audit_records(
+        {
+            "actor": actor,
+            "action": action,
+            "obj": obj,
+            "before": before,
+            "after": after,
+            "reason": reason,
+            "request_id": request_id,
+            "integration": integration,
+            "environment": environment,
+        }
+    )[0]
+
+
+def audit_records(*records: dict) -> list[AuditEntry]:
+    """Append several entries, in order, taking the append lock once; each record holds audit_record's arguments.
+
+    The lock is held until the caller's transaction ends, so services write their audit entries as the last
+    statements of the transaction (still inside it) to keep that time short.
+    """
+    drafts = [_draft(**record) for record in records]
+    # No savepoint of our own: a failed append fails the caller's transaction, which is what it must do anyway.
+    with transaction.atomic(savepoint=False):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_ADVISORY_LOCK_ID])
+        previous = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS_HASH
+        for entry in drafts:
+            entry.timestamp = timezone.now()
+            entry.prev_hash = previous
+            entry.hash = previous = entry_hash(entry, entry.prev_hash)
+        if len(drafts) == 1:
+            drafts[0].save(force_insert=True)
+        else:
+            AuditEntry.objects.bulk_create(drafts)
+    return drafts
+
+
+def _draft(
+    *,
+    actor: Actor | str,
+    action: str,
+    obj: Model | None = None,
+    before: dict | None = None,
+    after: dict | None = None,
+    reason: str = "",
+    request_id: str = "",
+    integration: str | None = None,
+    environment: str | None = None,
+) -> AuditEntry:
+    """An entry with everything but its timestamp and hashes, which are set under the append lock."""
     if isinstance(actor, Actor):
         request_id = request_id or actor.request_id
         actor = actor.label
     object_type, object_id, object_repr, obj_integration, obj_environment = _describe(obj)
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_ADVISORY_LOCK_ID])
-        previous = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first()
-        entry = AuditEntry(
-            timestamp=timezone.now(),
-            actor=_text(actor, 150),
-            action=_text(action, 64),
-            object_type=object_type,
-            object_id=object_id,
-            object_repr=_text(object_repr, 255),
-            integration=_text(integration if integration is not None else obj_integration, 63),
-            environment=_text(environment if environment is not None else obj_environment, 63),
-            before=_plain(before),
-            after=_plain(after),
-            reason=_text(reason),
-            request_id=_text(request_id, 64),
-            prev_hash=previous or GENESIS_HASH,
-        )
-        entry.hash = entry_hash(entry, entry.prev_hash)
-        entry.save(force_insert=True)
-    return entry
+    return AuditEntry(
+        actor=_text(actor, 150),
+        action=_text(action, 64),
+        object_type=object_type,
+        object_id=object_id,
+        object_repr=_text(object_repr, 255),
+        integration=_text(integration if integration is not None else obj_integration, 63),
+        environment=_text(environment if environment is not None else obj_environment, 63),
+        before=_plain(before),
+        after=_plain(after),
+        reason=_text(reason),
+        request_id=_text(request_id, 64),
+    )
 
 
 @dataclass(frozen=True)

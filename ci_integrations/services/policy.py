@@ -99,7 +99,9 @@ def may_override_freeze(actor: Actor) -> bool:
 def step_into(integration, to_env: str) -> WorkflowStep | None:
     if not integration.workflow_id:
         return None
-    return WorkflowStep.objects.filter(workflow_id=integration.workflow_id, to_env=to_env).first()
+    # The approver group comes along: previews show its name.
+    steps = WorkflowStep.objects.select_related("approver_group")
+    return steps.filter(workflow_id=integration.workflow_id, to_env=to_env).first()
 
 
 def immutable_tag_holder(bucket: Bucket, tag: str, artifact: Artifact) -> Arrival | None:

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -43,7 +44,7 @@ from ci_integrations.services.policy import (  # noqa: F401 - re-exported for ca
     immutable_tag_holder,
     promotion_evaluate,
 )
-from ci_integrations.services.webhooks import webhooks_notify
+from ci_integrations.services.webhooks import webhooks_notify, webhooks_reconcile
 
 logger = logging.getLogger(__name__)
 
@@ -248,10 +249,14 @@ def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket) -> list[
     return made
 
 
-def bucket_rollback(*, bucket: Bucket, to_arrival: Arrival, actor: Actor, reason: str) -> Promotion:
+def bucket_rollback(
+    *, bucket: Bucket, to_arrival: Arrival, actor: Actor, reason: str, freeze_override_reason: str = ""
+) -> Promotion:
     """Put an earlier arrival's artifact back into `bucket`, as a promotion of kind rollback.
 
-    It follows the approval policy of the step into the bucket, with the step's rollback approval count.
+    It follows the approval policy of the step into the bucket, with the step's rollback approval count. During a
+    freeze window, someone with override_freezewindow may roll back with a freeze override reason (audited), as for
+    promotion_request.
     """
     if to_arrival.bucket_id != bucket.pk:
         raise InvalidInput(f"arrival #{to_arrival.pk} is not an arrival in bucket {bucket}")
@@ -267,7 +272,7 @@ def bucket_rollback(*, bucket: Bucket, to_arrival: Arrival, actor: Actor, reason
         actor=actor,
         tag=to_arrival.tag,
         reason=reason.strip(),
-        freeze_override_reason="",
+        freeze_override_reason=freeze_override_reason or "",
         rollback=True,
     )
 
@@ -322,10 +327,21 @@ def _freeze_holds_approval(p: Promotion) -> list[str]:
     return unmet
 
 
+class FreezeHold(str):
+    """A block that is only the freeze window holding the approval that would queue the copy: rejecting is still
+    possible."""
+
+
 def promotion_approval_block(*, promotion: Promotion, user) -> str | None:
-    """Why `user` cannot approve `promotion` now, or None if they can (for the UI to show or hide the button)."""
+    """Why `user` cannot approve `promotion` now, or None if they can (for the UI to show or hide the button).
+
+    Includes the freeze hold promotion_approve would refuse with (as a FreezeHold), so the button is not offered.
+    """
     blocked = _block(promotion, Actor.for_user(user), Approval.Decision.APPROVE)
-    return blocked[1] if blocked else None
+    if blocked:
+        return blocked[1]
+    unmet = _freeze_holds_approval(promotion)
+    return FreezeHold(unmet[0]) if unmet else None
 
 
 def promotion_approve(*, promotion: Promotion, actor: Actor, comment: str = "") -> Promotion:
@@ -537,7 +553,7 @@ def promotion_preflight(*, artifact: Artifact, to_env: str) -> dict:
             result["errors"].append(f"{'source' if key == 'source_readable' else 'target'}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - a preflight reports, it never fails the page
             result[key] = False
-            result["errors"].append(f"{key}: {exc}")
+            result["errors"].append(registry_errors.redact(f"{key}: {exc}"))
     try:
         plan = plan_copy(src, dst)
         result.update(
@@ -549,7 +565,7 @@ def promotion_preflight(*, artifact: Artifact, to_env: str) -> dict:
     except registry_errors.RegistryError as exc:
         result["errors"].append(f"plan: {exc.message}")
     except Exception as exc:  # noqa: BLE001
-        result["errors"].append(f"plan: {exc}")
+        result["errors"].append(registry_errors.redact(f"plan: {exc}"))
     return result
 
 
@@ -654,7 +670,8 @@ def _run(p: Promotion) -> None:
             _finish_failed(p, exc.message)
             return
         except Exception as exc:  # noqa: BLE001 - whatever broke, the promotion must not stay running
-            logger.exception("promotion %s: copy crashed", p.pk)
+            trace = "".join(traceback.format_exception(exc))
+            logger.error("promotion %s: copy crashed\n%s", p.pk, registry_errors.redact(trace))
             _finish_failed(p, f"unexpected error: {exc.__class__.__name__}: {exc}")
             return
     if summary.digest != p.digest:
@@ -760,6 +777,8 @@ def _finish_succeeded(p: Promotion, summary) -> None:
 
 
 def _finish_failed(p: Promotion, message: str) -> None:
+    # The error and log are shown on the promotion page and sent to webhooks: no credential may reach them.
+    message = registry_errors.redact(message)
     with transaction.atomic():
         current = Promotion.objects.select_for_update().filter(pk=p.pk, state=State.RUNNING).first()
         if current is None:
@@ -792,8 +811,8 @@ def _job_is_live(job_id: str, queue: str = PROMOTIONS_QUEUE) -> bool:
 
 def promotions_reconcile() -> int:
     """Re-enqueue what Redis lost: approved/queued promotions with no live job, running promotions whose heartbeat
-    went stale (their worker died), and queued or running imports with no live job. Returns how many were
-    re-enqueued."""
+    went stale (their worker died), queued or running imports with no live job, and undelivered webhook deliveries
+    with no live job. Returns how many were re-enqueued."""
     from ci_integrations import jobs
 
     now = timezone.now()
@@ -876,11 +895,12 @@ def promotions_reconcile() -> int:
                     )
                 enqueue_on_commit(jobs.run_import, job.pk, queue=DEFAULT_QUEUE, job_id=job_id)
                 count += 1
-    return count
+    return count + webhooks_reconcile()
 
 
 __all__ = [
     "Condition",
+    "FreezeHold",
     "PolicyEvaluation",
     "bucket_rollback",
     "promotion_approval_block",

@@ -2,7 +2,8 @@
 
 Body: JSON with a Slack-compatible `text`. Header `X-P2P-Signature: sha256=<hex HMAC-SHA256 of the raw body>`
 under the webhook's secret. Each delivery is a WebhookDelivery row counting its attempts and keeping the last
-outcome; the job raises on failure so RQ retries it at the configured intervals.
+outcome; the job raises on failure so RQ retries it at the configured intervals. A delivery whose attempts are spent
+is marked given up; the reconciler re-enqueues open deliveries whose job Redis lost.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from django.utils import timezone
 from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
+from ci_integrations.services.enqueue import DEFAULT_QUEUE, LIVE_JOB_STATUSES, enqueue_on_commit, job_status, new_job_id
 from ci_integrations.services.errors import InvalidInput, NotAllowed
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,24 @@ class DeliveryFailed(Exception):
 
 def _retry_intervals() -> list[int]:
     return list(getattr(settings, "P2P_WEBHOOK_RETRY_INTERVALS", [10, 60, 300, 900]))
+
+
+def _max_attempts() -> int:
+    """One try plus one per retry interval."""
+    return len(_retry_intervals()) + 1
+
+
+def _enqueue_delivery(delivery_id: int, job_id: str, attempts_done: int) -> None:
+    """Enqueue one delivery after commit, with the retries it has left."""
+    from ci_integrations import jobs
+
+    intervals = _retry_intervals()[attempts_done:]
+    retry = None
+    if intervals:
+        from rq import Retry
+
+        retry = Retry(max=len(intervals), interval=intervals)
+    enqueue_on_commit(jobs.deliver_webhook, delivery_id, queue=DEFAULT_QUEUE, job_id=job_id, retry=retry)
 
 
 def webhook_sign(secret: str, body: bytes) -> str:
@@ -96,8 +115,6 @@ def _text(promotion: Promotion, event: str, actor: Actor, comment: str) -> str:
 
 def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: str = "") -> list[WebhookDelivery]:
     """Create one delivery per interested webhook and enqueue them after the caller's transaction commits."""
-    from ci_integrations import jobs
-
     hooks = [h for h in Webhook.objects.filter(integration_id=promotion.integration_id, active=True) if h.wants(event)]
     if not hooks:
         return []
@@ -123,19 +140,9 @@ def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: 
     deliveries = []
     for hook in hooks:
         delivery = WebhookDelivery.objects.create(webhook=hook, event=event, payload=payload)
-        intervals = _retry_intervals()
-        retry = None
-        if intervals:
-            from rq import Retry
-
-            retry = Retry(max=len(intervals), interval=intervals)
-        enqueue_on_commit(
-            jobs.deliver_webhook,
-            delivery.pk,
-            queue=DEFAULT_QUEUE,
-            job_id=new_job_id("webhook", delivery.pk),
-            retry=retry,
-        )
+        delivery.job_id = new_job_id("webhook", delivery.pk)
+        delivery.save(update_fields=["job_id"])
+        _enqueue_delivery(delivery.pk, delivery.job_id, 0)
         deliveries.append(delivery)
     return deliveries
 
@@ -143,7 +150,7 @@ def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: 
 def webhook_deliver(*, delivery_id: int) -> None:
     """One delivery attempt; raises DeliveryFailed (so RQ retries) unless the endpoint answered 2xx."""
     delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
-    if delivery is None or delivery.delivered_at is not None:
+    if delivery is None or delivery.delivered_at is not None or delivery.given_up_at is not None:
         return
     hook = delivery.webhook
     body = json.dumps(delivery.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -170,4 +177,31 @@ def webhook_deliver(*, delivery_id: int) -> None:
         delivered_at=timezone.now() if not error else None,
     )
     if error:
+        # The last retry failed: the delivery is finished, and the reconciler leaves it alone.
+        WebhookDelivery.objects.filter(pk=delivery_id, delivered_at__isnull=True, attempts__gte=_max_attempts()).update(
+            given_up_at=timezone.now()
+        )
         raise DeliveryFailed(f"webhook {hook.pk} delivery {delivery_id}: {error}")
+
+
+def webhooks_reconcile() -> int:
+    """Re-enqueue open deliveries whose RQ job is gone (Redis flushed, worker killed); mark those whose attempts
+    are spent as given up. Returns how many were re-enqueued."""
+    count = 0
+    now = timezone.now()
+    open_deliveries = WebhookDelivery.objects.filter(delivered_at__isnull=True, given_up_at__isnull=True)
+    for delivery in open_deliveries.only("pk", "job_id", "attempts").order_by("created_at"):
+        if job_status(delivery.job_id, queue=DEFAULT_QUEUE) in LIVE_JOB_STATUSES:
+            continue
+        still_open = WebhookDelivery.objects.filter(
+            pk=delivery.pk, job_id=delivery.job_id, delivered_at__isnull=True, given_up_at__isnull=True
+        )
+        if delivery.attempts >= _max_attempts():
+            still_open.update(given_up_at=now)
+            continue
+        job_id = new_job_id("webhook", delivery.pk)
+        with transaction.atomic():
+            if still_open.update(job_id=job_id):
+                _enqueue_delivery(delivery.pk, job_id, delivery.attempts)
+                count += 1
+    return count

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from ci_integrations.models import Arrival, Artifact, AuditEntry, Promotion
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.freeze import freeze_window_create
 from tests.support.images import get_manifest_digest, push_random_image
 
 pytestmark = [pytest.mark.postgres]
@@ -161,6 +166,37 @@ def test_rollback_returns_the_bucket_to_an_earlier_artifact(world, run_worker):
     world.staging.refresh_from_db()
     current = world.staging.current_arrival
     assert current.artifact_id == first["id"] and current.how == Arrival.How.ROLLBACK
+
+
+@pytest.mark.django_db
+def test_a_rollback_through_a_freeze_takes_an_override_reason_from_a_platform_admin(world):
+    ci = world.caller("ci_own")
+    for tag in ("4.0.0", "4.1.0"):
+        world.push(world.staging, tag)
+    first = register(world, ci, "staging", "4.0.0").json()
+    register(world, ci, "staging", "4.1.0")
+    freeze_window_create(
+        name="Black Friday",
+        environments=["staging"],
+        starts_at=timezone.now() - timedelta(minutes=1),
+        ends_at=timezone.now() + timedelta(hours=1),
+        reason="sales",
+        actor=Actor.for_user(world.users["admin"]),
+    )
+    url = f"/api/v1/integrations/{world.shop.name}/rollback/"
+    body = {"env": "staging", "to": first["digest"], "reason": "4.1.0 breaks checkout"}
+    frozen = world.caller("admin").post(url, body)
+    assert frozen.status_code == 409 and "Black Friday" in " ".join(frozen.json()["error"]["details"]["unmet"])
+    not_allowed = world.caller("rm").post(url, {**body, "freeze_override_reason": "outage"})
+    assert not_allowed.status_code == 409 and "may not override" in not_allowed.content.decode()
+    assert ci.post(url, {**body, "freeze_override_reason": "outage"}).status_code == 403
+    response = world.caller("admin").post(url, {**body, "freeze_override_reason": "outage INC-7"})
+    assert response.status_code == 201, response.content
+    rollback = Promotion.objects.get(pk=response.json()["id"])
+    assert rollback.kind == Promotion.Kind.ROLLBACK and rollback.freeze_override_reason == "outage INC-7"
+    assert AuditEntry.objects.get(action="promotion.freeze_overridden", object_id=str(rollback.pk)).reason == (
+        "outage INC-7"
+    )
 
 
 @pytest.mark.django_db(transaction=True)

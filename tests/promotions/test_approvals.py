@@ -149,3 +149,20 @@ def test_a_freeze_that_starts_after_the_request_holds_the_approval_that_would_qu
     assert refused.actor == "carol" and "freeze window" in refused.reason
     freeze_window_end(window=window, actor=world.actor(world.admin))
     assert promotion_approve(promotion=pending, actor=world.actor(world.carol)).state == Promotion.State.QUEUED
+
+
+def test_the_approval_block_reports_the_freeze_only_for_the_approval_that_would_complete_the_quorum(world, pending):
+    freeze_window_create(
+        name="Quarter close",
+        environments=["prod"],
+        starts_at=timezone.now() - timedelta(minutes=1),
+        ends_at=timezone.now() + timedelta(hours=1),
+        reason="quarter end",
+        actor=world.actor(world.admin),
+    )
+    assert promotion_approval_block(promotion=pending, user=world.bob) is None  # 1 of 2: nothing is queued yet
+    promotion_approve(promotion=pending, actor=world.actor(world.bob))
+    block = promotion_approval_block(promotion=pending, user=world.carol)
+    assert block is not None and "Quarter close" in block and "freeze window" in block
+    with pytest.raises(PolicyViolation, match="Quarter close"):
+        promotion_approve(promotion=pending, actor=world.actor(world.carol))

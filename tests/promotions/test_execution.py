@@ -4,6 +4,8 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.test import Client
+from django.urls import reverse
 
 from ci_integrations.models import Arrival, AuditEntry, Bucket, Job, Promotion, Registry
 from ci_integrations.services.actors import Actor
@@ -152,6 +154,31 @@ def test_a_permanent_error_fails_with_the_message_kept_and_retry_runs_it_again(w
     run_worker()
     promotion.refresh_from_db()
     assert promotion.state == Promotion.State.SUCCEEDED and promotion.attempts == 2 and promotion.error == ""
+
+
+def test_an_unexpected_copy_error_reaches_the_promotion_page_and_log_without_credentials(
+    world, rq_queues, monkeypatch, caplog
+):
+    import ci_integrations.registry
+
+    def crash(*args, **kwargs):
+        raise RuntimeError(
+            "proxy said no to Authorization: Basic Y2k6aHVudGVyMg== for https://ci:hunter2@registry.example.com/v2/ "
+            "with {'username': 'ci', 'password': 'hunter2'}"
+        )
+
+    monkeypatch.setattr(ci_integrations.registry, "copy_image", crash)
+    promotion = promotion_request(artifact=world.register("qa", "v1"), to_env="staging", actor=world.actor(world.alice))
+    promotion_execute(promotion_id=promotion.pk)
+    promotion.refresh_from_db()
+    assert promotion.state == Promotion.State.FAILED and "RuntimeError: proxy said no" in promotion.error
+    client = Client()
+    client.force_login(world.admin)
+    page = client.get(reverse("promotion", args=[promotion.pk])).content.decode()
+    failed = AuditEntry.objects.get(action="promotion.failed", object_id=str(promotion.pk))
+    for shown in (promotion.error, promotion.log, page, str(failed.after), caplog.text):
+        assert "hunter2" not in shown and "Y2k6aHVudGVyMg" not in shown
+    assert "proxy said no" in page and "proxy said no" in caplog.text
 
 
 def test_redis_flushed_after_approval_loses_nothing(world, rq_queues, run_worker):

@@ -10,7 +10,12 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import check_report
 from ci_integrations.services.errors import NotAllowed, PolicyViolation
 from ci_integrations.services.freeze import freeze_window_create
-from ci_integrations.services.promotions import promotion_evaluate, promotion_execute, promotion_request
+from ci_integrations.services.promotions import (
+    bucket_rollback,
+    promotion_evaluate,
+    promotion_execute,
+    promotion_request,
+)
 from tests.promotions.conftest import place
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
@@ -163,6 +168,40 @@ def test_freeze_window_blocks_until_an_admin_overrides_with_a_reason(world):
 
     freeze_window_end(window=window, actor=world.actor(world.admin))
     assert freeze_windows_active(env="prod") == []
+
+
+def test_a_rollback_through_a_freeze_needs_the_override_right_and_a_reason_and_is_audited(world):
+    old = place(world, "prod", "v1")
+    place(world, "prod", "v2")
+    earlier = Arrival.objects.get(bucket=world.prod, artifact=old)
+    freeze_window_create(
+        name="Code freeze",
+        environments=["prod"],
+        starts_at=timezone.now() - timedelta(minutes=5),
+        ends_at=timezone.now() + timedelta(hours=2),
+        reason="quarter end",
+        actor=world.actor(world.admin),
+    )
+    with pytest.raises(PolicyViolation, match="Code freeze"):
+        bucket_rollback(bucket=world.prod, to_arrival=earlier, actor=world.actor(world.admin), reason="v2 500s")
+    with pytest.raises(PolicyViolation, match="may not override"):
+        bucket_rollback(
+            bucket=world.prod,
+            to_arrival=earlier,
+            actor=world.actor(world.alice),
+            reason="v2 500s",
+            freeze_override_reason="outage",
+        )
+    rollback = bucket_rollback(
+        bucket=world.prod,
+        to_arrival=earlier,
+        actor=world.actor(world.admin),
+        reason="v2 500s",
+        freeze_override_reason="outage INC-7",
+    )
+    assert rollback.kind == Promotion.Kind.ROLLBACK and rollback.freeze_override_reason == "outage INC-7"
+    override = AuditEntry.objects.get(action="promotion.freeze_overridden")
+    assert override.actor == "admin" and override.reason == "outage INC-7" and override.object_id == str(rollback.pk)
 
 
 def test_it_refuses_to_move_an_immutable_tag_of_the_target_bucket_to_another_digest(world):

@@ -18,6 +18,7 @@ from django.utils import timezone
 from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
+from ci_integrations.services.freeze import freeze_window_create
 from ci_integrations.services.promotions import promotion_approve, promotion_request
 
 pytestmark = pytest.mark.django_db
@@ -281,6 +282,45 @@ def test_only_platform_admins_manage_freeze_windows(world):
     admin.post(reverse("freeze_window_end", args=[window.pk]))
     window.refresh_from_db()
     assert not window.is_active()
+
+
+def _freeze(world, env: str) -> None:
+    freeze_window_create(
+        name="Black Friday",
+        environments=[env],
+        starts_at=timezone.now() - timedelta(minutes=1),
+        ends_at=timezone.now() + timedelta(hours=1),
+        reason="sales",
+        actor=Actor.for_user(world.users["admin"]),
+    )
+
+
+def test_only_platform_admins_are_offered_a_freeze_override_when_rolling_back_and_it_is_kept(world):
+    old = world.place("prod", "1.0.0")
+    world.place("prod", "1.1.0")
+    _freeze(world, "prod")
+    url = reverse("rollback", args=[world.integration.name, "prod", old.arrivals.get().pk])
+    manager, admin = client_for(world.users["release1"]), client_for(world.users["admin"])
+    assert "Freeze override reason" not in manager.get(url).content.decode()
+    assert "Freeze override reason" in admin.get(url).content.decode()
+    refused = manager.post(url, {"reason": "1.1.0 is broken", "freeze_override_reason": "outage"}, follow=True)
+    assert "may not override" in refused.content.decode() and not Promotion.objects.exists()
+    response = admin.post(url, {"reason": "1.1.0 is broken", "freeze_override_reason": "outage INC-7"})
+    rollback = Promotion.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("promotion", args=[rollback.pk])
+    assert rollback.kind == Promotion.Kind.ROLLBACK and rollback.freeze_override_reason == "outage INC-7"
+    assert AuditEntry.objects.get(action="promotion.freeze_overridden").reason == "outage INC-7"
+
+
+def test_during_a_freeze_the_approval_that_would_queue_the_copy_is_not_offered_but_reject_is(world, pending):
+    panel_url = reverse("approval_panel", args=[pending.pk]) + "?next=inbox"
+    client = client_for(world.users["release2"])
+    _freeze(world, "staging")
+    panel = client.get(panel_url).content.decode()
+    assert ">Approve</button>" not in panel and ">Reject</button>" in panel
+    assert "Black Friday" in panel
+    # The budget of the panel holds during a freeze too.
+    assert _count(client, panel_url) <= 16
 
 
 def test_markup_in_metadata_reasons_and_comments_is_escaped_everywhere(world):
