@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ci_integrations', '0005_webhook_delivery_job'),
+        ("ci_integrations", "0005_webhook_delivery_job"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='arrival',
-            index=models.Index(fields=['bucket', 'tag', '-arrived_at'], name='arrival_bucket_tag_idx'),
+            model_name="arrival",
+            index=models.Index(fields=["bucket", "tag", "-arrived_at"], name="arrival_bucket_tag_idx"),
         ),
     ]
