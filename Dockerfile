@@ -40,4 +40,5 @@ EXPOSE 8000
 # /healthz is exempt from the HTTPS redirect; the Host header is the first ALLOWED_HOSTS entry so the request is
 # accepted whatever hosts the deployment allows.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["python", "-c", "import os, urllib.request; host = os.environ.get('ALLOWED_HOSTS', '').split(',')[0].strip().lstrip('*.') or 'localhost'; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8000/healthz', headers={'Host': host}), timeout=4)"]
-CMD ["gunicorn", "p2p_portal.wsgi", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "--graceful-timeout", "30", "--no-control-socket"]
+# gthread, 2 workers per core with 2 threads each, measured best for the register endpoint (bench/api_load.py).
+CMD ["gunicorn", "p2p_portal.wsgi", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "4", "--threads", "2", "--access-logfile", "-", "--graceful-timeout", "30", "--no-control-socket"]
