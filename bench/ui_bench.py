@@ -356,7 +356,7 @@ class Seeder:
     def audit(self, count: int, *, span_days: float, end: datetime) -> None:
         """Append `count` entries to the chain, hashed exactly as services.audit does, then COPY them in."""
         from ci_integrations.models import AuditEntry
-        from ci_integrations.services.audit import _timestamp_text
+        from ci_integrations.services.audit import EXPORT_FIELDS, _timestamp_text
 
         head = AuditEntry.objects.order_by("-id").values_list("hash", "timestamp").first()
         previous = head[0] if head else GENESIS
@@ -406,22 +406,7 @@ class Seeder:
 
         self.copy(
             "auditentry",
-            [
-                "timestamp",
-                "actor",
-                "action",
-                "object_type",
-                "object_id",
-                "object_repr",
-                "integration",
-                "environment",
-                "before",
-                "after",
-                "reason",
-                "request_id",
-                "prev_hash",
-                "hash",
-            ],
+            [field for field in EXPORT_FIELDS if field != "id"],
             rows(),
         )
 
