@@ -18,6 +18,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.tokens import token_create
 from tests.support.images import push_random_image
 from tests.support.registry_server import start_registry
+from tests.support.roles import restore_roles
 
 SYSTEM = Actor.system("tests")
 
@@ -95,22 +96,7 @@ def _user(name: str, *groups: str, staff: bool = False) -> User:
 
 def ensure_roles() -> None:
     """Transactional tests empty every table, including the groups and permissions the roles migration made."""
-    import importlib
-
-    from django.apps import apps
-    from django.contrib.auth.management import create_permissions
-    from django.contrib.auth.models import Permission
-    from django.contrib.contenttypes.models import ContentType
-
-    if Group.objects.filter(name="platform-admins").exists():
-        return
-    ContentType.objects.clear_cache()
-    for app_config in apps.get_app_configs():
-        create_permissions(app_config, verbosity=0)
-    roles = importlib.import_module("ci_integrations.migrations.0003_roles")
-    for name, codenames in roles.ROLES.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(Permission.objects.filter(content_type__app_label=roles.APP, codename__in=codenames))
+    restore_roles()
 
 
 def make_world(registry_url: str) -> World:

@@ -13,6 +13,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import artifact_register
 from tests.support.images import push_random_image
 from tests.support.registry_server import start_registry
+from tests.support.roles import restore_roles
 
 
 @pytest.fixture(scope="session")
@@ -73,17 +74,7 @@ def _user(name: str, *groups: str, staff: bool = False) -> User:
 
 def ensure_roles() -> None:
     """The role groups come from a data migration, which a transactional test's flush empties; put them back."""
-    import importlib
-
-    from django.contrib.auth.models import Permission
-
-    roles = importlib.import_module("ci_integrations.migrations.0003_roles").ROLES
-    for name, codenames in roles.items():
-        group, created = Group.objects.get_or_create(name=name)
-        if created:
-            group.permissions.set(
-                Permission.objects.filter(content_type__app_label="ci_integrations", codename__in=codenames)
-            )
+    restore_roles()
 
 
 @pytest.fixture

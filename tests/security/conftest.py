@@ -5,13 +5,12 @@ freeze window, an audit entry)."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import Group, User
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
@@ -36,6 +35,7 @@ from ci_integrations.services.freeze import freeze_window_create
 from ci_integrations.services.promotions import promotion_request
 from ci_integrations.services.tokens import token_create
 from tests.support.registry_server import start_registry
+from tests.support.roles import restore_roles
 
 PASSWORD = "correct horse battery staple"
 ROLES = ["anonymous", "viewer", "auditor", "release_manager", "platform_admin"]
@@ -44,12 +44,7 @@ CI = Actor.system("ci")
 
 def ensure_roles() -> None:
     """The role groups come from a data migration, which a transactional test elsewhere may have flushed."""
-    roles = importlib.import_module("ci_integrations.migrations.0003_roles").ROLES
-    for name, codenames in roles.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(
-            Permission.objects.filter(content_type__app_label="ci_integrations", codename__in=codenames)
-        )
+    restore_roles()
 
 
 def make_user(name: str, *groups: str, staff: bool = False, superuser: bool = False) -> User:

@@ -4,7 +4,6 @@ browser tests a live server, a real RQ worker process and Debian's Chromium."""
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import re
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import Group, User
 from django.db import connection
 
 from ci_integrations.models import Artifact, Bucket, Integration, Registry, Workflow, WorkflowStep
@@ -23,6 +22,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import arrival_record, artifact_register, check_report
 from tests.support.images import push_random_image
 from tests.support.registry_server import start_registry
+from tests.support.roles import restore_roles
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "var" / "test-output" / "screenshots"
@@ -39,12 +39,7 @@ CHROMIUM_ARGS = [
 
 def ensure_roles() -> None:
     """The role groups come from a data migration, which a transactional test's flush empties; put them back."""
-    roles = importlib.import_module("ci_integrations.migrations.0003_roles").ROLES
-    for name, codenames in roles.items():
-        group, _ = Group.objects.get_or_create(name=name)
-        group.permissions.set(
-            Permission.objects.filter(content_type__app_label="ci_integrations", codename__in=codenames)
-        )
+    restore_roles()
 
 
 @pytest.fixture(autouse=True)

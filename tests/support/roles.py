@@ -1,0 +1,21 @@
+"""The role groups for tests: transactional tests empty every table, including what the roles migration made."""
+
+import importlib
+
+from django.apps import apps
+from django.contrib.auth.management import create_permissions
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
+
+
+def restore_roles() -> None:
+    """Put back the permissions and the role groups of migration 0003 when a flush has removed them."""
+    roles = importlib.import_module("ci_integrations.migrations.0003_roles")
+    if Group.objects.filter(name__in=roles.ROLES).count() == len(roles.ROLES):
+        return
+    ContentType.objects.clear_cache()
+    for app_config in apps.get_app_configs():
+        create_permissions(app_config, verbosity=0)
+    for name, codenames in roles.ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        group.permissions.set(Permission.objects.filter(content_type__app_label=roles.APP, codename__in=codenames))
