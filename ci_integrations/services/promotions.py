@@ -91,6 +91,14 @@ def _queue(p: Promotion) -> None:
     enqueue_on_commit(jobs.run_promotion, p.pk, queue=PROMOTIONS_QUEUE, job_id=p.job_id)
 
 
+def _end(p: Promotion, state: str, log_text: str) -> None:
+    """Move a locked promotion to a final state by a person's decision, with a log line."""
+    p.state = state
+    p.finished_at = timezone.now()
+    p.log += _log_line(log_text)
+    p.save(update_fields=["state", "finished_at", "log", "updated_at"])
+
+
 def _locked(promotion: Promotion) -> Promotion:
     return (
         Promotion.objects.select_for_update(of=("self",))
@@ -384,10 +392,7 @@ def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> 
             Approval.objects.create(promotion=p, user=actor.user, decision=decision, digest=p.digest, comment=comment)
             before = {"state": p.state}
             if decision == Approval.Decision.REJECT:
-                p.state = State.REJECTED
-                p.finished_at = timezone.now()
-                p.log += _log_line(f"rejected by {actor.label}")
-                p.save(update_fields=["state", "finished_at", "log", "updated_at"])
+                _end(p, State.REJECTED, f"rejected by {actor.label}")
                 audit_record(
                     actor=actor,
                     action="promotion.rejected",
@@ -462,10 +467,7 @@ def promotion_cancel(*, promotion: Promotion, actor: Actor, reason: str = "") ->
         if p.state not in (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED):
             raise StateConflict(f"promotion #{p.pk} is {p.state}; only promotions not yet running can be cancelled")
         before = {"state": p.state}
-        p.state = State.CANCELLED
-        p.finished_at = timezone.now()
-        p.log += _log_line(f"cancelled by {actor.label}")
-        p.save(update_fields=["state", "finished_at", "log", "updated_at"])
+        _end(p, State.CANCELLED, f"cancelled by {actor.label}")
         audit_record(
             actor=actor,
             action="promotion.cancelled",
