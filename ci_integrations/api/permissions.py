@@ -15,6 +15,7 @@ from rest_framework.permissions import BasePermission
 
 from ci_integrations.models import ApiToken, Integration
 from ci_integrations.services.errors import NotAllowed
+from ci_integrations.services.rows import columns, fetch_one, table
 from ci_integrations.services.tokens import (
     SCOPE_ARTIFACTS_WRITE,
     SCOPE_CHECKS_WRITE,
@@ -47,6 +48,21 @@ def visible_integrations(request) -> QuerySet[Integration]:
     if is_ci_token(request):
         return Integration.objects.filter(tokens=request_token(request))
     return Integration.objects.all()
+
+
+def visible_integration(request, name: str) -> Integration | None:
+    """`visible_integrations(request).get(name=name)` or None, in plain SQL: every integration URL runs it."""
+    sql = f"SELECT {columns(Integration, 'i')} FROM {table(Integration)} i WHERE i.name = %s"
+    params: list = [name]
+    if is_ci_token(request):
+        link = ApiToken.integrations.through
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM {table(link)} l WHERE l.{link._meta.get_field('integration').column} = i.id"
+            f" AND l.{link._meta.get_field('apitoken').column} = %s)"
+        )
+        params.append(request_token(request).pk)
+    found = fetch_one(sql, params, [(Integration, "i")])
+    return found[0] if found else None
 
 
 def check_scope(request, scope: str, *, permission: str | None = None) -> None:

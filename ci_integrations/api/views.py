@@ -22,7 +22,14 @@ from rest_framework.views import APIView
 from ci_integrations.api import serializers as s
 from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
-from ci_integrations.api.permissions import HasScope, check_scope, is_ci_token, request_token, visible_integrations
+from ci_integrations.api.permissions import (
+    HasScope,
+    check_scope,
+    is_ci_token,
+    request_token,
+    visible_integration,
+    visible_integrations,
+)
 from ci_integrations.api.throttling import TokenRateThrottle
 from ci_integrations.models import (
     Approval,
@@ -128,7 +135,7 @@ class ApiView(APIView):
 
 
 def integration_for(request, name: str) -> Integration:
-    integration = visible_integrations(request).filter(name=name).first()
+    integration = visible_integration(request, name)
     if integration is None:
         raise NotFound(f"no integration named {name!r}")
     return integration

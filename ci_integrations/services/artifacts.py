@@ -5,16 +5,26 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Integration, Job, WorkflowStep
+from ci_integrations.models import (
+    Arrival,
+    Artifact,
+    Bucket,
+    CheckResult,
+    Integration,
+    Job,
+    Registry,
+    WorkflowStep,
+)
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record, audit_records
 from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, ServiceError, StateConflict
+from ci_integrations.services.rows import columns, fetch_one, for_update, insert_unless_exists, table
 from ci_integrations.services.secrets import decrypt_json, encrypt_json
 
 logger = logging.getLogger(__name__)
@@ -148,7 +158,7 @@ def artifact_register(
             f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>", details={"digest": "invalid"}
         )
     cleaned = _clean_metadata(metadata)
-    bucket = _bucket(integration, env)
+    bucket, latest = _bucket_with_latest_arrival(integration, env, tag)
     info = _resolve(bucket, tag)
     if digest and info.digest != digest:
         raise StateConflict(
@@ -157,15 +167,18 @@ def artifact_register(
         )
     # The idempotent path (CI retries) reads without locking: a tag that already holds this digest stays that way
     # until a later arrival, and seeing that arrival a moment late is the same as the retry arriving a moment early.
-    latest = _latest_arrival(bucket, tag)
     if latest and latest.artifact.digest == info.digest:
         return latest.artifact, latest, False
+    auto_promote = _auto_promote_steps_exist(integration, bucket)
     with transaction.atomic():
+        # The artifact row first: it needs no lock, and everything after the bucket lock waits on the others.
+        artifact, created = _artifact_get_or_create(integration, info, cleaned, actor)
         # It will write: lock the bucket (orders arrivals into it) and look again, since another request may have
         # registered the tag between the read above and the lock.
-        locked = Bucket.objects.select_for_update().get(pk=bucket.pk)
+        locked = _bucket_locked(bucket)
         latest = _latest_arrival(bucket, tag)
         if latest and latest.artifact.digest == info.digest:
+            transaction.set_rollback(True)  # nothing of this request's is kept, not even a new artifact row
             return latest.artifact, latest, False
         if latest and bucket.immutable_tags:
             raise StateConflict(
@@ -173,11 +186,9 @@ def artifact_register(
                 f"it cannot be registered again with {info.digest}",
                 details={"existing_digest": latest.artifact.digest},
             )
-        artifact, created = _artifact_get_or_create(integration, info, cleaned, actor)
         arrival, previous = _arrival_insert(
             locked=locked, bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor
         )
-        auto_promote = _auto_promote_steps_exist(integration, bucket)
         # The audit entries come last: the append lock they take is held until COMMIT and serialises every
         # audited change, so nothing else should run while it is held. Same transaction, same order as ever.
         audit_records(
@@ -202,27 +213,71 @@ def artifact_register(
     return artifact, arrival, True
 
 
-def _latest_arrival(bucket: Bucket, tag: str) -> Arrival | None:
-    """The newest arrival of `tag` in `bucket` (index arrival_bucket_tag_idx), with its artifact."""
+def _bucket_with_latest_arrival(integration: Integration, env: str, tag: str) -> tuple[Bucket, Arrival | None]:
+    """The bucket of `env` (with its registry) and the newest arrival of `tag` in it (with its artifact).
+
+    One plain SQL query, since every CI registration runs it (see services/rows.py); same result as
+    `Bucket.objects.select_related("registry")` followed by `_latest_arrival`.
+    """
+    found = fetch_one(
+        f"SELECT {columns(Bucket, 'b')}, {columns(Registry, 'r')}, {columns(Arrival, 'a')}, {columns(Artifact, 'x')} "
+        f"FROM {table(Bucket)} b JOIN {table(Registry)} r ON r.id = b.registry_id "
+        f"LEFT JOIN {table(Arrival)} a ON a.id = ({_latest_arrival_id_sql('b.id')}) "
+        f"LEFT JOIN {table(Artifact)} x ON x.id = a.artifact_id "
+        "WHERE b.integration_id = %s AND b.env = %s",
+        [tag, integration.pk, env],
+        [(Bucket, "b"), (Registry, "r"), (Arrival, "a"), (Artifact, "x")],
+    )
+    if found is None:
+        raise NotFound(f"integration {integration.name!r} has no bucket {env!r}")
+    bucket, registry, arrival, artifact = found
+    bucket.registry, bucket.integration = registry, integration
+    if arrival is not None:
+        arrival.artifact, arrival.bucket = artifact, bucket
+    return bucket, arrival
+
+
+def _latest_arrival_id_sql(bucket: str) -> str:
+    """SQL for the id of the newest arrival of a tag (the %s) in the bucket `bucket` (index arrival_bucket_tag_idx)."""
     return (
-        Arrival.objects.filter(bucket=bucket, tag=tag).select_related("artifact").order_by("-arrived_at", "-id").first()
+        f"SELECT l.id FROM {table(Arrival)} l WHERE l.bucket_id = {bucket} AND l.tag = %s "
+        "ORDER BY l.arrived_at DESC, l.id DESC LIMIT 1"
     )
 
 
+def _latest_arrival(bucket: Bucket, tag: str) -> Arrival | None:
+    """The newest arrival of `tag` in `bucket`, with its artifact."""
+    found = fetch_one(
+        f"SELECT {columns(Arrival, 'a')}, {columns(Artifact, 'x')} FROM {table(Arrival)} a "
+        f"JOIN {table(Artifact)} x ON x.id = a.artifact_id WHERE a.id = ({_latest_arrival_id_sql('%s')})",
+        [bucket.pk, tag],
+        [(Arrival, "a"), (Artifact, "x")],
+    )
+    if found is None:
+        return None
+    arrival, artifact = found
+    arrival.artifact, arrival.bucket = artifact, bucket
+    return arrival
+
+
+def _bucket_locked(bucket: Bucket) -> Bucket:
+    """The bucket row again, locked until the transaction ends: it orders arrivals into the bucket."""
+    sql = f"SELECT {columns(Bucket, 'b')} FROM {table(Bucket)} b WHERE b.id = %s{for_update()}"
+    return fetch_one(sql, [bucket.pk], [(Bucket, "b")])[0]
+
+
 def _artifact_get_or_create(integration, info, cleaned: dict, actor: Actor) -> tuple[Artifact, bool]:
-    try:
-        with transaction.atomic():
-            artifact = Artifact.objects.create(
-                integration=integration,
-                digest=info.digest,
-                media_type=info.media_type or "",
-                size=info.size,
-                created_by=actor.label,
-                **cleaned,
-            )
-            return artifact, True
-    except IntegrityError:
-        artifact = Artifact.objects.select_for_update().get(integration=integration, digest=info.digest)
+    artifact = Artifact(
+        integration=integration,
+        digest=info.digest,
+        media_type=info.media_type or "",
+        size=info.size,
+        created_by=actor.label,
+        **cleaned,
+    )
+    if insert_unless_exists(artifact, ["integration_id", "digest"]):
+        return artifact, True
+    artifact = Artifact.objects.select_for_update().get(integration=integration, digest=info.digest)
     # Metadata fills what an earlier registration left empty; it never overwrites.
     changed = [k for k, v in cleaned.items() if v and not getattr(artifact, k)]
     for key in changed:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -30,6 +31,7 @@ from ci_integrations.models import ApiToken
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.errors import InvalidInput, StateConflict
+from ci_integrations.services.rows import columns, fetch_one, table
 
 PREFIX = "p2p"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -189,7 +191,7 @@ def token_create(
 def token_authenticate(raw: str) -> ApiToken:
     """The active token `raw` stands for, or TokenInvalid saying why not (never echoing the token)."""
     key_id, secret = token_parse(raw)
-    token = ApiToken.objects.select_related("user").filter(key_id=key_id).first()
+    token = _token_with_user(key_id)
     pepper = next((p for p in _peppers() if token and p.id == token.pepper_id), None)
     # Compare even when the row or pepper is missing, so timing says nothing about which key ids exist.
     expected = token.secret_hash if token and pepper else "0" * 64
@@ -204,6 +206,22 @@ def token_authenticate(raw: str) -> ApiToken:
     if token.user_id is not None and not token.user.is_active:
         raise TokenInvalid(f"the user of token {token.key_id} is inactive")
     _token_touch(token, now)
+    return token
+
+
+def _token_with_user(key_id: str) -> ApiToken | None:
+    """The token row with its user (None for CI tokens) joined: every API request runs this, so plain SQL."""
+    user_model = get_user_model()
+    found = fetch_one(
+        f"SELECT {columns(ApiToken, 't')}, {columns(user_model, 'u')} FROM {table(ApiToken)} t "
+        f"LEFT JOIN {table(user_model)} u ON u.{user_model._meta.pk.column} = t.user_id WHERE t.key_id = %s",
+        [key_id],
+        [(ApiToken, "t"), (user_model, "u")],
+    )
+    if found is None:
+        return None
+    token, user = found
+    token.user = user
     return token
 
 

@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 
-from ci_integrations.models import Arrival, AuditEntry, Bucket, Job, Promotion, Registry
+from ci_integrations.models import Arrival, Artifact, AuditEntry, Bucket, Job, Promotion, Registry
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import artifact_import, artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
@@ -82,8 +82,10 @@ def test_register_is_idempotent_and_immutable_tags_refuse_another_digest(world):
     assert AuditEntry.objects.count() == entries
     Bucket.objects.filter(pk=world.qa.pk).update(immutable_tags=True)
     world.push(world.qa, "v1")  # the registry lets CI overwrite the tag; the portal does not accept it
+    artifacts = Artifact.objects.count()
     with pytest.raises(StateConflict, match="immutable"):
         artifact_register(integration=world.integration, env="qa", tag="v1", actor=Actor.system("ci"))
+    assert Artifact.objects.count() == artifacts  # the refused image left no artifact row behind
     with pytest.raises(NotFound, match="not found"):
         artifact_register(integration=world.integration, env="qa", tag="never-pushed", actor=Actor.system("ci"))
     Registry.objects.filter(pk=world.qa.registry_id).update(

@@ -49,7 +49,8 @@ def test_a_registration_writes_its_audit_entries_last_in_its_transaction(on_post
     queries = captured.captured_queries
     audit_lock = _position(queries, "pg_advisory_xact_lock")
     assert created
-    assert _position(queries, "FOR UPDATE") < _position(queries, 'INSERT INTO "ci_integrations_artifact"')
+    # The artifact row needs no bucket lock, so it is written before the lock that serialises the bucket.
+    assert _position(queries, 'INSERT INTO "ci_integrations_artifact"') < _position(queries, "FOR UPDATE")
     assert _position(queries, 'INSERT INTO "ci_integrations_arrival"') < audit_lock
     assert _position(queries, 'UPDATE "ci_integrations_bucket"') < audit_lock
     # After the append lock: the chain head and one insert of both entries, nothing else (the test's own
