@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
 import random
 import threading
 import time
@@ -170,6 +171,13 @@ class Transport:
                 # Transparent decompression would break digests; we always want the bytes as stored.
                 session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
                 session.verify = self.verify
+                # Proxy and CA-bundle settings come from the environment once, here, not on every request (requests
+                # re-reads the environment per call otherwise); and no ~/.netrc credentials are ever sent.
+                scheme = urlsplit(self.base_url).scheme or "https"
+                session.proxies = requests.utils.get_environ_proxies(f"{scheme}://{netloc}")
+                if self.verify is True:
+                    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+                session.trust_env = False
                 self._sessions[netloc] = session
             return session
 

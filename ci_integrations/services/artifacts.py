@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from ci_integrations.models import (
@@ -24,7 +24,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record, audit_records
 from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, ServiceError, StateConflict
-from ci_integrations.services.rows import columns, fetch_one, for_update, insert_unless_exists, table
+from ci_integrations.services.rows import columns, fetch_one, for_update, insert, insert_unless_exists, table
 from ci_integrations.services.secrets import decrypt_json, encrypt_json
 
 logger = logging.getLogger(__name__)
@@ -98,11 +98,11 @@ def _arrival_insert(
 ) -> tuple[Arrival, int | None]:
     """The arrival row and the bucket's pointer to it; the caller holds the bucket row lock (`locked`)."""
     previous = locked.current_arrival_id
-    arrival = Arrival.objects.create(
-        bucket=bucket, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label
-    )
+    arrival = Arrival(bucket=bucket, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label)
+    insert([arrival])
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table(Bucket)} SET current_arrival_id = %s WHERE id = %s", [arrival.pk, locked.pk])
     locked.current_arrival = arrival
-    locked.save(update_fields=["current_arrival"])
     bucket.current_arrival = arrival
     return arrival, previous
 
@@ -173,10 +173,12 @@ def artifact_register(
     with transaction.atomic():
         # The artifact row first: it needs no lock, and everything after the bucket lock waits on the others.
         artifact, created = _artifact_get_or_create(integration, info, cleaned, actor)
-        # It will write: lock the bucket (orders arrivals into it) and look again, since another request may have
-        # registered the tag between the read above and the lock.
+        # It will write: lock the bucket (orders arrivals into it). Every arrival moves the bucket's current_arrival
+        # under this lock, so if that has not moved since the read above, no arrival came in between and what was
+        # read still holds; otherwise look again.
         locked = _bucket_locked(bucket)
-        latest = _latest_arrival(bucket, tag)
+        if locked.current_arrival_id != bucket.current_arrival_id:
+            latest = _latest_arrival(bucket, tag)
         if latest and latest.artifact.digest == info.digest:
             transaction.set_rollback(True)  # nothing of this request's is kept, not even a new artifact row
             return latest.artifact, latest, False

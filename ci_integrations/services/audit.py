@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from ci_integrations.models import AuditEntry
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.rows import insert, table
 
 GENESIS_HASH = "0" * 64
 # Any constant works; it names the one lock every audit append takes.
@@ -161,15 +162,15 @@ def audit_records(*records: dict) -> list[AuditEntry]:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_ADVISORY_LOCK_ID])
-        previous = AuditEntry.objects.order_by("-id").values_list("hash", flat=True).first() or GENESIS_HASH
+        with connection.cursor() as cursor:  # plain SQL: the lock is held while this runs
+            cursor.execute(f"SELECT hash FROM {table(AuditEntry)} ORDER BY id DESC LIMIT 1")
+            head = cursor.fetchone()
+        previous = head[0] if head else GENESIS_HASH
         for entry in drafts:
             entry.timestamp = timezone.now()
             entry.prev_hash = previous
             entry.hash = previous = entry_hash(entry, entry.prev_hash)
-        if len(drafts) == 1:
-            drafts[0].save(force_insert=True)
-        else:
-            AuditEntry.objects.bulk_create(drafts)
+        insert(drafts)
     return drafts
 
 

@@ -82,24 +82,47 @@ def for_update() -> str:
     return " FOR UPDATE" if connection.features.has_select_for_update else ""
 
 
+def _insert_sql(model: type[Model], rows: int, suffix: str = "") -> tuple[str, list]:
+    fields = [field for field in model._meta.concrete_fields if not isinstance(field, AutoField)]
+    quote = connection.ops.quote_name
+    one_row = f"({', '.join(['%s'] * len(fields))})"
+    sql = (
+        f"INSERT INTO {table(model)} ({', '.join(quote(field.column) for field in fields)}) "
+        f"VALUES {', '.join([one_row] * rows)}{suffix} RETURNING {quote(model._meta.pk.column)}"
+    )
+    return sql, fields
+
+
+def _values(obj: Model, fields: list) -> list:
+    return [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
+
+
+def _saved(obj: Model, pk) -> None:
+    obj.pk = pk
+    obj._state.adding = False
+    obj._state.db = connection.alias
+
+
+def insert(objs: list[Model]) -> None:
+    """INSERT `objs` (all of one model) in one statement and set their primary keys, like bulk_create."""
+    sql, fields = _insert_sql(type(objs[0]), len(objs))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for obj in objs for value in _values(obj, fields)])
+        keys = [row[0] for row in cursor.fetchall()]
+    for obj, pk in zip(objs, keys, strict=True):
+        _saved(obj, pk)
+
+
 def insert_unless_exists(obj: Model, conflict_columns: list[str]) -> bool:
     """INSERT `obj` unless a row with the same `conflict_columns` exists (ON CONFLICT DO NOTHING): one statement,
     no savepoint. Sets obj.pk and returns True when it inserted."""
-    fields = [field for field in obj._meta.concrete_fields if not isinstance(field, AutoField)]
-    values = [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
     quote = connection.ops.quote_name
-    sql = (
-        f"INSERT INTO {table(type(obj))} ({', '.join(quote(field.column) for field in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT ({', '.join(quote(column) for column in conflict_columns)}) DO NOTHING "
-        f"RETURNING {quote(obj._meta.pk.column)}"
-    )
+    conflict = f" ON CONFLICT ({', '.join(quote(column) for column in conflict_columns)}) DO NOTHING"
+    sql, fields = _insert_sql(type(obj), 1, conflict)
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(sql, _values(obj, fields))
         row = cursor.fetchone()
     if row is None:
         return False
-    obj.pk = row[0]
-    obj._state.adding = False
-    obj._state.db = connection.alias
+    _saved(obj, row[0])
     return True

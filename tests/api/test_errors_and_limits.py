@@ -118,3 +118,17 @@ def test_a_token_over_its_rate_gets_429_with_retry_after(world, settings):
     assert 0 < int(limited["Retry-After"]) <= 60 and error["details"]["retry_after_seconds"] >= 1
     # The limit is per token: another token is not affected.
     assert world.caller("ci_other").get("/api/v1/integrations/").status_code == 200
+
+
+def test_a_rate_window_counter_expires_with_its_window(world, settings):
+    from django.core.cache import cache
+
+    settings.P2P_API_TOKEN_RATE = "100/minute"
+    ci = world.caller("ci_own")
+    assert ci.get("/api/v1/integrations/").status_code == 200
+    assert ci.get("/api/v1/integrations/").status_code == 200
+    client = cache._cache.get_client(write=True)
+    counters = [key for key in client.scan_iter(match="*throttle:token:*") if client.get(key) == b"2"]
+    assert counters, "the request counter of this token's window is in Redis"
+    # Redis forgets the window soon after it ends: no counter outlives its minute (plus a second).
+    assert all(0 < client.ttl(key) <= 61 for key in counters)

@@ -95,6 +95,28 @@ def test_register_is_idempotent_and_immutable_tags_refuse_another_digest(world):
         artifact_register(integration=world.integration, env="qa", tag="v1", actor=Actor.system("ci"))
 
 
+def test_registrations_racing_into_one_bucket_record_each_tag_once(world):
+    for tag in ("race", "side-a", "side-b"):
+        world.push(world.qa, tag)
+
+    def register(tag):
+        return lambda: artifact_register(integration=world.integration, env="qa", tag=tag, actor=Actor.system("ci"))
+
+    results = in_threads(register("race"), register("race"), register("race"), register("side-a"), register("side-b"))
+
+    assert not [r for r in results if isinstance(r, Exception)], results
+    race = results[:3]
+    assert sorted(created for _, _, created in race) == [False, False, True]
+    assert len({arrival.pk for _, arrival, _ in race}) == 1  # the losers answer with the winner's arrival
+    for tag in ("race", "side-a", "side-b"):
+        assert Arrival.objects.filter(bucket=world.qa, tag=tag).count() == 1
+    world.qa.refresh_from_db()
+    newest = Arrival.objects.filter(bucket=world.qa).order_by("-arrived_at", "-id").first()
+    assert world.qa.current_arrival_id == newest.pk
+    assert AuditEntry.objects.filter(action="arrival.recorded").count() == 3
+    assert audit_verify().ok
+
+
 def test_two_approvals_at_once_give_one_state_change_one_job_and_one_audit_entry(world, rq_queues):
     world.to_prod.required_approvals = 1
     world.to_prod.save()
