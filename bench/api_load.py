@@ -23,6 +23,7 @@ import http.client
 import itertools
 import json
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -89,8 +90,10 @@ def drive(url: str, token: str, path: str, bodies_file: str, threads: int) -> di
         thread.start()
     for thread in pool:
         thread.join()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "seconds": time.perf_counter() - started,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "latencies": latencies,
         "statuses": statuses,
         "errors": errors[:5],
@@ -123,24 +126,86 @@ def production_environment(database_url: str, redis_url: str) -> dict:
     }
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as handle:
+                    if handle.read().strip() in ("postgres", "postmaster"):
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used by the web server (master and workers), PostgreSQL (every server process on this machine)
+    and the registry, between two readings; so a phase's CPU per request can be split by component."""
+
+    def __init__(self, gunicorn_pid: int, registry_pid: int) -> None:
+        self.gunicorn_pid, self.registry_pid = gunicorn_pid, registry_pid
+
+    def read(self) -> dict[str, float]:
+        web = [self.gunicorn_pid, *_children(self.gunicorn_pid)]
+        return {
+            "portal": sum(_cpu_seconds(pid) for pid in web),
+            "postgres": sum(_cpu_seconds(pid) for pid in _postgres_pids()),
+            "registry": _cpu_seconds(self.registry_pid),
+        }
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
 
 
-def run_phase(name: str, base_url: str, token: str, path: str, bodies: list[dict], threads: int) -> dict:
+def run_phase(
+    name: str, base_url: str, token: str, path: str, bodies: list[dict], threads: int, meter: CpuMeter
+) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as handle:
         handle.write("\n".join(body if body == "GET" else json.dumps(body) for body in bodies))
     command = [sys.executable, __file__, "--drive", base_url, "--path", path, "--bodies", handle.name]
     command += ["--threads", str(threads)]
     # The token goes through the environment, never the command line (visible in ps).
+    before = meter.read()
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "P2P_BENCH_TOKEN": token})
+    after = meter.read()
     os.unlink(handle.name)
     if result.returncode != 0:
         raise SystemExit(f"driver failed: {result.stderr}")
     report = json.loads(result.stdout)
     latencies = report["latencies"]
+    cpu = {component: after[component] - before[component] for component in after}
+    cpu["driver"] = report["cpu_seconds"]
     return {
+        "cpu_ms": {component: 1000 * seconds / max(1, len(latencies)) for component, seconds in cpu.items()},
         "phase": name,
         "requests": len(latencies),
         "rps": len(latencies) / report["seconds"],
@@ -269,34 +334,16 @@ def main() -> None:
         )
         wait_until_up(base_url)
         path = f"/api/v1/integrations/{integration.name}/artifacts/"
-        warmup = run_phase("warm-up", base_url, token, path, [{"env": "dev", "tag": "base"}] * 200, args.threads)
-        results = [
-            run_phase("baseline GET /healthz", base_url, token, "/healthz", ["GET"] * args.requests, args.threads),
-            run_phase(
-                "baseline GET integration",
-                base_url,
-                token,
-                f"/api/v1/integrations/{integration.name}/",
-                ["GET"] * args.requests,
-                args.threads,
-            ),
-            run_phase(
-                "re-register (200)",
-                base_url,
-                token,
-                path,
-                [{"env": "dev", "tag": "base"}] * args.requests,
-                args.threads,
-            ),
-            run_phase(
-                "fresh register (201)",
-                base_url,
-                token,
-                path,
-                [{"env": "dev", "tag": tag, "metadata": {"git_sha": tag}} for tag in tags],
-                args.threads,
-            ),
+        meter = CpuMeter(gunicorn.pid, registry_server.process.pid)
+        register = [{"env": "dev", "tag": "base"}]
+        warmup = run_phase("warm-up", base_url, token, path, register * 200, args.threads, meter)
+        phases = [
+            ("baseline GET /healthz", "/healthz", ["GET"] * args.requests),
+            ("baseline GET integration", f"/api/v1/integrations/{integration.name}/", ["GET"] * args.requests),
+            ("re-register (200)", path, register * args.requests),
+            ("fresh register (201)", path, [{"env": "dev", "tag": tag, "metadata": {"git_sha": tag}} for tag in tags]),
         ]
+        results = [run_phase(name, base_url, token, url, bodies, args.threads, meter) for name, url, bodies in phases]
     finally:
         if gunicorn is not None:
             gunicorn.send_signal(signal.SIGTERM)
@@ -321,6 +368,25 @@ def main() -> None:
     print(f"audit chain: {'intact' if chain.ok else 'BROKEN at ' + str(chain.broken_id)}, {chain.entries} entries")
     print(f"P7 bar: >= {P7_RPS} req/s, p99 <= {P7_P99_MS} ms, 0 errors, chain intact")
     print("baselines: the same server answering a one-query health check and an authenticated token read")
+
+    cores = os.cpu_count() or 1
+    print()
+    print(f"CPU per request (ms), every component on this machine's {cores} cores:")
+    print(f"{'phase':<26} {'portal':>7} {'postgres':>9} {'registry':>9} {'driver':>7} {'total':>7}  others' ceiling")
+    print("-" * 92)
+    for row in results:
+        cpu = row["cpu_ms"]
+        others = cpu["postgres"] + cpu["registry"] + cpu["driver"]
+        ceiling = f"{1000 * cores / others:>6.0f} req/s" if others else ""
+        print(
+            f"{row['phase']:<26} {cpu['portal']:>7.2f} {cpu['postgres']:>9.2f} {cpu['registry']:>9.2f} "
+            f"{cpu['driver']:>7.2f} {sum(cpu.values()):>7.2f}  {ceiling}"
+        )
+    print(
+        f"{P7_RPS} req/s on {cores} cores leaves {1000 * cores / P7_RPS:.2f} ms of CPU per request for everything; "
+        "'others' ceiling' is the rate at which PostgreSQL, the registry and the load driver alone would fill "
+        "the machine (the portal at zero cost)."
+    )
 
 
 if __name__ == "__main__":
