@@ -100,11 +100,9 @@ def test_a_reordering_is_detected(db, tamper):
     entries = append(5)
     a, b = entries[1].id, entries[2].id
     table = AuditEntry._meta.db_table
-    tamper(
-        f"UPDATE {table} SET id = -1 WHERE id = %s; UPDATE {table} SET id = %s WHERE id = %s; "
-        f"UPDATE {table} SET id = %s WHERE id = -1",
-        [a, a, b, b],
-    )
+    tamper(f"UPDATE {table} SET id = -1 WHERE id = %s", [a])
+    tamper(f"UPDATE {table} SET id = %s WHERE id = %s", [a, b])
+    tamper(f"UPDATE {table} SET id = %s WHERE id = -1", [b])
     report = audit_verify()
     assert not report.ok and report.broken_id == a
     assert report.entries == 1 and report.head == entries[0].hash

@@ -53,3 +53,16 @@ def test_production_refuses_a_short_secret_key_and_the_development_keys():
     assert short.returncode != 0 and "SECRET_KEY must be a real secret" in short.stderr
     fernet = manage("check", env=production_env(P2P_FERNET_KEYS=development_key("fernet")))
     assert fernet.returncode != 0 and "P2P_FERNET_KEYS holds the public development key" in fernet.stderr
+
+
+def database_options(**overrides) -> str:
+    code = "from django.conf import settings; print(settings.DATABASES['default'].get('OPTIONS'))"
+    env = production_env(DATABASE_URL="postgres://p2p@db.example.com:5432/p2p", **overrides)
+    result = manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_postgresql_prepares_repeated_statements_unless_turned_off_for_a_pooler():
+    assert database_options() == "{'server_side_binding': True, 'prepare_threshold': 2}"
+    assert database_options(DATABASE_PREPARED_STATEMENTS="0") == "{}"
