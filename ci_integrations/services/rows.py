@@ -82,8 +82,10 @@ def for_update() -> str:
     return " FOR UPDATE" if connection.features.has_select_for_update else ""
 
 
-def _insert_sql(model: type[Model], rows: int, suffix: str = "") -> tuple[str, list]:
-    fields = [field for field in model._meta.concrete_fields if not isinstance(field, AutoField)]
+@cache
+def _insert_sql(model: type[Model], rows: int, suffix: str = "") -> tuple[str, tuple]:
+    """(INSERT … RETURNING pk for `rows` rows of `model`, the fields in VALUES order); built once per shape."""
+    fields = tuple(field for field in model._meta.concrete_fields if not isinstance(field, AutoField))
     quote = connection.ops.quote_name
     one_row = f"({', '.join(['%s'] * len(fields))})"
     sql = (
@@ -93,7 +95,7 @@ def _insert_sql(model: type[Model], rows: int, suffix: str = "") -> tuple[str, l
     return sql, fields
 
 
-def _values(obj: Model, fields: list) -> list:
+def _values(obj: Model, fields: tuple) -> list:
     return [field.get_db_prep_save(field.pre_save(obj, True), connection) for field in fields]
 
 
