@@ -19,6 +19,7 @@ from ci_integrations.models import (
     WorkflowStep,
 )
 from ci_integrations.registry import errors as registry_errors
+from ci_integrations.registry.client import MAX_MANIFEST_BYTES
 from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record, audit_records
@@ -160,6 +161,13 @@ def artifact_register(
     cleaned = _clean_metadata(metadata)
     bucket, latest = _bucket_with_latest_arrival(integration, env, tag)
     info = _resolve(bucket, tag)
+    if info.size is not None and info.size > MAX_MANIFEST_BYTES:
+        # Refused now rather than when a promotion tries to copy it: no client reads a manifest that large.
+        raise InvalidInput(
+            f"image {bucket.image_name}:{tag} has a manifest of {info.size} bytes, over the limit of "
+            f"{MAX_MANIFEST_BYTES} bytes (4 MiB) that registries and the copy engine accept",
+            details={"tag": "manifest too large", "manifest_size": info.size},
+        )
     if digest and info.digest != digest:
         raise StateConflict(
             f"tag {tag!r} in {bucket.image_name} points at {info.digest}, not at the digest given ({digest})",

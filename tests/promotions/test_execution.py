@@ -1,6 +1,8 @@
 """The copy job, the reconciler and their failure modes, on real PostgreSQL, Redis, RQ and registries."""
 
+import hashlib
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.db import connection, transaction
@@ -8,10 +10,11 @@ from django.test import Client
 from django.urls import reverse
 
 from ci_integrations.models import Arrival, Artifact, AuditEntry, Bucket, Job, Promotion, Registry
+from ci_integrations.registry.client import MAX_MANIFEST_BYTES, OCI_MANIFEST
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import artifact_import, artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
-from ci_integrations.services.errors import NotFound, RegistryUnavailable, StateConflict
+from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, StateConflict
 from ci_integrations.services.promotions import (
     bucket_rollback,
     promotion_approve,
@@ -21,7 +24,7 @@ from ci_integrations.services.promotions import (
     promotion_retry,
     promotions_reconcile,
 )
-from tests.support.images import get_manifest_digest, push_random_image
+from tests.support.images import get_manifest_digest, manifest_of_size, push_random_image
 from tests.support.registry_server import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -93,6 +96,35 @@ def test_register_is_idempotent_and_immutable_tags_refuse_another_digest(world):
     )
     with pytest.raises(RegistryUnavailable):
         artifact_register(integration=world.integration, env="qa", tag="v1", actor=Actor.system("ci"))
+
+
+def test_an_image_with_a_manifest_over_4_mib_is_refused_at_registration(world):
+    # docker-registry itself refuses such a PUT, but other registries store them: a stand-in answers the HEAD.
+    body = manifest_of_size(MAX_MANIFEST_BYTES + 1)
+
+    class Oversized(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Type", OCI_MANIFEST)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(body).hexdigest())
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Oversized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        Registry.objects.filter(pk=world.qa.registry_id).update(url=f"http://127.0.0.1:{server.server_port}")
+        artifacts = Artifact.objects.count()
+
+        with pytest.raises(InvalidInput, match=f"manifest of {MAX_MANIFEST_BYTES + 1} bytes, over the limit"):
+            artifact_register(integration=world.integration, env="qa", tag="huge", actor=Actor.system("ci"))
+    finally:
+        server.shutdown()
+    assert Artifact.objects.count() == artifacts
+    assert not Arrival.objects.filter(bucket=world.qa, tag="huge").exists()
 
 
 def test_registrations_racing_into_one_bucket_record_each_tag_once(world):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,24 +11,9 @@ import pytest
 from ci_integrations.registry import ProtocolError
 from ci_integrations.registry.client import MAX_MANIFEST_BYTES, OCI_MANIFEST, Endpoint, RegistryClient
 from ci_integrations.registry.transport import RetryPolicy
+from tests.support.images import manifest_of_size
 
 ENDLESS = 64 * 1024 * 1024  # what the "endless" manifest would send if the client kept reading
-
-
-def manifest_of_size(size: int) -> bytes:
-    """A valid OCI image manifest padded (in an annotation) to exactly `size` bytes."""
-    body = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "a" * 64, "size": 2},
-        "layers": [],
-        "annotations": {"pad": ""},
-    }
-    bare = len(json.dumps(body, separators=(",", ":")).encode())
-    body["annotations"]["pad"] = "x" * (size - bare)
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    assert len(raw) == size
-    return raw
 
 
 class ManifestServer:

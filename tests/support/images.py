@@ -343,3 +343,19 @@ def delete_blob(registry_url: str, repository: str, digest: str, auth: tuple | N
     )
     if response.status_code not in (202, 404):
         _check(response, f"delete blob {digest}")
+
+
+def manifest_of_size(size: int) -> bytes:
+    """A valid OCI image manifest padded (in an annotation) to exactly `size` bytes."""
+    body = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "a" * 64, "size": 2},
+        "layers": [],
+        "annotations": {"pad": ""},
+    }
+    bare = len(json.dumps(body, separators=(",", ":")).encode())
+    body["annotations"]["pad"] = "x" * (size - bare)
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    assert len(raw) == size
+    return raw
