@@ -11,7 +11,7 @@ Keep the SQL portable (PostgreSQL and SQLite).
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 
 from django.db import connection
 from django.db.models import AutoField, Model
@@ -82,7 +82,7 @@ def for_update() -> str:
     return " FOR UPDATE" if connection.features.has_select_for_update else ""
 
 
-@cache
+@lru_cache(maxsize=64)  # bounded: audit_records may insert any number of rows at once
 def _insert_sql(model: type[Model], rows: int, suffix: str = "") -> tuple[str, tuple]:
     """(INSERT … RETURNING pk for `rows` rows of `model`, the fields in VALUES order); built once per shape."""
     fields = tuple(field for field in model._meta.concrete_fields if not isinstance(field, AutoField))
