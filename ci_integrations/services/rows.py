@@ -82,7 +82,7 @@ def for_update() -> str:
     return " FOR UPDATE" if connection.features.has_select_for_update else ""
 
 
-@lru_cache(maxsize=64)  # bounded: audit_records may insert any number of rows at once
+@lru_cache(maxsize=256)  # shapes: a model and a row count up to INSERT_BATCH
 def _insert_sql(model: type[Model], rows: int, suffix: str = "") -> tuple[str, tuple]:
     """(INSERT … RETURNING pk for `rows` rows of `model`, the fields in VALUES order); built once per shape."""
     fields = tuple(field for field in model._meta.concrete_fields if not isinstance(field, AutoField))
@@ -105,14 +105,19 @@ def _saved(obj: Model, pk) -> None:
     obj._state.db = connection.alias
 
 
+INSERT_BATCH = 100  # rows per statement: far below the parameter limits of PostgreSQL (65535) and SQLite (32766)
+
+
 def insert(objs: list[Model]) -> None:
-    """INSERT `objs` (all of one model) in one statement and set their primary keys, like bulk_create."""
-    sql, fields = _insert_sql(type(objs[0]), len(objs))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [value for obj in objs for value in _values(obj, fields)])
-        keys = [row[0] for row in cursor.fetchall()]
-    for obj, pk in zip(objs, keys, strict=True):
-        _saved(obj, pk)
+    """INSERT `objs` (all of one model), a statement per INSERT_BATCH rows, and set their primary keys."""
+    for start in range(0, len(objs), INSERT_BATCH):
+        batch = objs[start : start + INSERT_BATCH]
+        sql, fields = _insert_sql(type(batch[0]), len(batch))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [value for obj in batch for value in _values(obj, fields)])
+            keys = [row[0] for row in cursor.fetchall()]
+        for obj, pk in zip(batch, keys, strict=True):
+            _saved(obj, pk)
 
 
 def insert_unless_exists(obj: Model, conflict_columns: list[str]) -> bool:

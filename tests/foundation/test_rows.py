@@ -117,3 +117,17 @@ def test_insert_unless_exists_inserts_once_and_leaves_the_first_row(stored):
     assert insert_unless_exists(fresh, ["integration_id", "digest"]) is True
     assert field_values(Artifact.objects.get(pk=fresh.pk)) == field_values(fresh)
     assert connection.in_atomic_block  # no savepoint or commit of its own was needed inside the test's transaction
+
+
+def test_insert_of_more_rows_than_a_batch_keeps_their_order_and_keys(stored):
+    from ci_integrations.services.rows import INSERT_BATCH
+
+    now = timezone.now()
+    entries = [
+        AuditEntry(timestamp=now, actor="bulk", action="test.bulk", after={"n": n}, prev_hash="p", hash=f"bulk-{n}")
+        for n in range(INSERT_BATCH * 2 + 7)
+    ]
+    insert(entries)
+    stored_rows = dict(AuditEntry.objects.filter(actor="bulk").values_list("pk", "hash"))
+    assert len(stored_rows) == len(entries)
+    assert all(stored_rows[entry.pk] == entry.hash for entry in entries)
