@@ -77,7 +77,11 @@ def _bucket(integration: Integration, env: str) -> Bucket:
     try:
         return Bucket.objects.select_related("registry", "integration").get(integration=integration, env=env)
     except Bucket.DoesNotExist:
-        raise NotFound(f"integration {integration.name!r} has no bucket {env!r}") from None
+        raise _no_bucket(integration, env) from None
+
+
+def _no_bucket(integration: Integration, env: str) -> NotFound:
+    return NotFound(f"integration {integration.name!r} has no bucket {env!r}")
 
 
 def arrival_record(*, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None) -> Arrival:
@@ -239,7 +243,7 @@ def _bucket_with_latest_arrival(integration: Integration, env: str, tag: str) ->
         [(Bucket, "b"), (Registry, "r"), (Arrival, "a"), (Artifact, "x")],
     )
     if found is None:
-        raise NotFound(f"integration {integration.name!r} has no bucket {env!r}")
+        raise _no_bucket(integration, env)
     bucket, registry, arrival, artifact = found
     bucket.registry, bucket.integration = registry, integration
     if arrival is not None:

@@ -1,9 +1,10 @@
-"""Hot-path reads in plain SQL that still yield ordinary model instances.
+"""Hot-path reads and inserts in plain SQL that still deal in ordinary model instances.
 
 The API's register endpoint is called by every CI pipeline run, and compiling a queryset costs 0.5 to 2 ms of CPU
 per call, several times the database's own work for these primary-key and unique-key lookups. Here the SELECT
 list for a model is built once per process from its _meta, and each row goes through the same converters and
-`Model.from_db` the ORM uses, so what comes back is indistinguishable from a queryset's result.
+`Model.from_db` the ORM uses, so what comes back is indistinguishable from a queryset's result. Inserts take their
+values through each field's own get_db_prep_save, as Model.save does.
 
 Write the rest of a query by hand, with `table(Model)` for its table and `columns(Model, alias)` for its SELECT list.
 Keep the SQL portable (PostgreSQL and SQLite).
