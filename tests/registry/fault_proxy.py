@@ -130,25 +130,25 @@ class FaultProxy:
             answer = self.intercept(method, path, headers, body)
             if answer is not None:
                 status, answer_headers, answer_body = answer
-                _respond(handler, status, answer_headers, answer_body)
                 self._record(Logged(method, path, status, len(body), len(answer_body), "intercepted", headers))
+                _respond(handler, status, answer_headers, answer_body)
                 return
         rule = self._rule_for(method, path)
         if rule and rule.action == "status":
             payload = rule.body
             if payload is None:
                 payload = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "injected fault"}]}).encode()
-            _respond(handler, rule.status, {"Content-Type": "application/json", **rule.headers}, payload)
             self._record(Logged(method, path, rule.status, len(body), len(payload), "status", headers))
+            _respond(handler, rule.status, {"Content-Type": "application/json", **rule.headers}, payload)
             return
         if rule and rule.action == "hang":
             time.sleep(rule.hang_seconds)
-            _reset(handler)
             self._record(Logged(method, path, 0, len(body), 0, "hang", headers))
+            _reset(handler)
             return
         if rule and rule.action == "reset" and method in ("PUT", "PATCH") and body:
-            _reset(handler)  # the upload got half way (we read it all, the client saw the reset)
             self._record(Logged(method, path, 0, len(body), 0, "reset", headers))
+            _reset(handler)  # the upload got half way (we read it all, the client saw the reset)
             return
         upstream = http.client.HTTPConnection(self.upstream, timeout=60)
         try:
@@ -169,6 +169,7 @@ class FaultProxy:
             middle = len(payload) // 2
             payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1 :]
         if rule and rule.action == "reset" and payload:
+            self._record(Logged(method, path, status, len(body), len(payload) // 2, "reset", headers))
             handler.send_response(status)
             for key, value in out_headers.items():
                 handler.send_header(key, value)
@@ -176,8 +177,9 @@ class FaultProxy:
             handler.wfile.write(payload[: len(payload) // 2])
             handler.wfile.flush()
             _reset(handler)
-            self._record(Logged(method, path, status, len(body), len(payload) // 2, "reset", headers))
             return
+        # Recorded before answering: a client that has its answer may look at the log at once.
+        self._record(Logged(method, path, status, len(body), len(payload), rule.action if rule else None, headers))
         handler.send_response(status)
         for key, value in out_headers.items():
             if key.lower() != "content-length":
@@ -189,7 +191,6 @@ class FaultProxy:
         handler.end_headers()
         if payload:
             handler.wfile.write(payload)
-        self._record(Logged(method, path, status, len(body), len(payload), rule.action if rule else None, headers))
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
