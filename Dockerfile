@@ -2,7 +2,7 @@
 # P2P Portal image: one image for web (gunicorn) and worker (manage.py p2p_worker); configuration comes from the environment
 # (see docs/configuration.md).
 
-# --- builder: install the pinned requirements into a virtualenv that the final stage copies whole ---
+# --- builder: install the pinned runtime requirements (not requirements-dev.txt) into a virtualenv that the final stage copies whole ---
 FROM python:3.11-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

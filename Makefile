@@ -26,10 +26,11 @@ system-packages:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# requirements-dev.txt adds the test, lint and bench packages to the runtime ones in requirements.txt.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	touch $@
 
 # Redis at REDIS_URL when it answers; otherwise a local redis-server with its data under var/.
