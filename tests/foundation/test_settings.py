@@ -66,3 +66,12 @@ def database_options(**overrides) -> str:
 def test_postgresql_prepares_repeated_statements_unless_turned_off_for_a_pooler():
     assert database_options() == "{'server_side_binding': True, 'prepare_threshold': 2}"
     assert database_options(DATABASE_PREPARED_STATEMENTS="0") == "{}"
+
+
+def test_the_default_sqlite_database_works_in_a_var_folder_that_does_not_exist_yet(tmp_path):
+    var_dir = tmp_path / "fresh-clone" / "var"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "P2P_", "DATABASE_"))}
+    env.update({"P2P_VAR_DIR": str(var_dir), "LOG_LEVEL": "WARNING"})
+    result = manage("migrate", "--noinput", "-v", "0", env=env)
+    assert result.returncode == 0, result.stderr
+    assert (var_dir / "p2p_portal.sqlite3").stat().st_size > 0
