@@ -4,7 +4,7 @@
 #
 # Needs: P2P_URL, P2P_TOKEN (a CI token for the integration), and optionally P2P_INTEGRATION (defaults to the
 # repository directory name) and P2P_TAG (defaults to the git commit). Each test target runs its suite through the
-# matching *-TEST command (override them) and reports the result to the portal as a check on the artifact.
+# matching *_TEST command (override them) and reports the result to the portal as a check on the artifact.
 
 P2P_INTEGRATION ?= $(notdir $(CURDIR))
 P2P_TAG ?= $(shell git rev-parse HEAD)
@@ -53,7 +53,7 @@ p2p-integration: p2p-cli
 p2p-extended-test: p2p-cli
 	$(call p2p_check,extended,$(EXTENDED_TEST))
 
-# --wait exits 0 when the copy succeeded, 1 when it failed or was rejected, 2 on timeout.
+# --wait exits 0 when the copy succeeded, 1 when it failed, was rejected or cancelled, 2 on timeout.
 p2p-promote-to-extended-test: p2p-cli
 	$(P2P) promote $(P2P_INTEGRATION):$(P2P_TAG) --source-stage $(P2P_STAGE_BEFORE_EXTENDED) --dest-stage $(P2P_STAGE_EXTENDED) \
 	  --wait --timeout $(P2P_WAIT_TIMEOUT)
