@@ -18,7 +18,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     DJANGO_SETTINGS_MODULE=p2p_portal.settings \
     P2P_VAR_DIR=/app/var \
-    WEB_CONCURRENCY=3
+    WEB_CONCURRENCY=4
 RUN groupadd --system --gid 10001 p2p \
  && useradd --system --uid 10001 --gid p2p --home-dir /app --no-create-home --shell /usr/sbin/nologin p2p
 WORKDIR /app
@@ -40,5 +40,6 @@ EXPOSE 8000
 # /healthz is exempt from the HTTPS redirect; the Host header is the first ALLOWED_HOSTS entry so the request is
 # accepted whatever hosts the deployment allows.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["python", "-c", "import os, urllib.request; host = os.environ.get('ALLOWED_HOSTS', '').split(',')[0].strip().lstrip('*.') or 'localhost'; urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:8000/healthz', headers={'Host': host}), timeout=4)"]
-# gthread, 2 workers per core with 2 threads each, measured best for the register endpoint (bench/api_load.py).
-CMD ["gunicorn", "p2p_portal.wsgi", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--workers", "4", "--threads", "2", "--access-logfile", "-", "--graceful-timeout", "30", "--no-control-socket"]
+# gthread workers of 2 threads each; gunicorn takes the number of workers from WEB_CONCURRENCY (default 4 above, about
+# 2 per core of a 2-core host; set it to 2 × cores at run time).
+CMD ["gunicorn", "p2p_portal.wsgi", "--bind", "0.0.0.0:8000", "--worker-class", "gthread", "--threads", "2", "--access-logfile", "-", "--graceful-timeout", "30", "--no-control-socket"]
