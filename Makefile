@@ -33,13 +33,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(VENV)/bin/pip install -q -r requirements-dev.txt
 	touch $@
 
-# Redis at REDIS_URL when it answers; otherwise a local redis-server with its data under var/.
+# Redis at REDIS_URL when it answers; otherwise, when REDIS_URL is on this machine, a local redis-server on its port
+# with its data under var/redis (see p2p_portal/local_redis.py).
 redis: venv
 	@mkdir -p var
-	@$(PY) -c "import os,redis; redis.Redis.from_url(os.environ.get('REDIS_URL','redis://127.0.0.1:6379/0')).ping()" 2>/dev/null \
-	  || { echo "Starting a local redis-server (data in var/redis)"; mkdir -p var/redis; \
-	       redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir $(CURDIR)/var/redis --logfile $(CURDIR)/var/redis/redis.log; \
-	       for i in $$(seq 50); do redis-cli -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done; }
+	@$(PY) -m p2p_portal.local_redis
 
 migrate: venv
 	@mkdir -p var
