@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -477,7 +478,9 @@ def artifact_import_execute(*, job_id: int) -> None:
         src, _ = _source_location(args["source"], credentials)
         bucket = _bucket(job.integration, args["env"])
         expected = _immutable_tag_check(bucket, args["tag"], src)
-        summary = copy_image(src, bucket.location(args["tag"]), expected_digest=expected)
+        summary = copy_image(
+            src, bucket.location(args["tag"]), expected_digest=expected, parallelism=settings.P2P_COPY_PARALLELISM
+        )
         artifact, arrival, created = artifact_register(
             integration=job.integration,
             env=bucket.env,

@@ -312,6 +312,32 @@ def test_import_copies_from_a_build_registry_into_the_first_bucket(world, rq_que
     assert arrival.artifact.git_sha == "deadbeef"
 
 
+def test_an_import_copies_with_the_configured_number_of_blob_streams(
+    world, rq_queues, run_worker, registry_servers, settings, monkeypatch
+):
+    import ci_integrations.registry as registry_package
+
+    outside, _ = registry_servers
+    digest = push_random_image(outside.url, "outside/checkout", "build-9")
+    settings.P2P_COPY_PARALLELISM = 2
+    real_copy, streams = registry_package.copy_image, []
+
+    def copy_recording_streams(*args, **kwargs):
+        streams.append(kwargs.get("parallelism"))
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(registry_package, "copy_image", copy_recording_streams)
+    job = artifact_import(
+        integration=world.integration, source=f"{outside.host}/outside/checkout:build-9", actor=world.actor(world.alice)
+    )
+    run_worker()
+    job.refresh_from_db()
+    assert job.state == Job.State.SUCCEEDED, job.error
+    assert streams == [2]
+    world.qa.refresh_from_db()
+    assert world.qa.current_arrival.artifact.digest == digest
+
+
 def test_an_import_whose_worker_died_is_run_again_by_the_reconciler(world, rq_queues, run_worker, registry_servers):
     outside, _ = registry_servers
     digest = push_random_image(outside.url, "outside/checkout", "build-8")
