@@ -159,13 +159,14 @@ def audit_records(*records: dict) -> list[AuditEntry]:
     drafts = [_draft(**record) for record in records]
     # No savepoint of our own: a failed append fails the caller's transaction, which is what it must do anyway.
     with transaction.atomic(savepoint=False):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_ADVISORY_LOCK_ID])
-        with connection.cursor() as cursor:  # plain SQL: the lock is held while this runs
-            cursor.execute(f"SELECT hash FROM {table(AuditEntry)} ORDER BY id DESC LIMIT 1")
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                # Takes the lock, then reads the head in a new snapshot: one round trip (migration 0007).
+                cursor.execute("SELECT p2p_audit_append_lock(%s)", [AUDIT_ADVISORY_LOCK_ID])
+            else:
+                cursor.execute(f"SELECT hash FROM {table(AuditEntry)} ORDER BY id DESC LIMIT 1")
             head = cursor.fetchone()
-        previous = head[0] if head else GENESIS_HASH
+        previous = head[0] if head and head[0] else GENESIS_HASH
         for entry in drafts:
             entry.timestamp = timezone.now()
             entry.prev_hash = previous
