@@ -47,16 +47,16 @@ def test_a_registration_writes_its_audit_entries_last_in_its_transaction(on_post
         artifact, arrival, created = _register(world, "2.0")
 
     queries = captured.captured_queries
-    audit_lock = _position(queries, "pg_advisory_xact_lock")
+    audit_lock = _position(queries, "p2p_audit_append_lock")  # takes the lock and reads the chain head
     assert created
     # The artifact row needs no bucket lock, so it is written before the lock that serialises the bucket.
     assert _position(queries, 'INSERT INTO "ci_integrations_artifact"') < _position(queries, "FOR UPDATE")
     assert _position(queries, 'INSERT INTO "ci_integrations_arrival"') < audit_lock
     assert _position(queries, 'UPDATE "ci_integrations_bucket"') < audit_lock
-    # After the append lock: the chain head and one insert of both entries, nothing else (the test's own
-    # transaction adds savepoint statements).
+    # After the append lock (which also read the chain head): one insert of both entries, nothing else (the test's
+    # own transaction adds savepoint statements).
     after_lock = [q["sql"].split()[0] for q in queries[audit_lock + 1 :]]
-    assert [word for word in after_lock if word not in ("SAVEPOINT", "RELEASE")] == ["SELECT", "INSERT"]
+    assert [word for word in after_lock if word not in ("SAVEPOINT", "RELEASE")] == ["INSERT"]
     entries = list(AuditEntry.objects.order_by("-id")[:2])[::-1]
     assert [entry.action for entry in entries] == ["artifact.registered", "arrival.recorded"]
     assert entries[1].object_id == str(arrival.pk) and entries[0].object_id == str(artifact.pk)
