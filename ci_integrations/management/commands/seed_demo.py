@@ -3,7 +3,8 @@
 Two registries (demo-a on :5001, demo-b on :5002), a qa → staging → prod workflow (staging needs one approval and
 prod two, from release-managers, never from the requester), the integration demo-shop with qa and staging on demo-a
 and prod on demo-b, three small images registered into qa, and the users release1, release2, release3 (release
-managers: prod's two approvals come from two who did not request it), auditor and admin. Passwords are generated on the first run, kept in var/demo-passwords.txt and printed every time.
+managers: prod's two approvals come from two who did not request it), auditor and admin. Passwords are generated on
+the first run, kept in var/demo-passwords.txt and printed every time.
 """
 
 from __future__ import annotations
