@@ -5,6 +5,8 @@ Models hold data, validation and small derived properties only; everything that 
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
@@ -27,6 +29,20 @@ def validate_tag(value: str) -> None:
             f"{value!r} is not a valid tag: up to 128 characters of letters, digits, '_', '.', '-', "
             "not starting with '.' or '-'."
         )
+
+
+CHECK_NAME_RULE = "1 to 63 letters, digits, '_' or '-', not starting with '-'"
+_CHECK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
+
+
+def is_valid_check_name(value: str) -> bool:
+    """The one rule for check names: what a check is reported as (API, CLI) and what a step requires (config)."""
+    return isinstance(value, str) and _CHECK_NAME_RE.fullmatch(value) is not None
+
+
+def validate_check_name(value: str) -> None:
+    if not is_valid_check_name(value):
+        raise ValidationError(f"check name {value!r} must be {CHECK_NAME_RULE}")
 
 
 def validate_repository(value: str) -> None:
@@ -155,14 +171,15 @@ class WorkflowStep(models.Model):
 
     def clean(self) -> None:
         if self.tag_rule:
-            import re
-
             try:
                 re.compile(self.tag_rule)
             except re.error as exc:
                 raise ValidationError({"tag_rule": f"not a valid regular expression: {exc}"}) from exc
-        if not isinstance(self.required_checks, list) or not all(isinstance(c, str) for c in self.required_checks):
+        if not isinstance(self.required_checks, list):
             raise ValidationError({"required_checks": "must be a list of check names"})
+        refused = [name for name in self.required_checks if not is_valid_check_name(name)]
+        if refused:
+            raise ValidationError({"required_checks": f"check names {refused!r} must each be {CHECK_NAME_RULE}"})
 
     def approvals_needed(self, *, rollback: bool) -> int:
         if rollback and self.rollback_approvals is not None:

@@ -7,7 +7,7 @@ import re
 
 from rest_framework import serializers
 
-from ci_integrations.models import CheckResult
+from ci_integrations.models import CheckResult, validate_check_name
 from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,63}$")
@@ -211,7 +211,7 @@ class JobOut(serializers.Serializer):
 
 
 class CheckIn(serializers.Serializer):
-    name = Line(max_length=63, validators=[valid_slug])
+    name = Line(max_length=63, validators=[validate_check_name])  # the rule a step's required_checks use
     status = serializers.ChoiceField(choices=CheckResult.Status.values)
     url = serializers.URLField(max_length=1024, required=False, allow_blank=True, default="")
 

@@ -6,6 +6,7 @@ import logging
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -18,6 +19,7 @@ from ci_integrations.models import (
     Job,
     Registry,
     WorkflowStep,
+    validate_check_name,
 )
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.registry.client import MAX_MANIFEST_BYTES
@@ -322,8 +324,10 @@ def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", a
 
     A passing report may let an auto-promoting step request itself.
     """
-    if not is_valid_tag(name or "") or len(name) > 63 or "." in name:
-        raise InvalidInput(f"invalid check name {name!r}: use letters, digits, '-' or '_'", details={"name": "invalid"})
+    try:
+        validate_check_name(name)
+    except ValidationError as exc:
+        raise InvalidInput(exc.messages[0], details={"name": "invalid"}) from None
     if status not in CheckResult.Status.values:
         raise InvalidInput(
             f"check status must be one of {CheckResult.Status.values}, not {status!r}", details={"status": "invalid"}

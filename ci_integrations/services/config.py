@@ -29,6 +29,7 @@ from ci_integrations.models import (
     Webhook,
     Workflow,
     WorkflowStep,
+    validate_check_name,
     validate_registry_url,
     validate_repository,
 )
@@ -96,15 +97,18 @@ class _Reader:
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
 
-    def items(self, key: str) -> list[tuple[str, dict]]:
-        value = self.data.get(key, [])
+    def listed(self, path: str, value: Any) -> list:
+        """A list-valued key: absent (or null) is an empty list; anything else that is not a list is one problem."""
         if value is None:
             return []
         if not isinstance(value, list):
-            self.problem(key, "must be a list")
+            self.problem(path, "must be a list")
             return []
+        return value
+
+    def items(self, key: str) -> list[tuple[str, dict]]:
         found = []
-        for index, item in enumerate(value):
+        for index, item in enumerate(self.listed(key, self.data.get(key))):
             path = f"{key}[{index}]"
             if isinstance(item, dict):
                 found.append((path, item))
@@ -231,11 +235,7 @@ class _Reader:
             kind = self.choice(f"{path}.kind", item.get("kind", "environment"), IntegrationKind.values)
             steps = []
             reached: set[str] = set()
-            raw_steps = item.get("steps") or []
-            if not isinstance(raw_steps, list):
-                self.problem(f"{path}.steps", "must be a list")
-                raw_steps = []
-            for index, step in enumerate(raw_steps):
+            for index, step in enumerate(self.listed(f"{path}.steps", item.get("steps"))):
                 step_path = f"{path}.steps[{index}]"
                 if not isinstance(step, dict):
                     self.problem(step_path, "must be a mapping")
@@ -251,10 +251,12 @@ class _Reader:
                     if steps and from_env not in reached and from_env != steps[0]["from_env"]:
                         self.problem(f"{step_path}.from", f"{from_env!r} is not reached by an earlier step")
                     reached.add(to_env)
-                checks = step.get("required_checks") or []
-                if not isinstance(checks, list) or not all(isinstance(c, str) and SLUG.match(c) for c in checks):
-                    self.problem(f"{step_path}.required_checks", "must be a list of check names")
-                    checks = []
+                checks = self.listed(f"{step_path}.required_checks", step.get("required_checks"))
+                for check_index, check in enumerate(checks):
+                    try:
+                        validate_check_name(check)
+                    except ValidationError as exc:
+                        self.problem(f"{step_path}.required_checks[{check_index}]", exc.messages[0])
                 tag_rule = step.get("tag_rule") or ""
                 try:
                     re.compile(str(tag_rule))
@@ -302,22 +304,20 @@ class _Reader:
             if workflow is not None and not isinstance(workflow, str):
                 self.problem(f"{path}.workflow", f"{workflow!r} must be a workflow name")
                 workflow = None
+            workflow_exists = False  # in the file or in the database
             if workflow is not None:
                 workflow_kind = (
                     workflows[workflow]["kind"]
                     if workflow in workflows
                     else Workflow.objects.filter(name=workflow).values_list("kind", flat=True).first()
                 )
-                if workflow_kind is None:
+                workflow_exists = workflow in workflows or workflow_kind is not None
+                if not workflow_exists:
                     self.problem(f"{path}.workflow", f"unknown workflow {workflow!r}")
-                elif kind and workflow_kind != kind:
+                elif kind and workflow_kind and workflow_kind != kind:
                     self.problem(f"{path}.workflow", f"workflow {workflow!r} is for kind {workflow_kind}, not {kind}")
             buckets = []
-            raw_buckets = item.get("buckets") or []
-            if not isinstance(raw_buckets, list):
-                self.problem(f"{path}.buckets", "must be a list")
-                raw_buckets = []
-            for index, bucket in enumerate(raw_buckets):
+            for index, bucket in enumerate(self.listed(f"{path}.buckets", item.get("buckets"))):
                 bucket_path = f"{path}.buckets[{index}]"
                 if not isinstance(bucket, dict):
                     self.problem(bucket_path, "must be a mapping")
@@ -350,15 +350,14 @@ class _Reader:
                         ),
                     }
                 )
-            if workflow in workflows:
+            if workflow_exists:
                 envs = {b["env"] for b in buckets}
-                for step in workflows[workflow]["steps"]:
-                    for env in (step["from_env"], step["to_env"]):
-                        if env and env not in envs:
-                            self.problem(f"{path}.buckets", f"workflow {workflow!r} needs a bucket for {env!r}")
-                            envs.add(env)
+                for env in self.workflow_environments(workflow, workflows):
+                    if env not in envs:
+                        self.problem(f"{path}.buckets", f"workflow {workflow!r} needs a bucket for {env!r}")
+                        envs.add(env)
             webhooks = []
-            for index, hook in enumerate(item.get("webhooks") or []):
+            for index, hook in enumerate(self.listed(f"{path}.webhooks", item.get("webhooks"))):
                 hook_path = f"{path}.webhooks[{index}]"
                 if not isinstance(hook, dict):
                     self.problem(hook_path, "must be a mapping")
@@ -367,8 +366,8 @@ class _Reader:
                 url = hook.get("url")
                 if not isinstance(url, str) or not url.startswith(("http://", "https://")):
                     self.problem(f"{hook_path}.url", f"{url!r} is not an http(s) URL")
-                events = hook.get("events") or []
-                unknown = [e for e in events if e not in Webhook.EVENTS] if isinstance(events, list) else ["?"]
+                events = self.listed(f"{hook_path}.events", hook.get("events"))
+                unknown = [e for e in events if e not in Webhook.EVENTS]
                 if unknown:
                     self.problem(f"{hook_path}.events", f"unknown events {unknown}; known: {', '.join(Webhook.EVENTS)}")
                 secret = None  # absent: keep the stored secret (export never writes it)
@@ -391,6 +390,16 @@ class _Reader:
                 }
         self.workflow_kinds_hold(workflows, found)
         return found
+
+    @staticmethod
+    def workflow_environments(name: str, workflows: dict) -> list[str]:
+        """Every environment a workflow moves between: as the file describes it, else as the database holds it."""
+        if name in workflows:
+            pairs = [(step["from_env"], step["to_env"]) for step in workflows[name]["steps"]]
+        else:
+            steps = WorkflowStep.objects.filter(workflow__name=name).order_by("position")
+            pairs = list(steps.values_list("from_env", "to_env"))
+        return [env for pair in pairs for env in pair if env]
 
     def workflow_kinds_hold(self, workflows: dict, integrations: dict) -> None:
         """A workflow whose kind the file changes must not leave integrations outside the file on the old kind."""

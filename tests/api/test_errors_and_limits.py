@@ -132,3 +132,14 @@ def test_a_rate_window_counter_expires_with_its_window(world, settings):
     assert counters, "the request counter of this token's window is in Redis"
     # Redis forgets the window soon after it ends: no counter outlives its minute (plus a second).
     assert all(0 < client.ttl(key) <= 61 for key in counters)
+
+
+def test_a_check_name_is_held_to_the_rule_that_required_checks_use(world):
+    ci = world.caller("ci_own")
+    world.push(world.dev, "1.0.0")
+    url = f"/api/v1/artifacts/{ci.post(artifacts_url(world), {'env': 'dev', 'tag': '1.0.0'}).json()['id']}/checks/"
+    assert ci.post(url, {"name": "unit_tests", "status": "passed"}).status_code == 201
+    for name in ("-lint", "unit.tests"):
+        rule = f"check name {name!r} must be 1 to 63 letters, digits, '_' or '-', not starting with '-'"
+        error = assert_error(ci.post(url, {"name": name, "status": "passed"}), 400, "invalid", rule)
+        assert "name" in error["details"]

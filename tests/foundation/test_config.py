@@ -11,7 +11,10 @@ import pytest
 import yaml
 from django.core.management import CommandError, call_command
 
-from ci_integrations.models import AuditEntry, Bucket, Integration, Registry, Workflow, WorkflowStep
+from ci_integrations.models import Artifact, AuditEntry, Bucket, Integration, Registry, Workflow, WorkflowStep
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.artifacts import check_report
+from ci_integrations.services.errors import InvalidInput
 from tests.foundation.conftest import EXAMPLE_CONFIG, child_database_url
 
 
@@ -252,3 +255,78 @@ def test_the_command_line_exits_non_zero_and_prints_file_and_path(db, config_fil
         f"{path}: integrations[0].buckets[2].repository: 'Payments/API' is not a valid repository path" in result.stderr
     )
     assert "nothing was applied" in result.stderr and result.stdout == ""
+
+
+def test_an_integration_on_a_workflow_from_the_database_needs_a_bucket_for_each_of_its_environments(db, config_file):
+    run("apply_config", config_file())
+    entries = AuditEntry.objects.count()
+    path = config_file(
+        """
+        integrations:
+          - name: orders-api
+            workflow: standard
+            buckets:
+              - {env: qa, registry: qa, repository: team/orders-api}
+              - {env: staging, registry: qa, repository: staging/orders-api}
+        """
+    )
+    err, _ = failing("apply_config", path)
+    assert err.splitlines() == [f"{path}: integrations[0].buckets: workflow 'standard' needs a bucket for 'prod'"]
+    assert not Integration.objects.filter(name="orders-api").exists()
+    assert AuditEntry.objects.count() == entries
+
+
+def test_a_check_name_the_api_accepts_can_be_a_required_check(db, config_file):
+    run("apply_config", config_file(EXAMPLE_CONFIG.replace("[functional, nft]", "[unit_tests, Lint-2]")))
+    assert WorkflowStep.objects.get(to_env="prod").required_checks == ["unit_tests", "Lint-2"]
+    artifact = Artifact.objects.create(integration=Integration.objects.get(), digest="sha256:" + "a" * 64)
+    for name in ("unit_tests", "Lint-2"):
+        check_report(artifact=artifact, name=name, status="passed", actor=Actor.system("ci"))
+    assert sorted(artifact.checks.values_list("name", flat=True)) == ["Lint-2", "unit_tests"]
+
+
+@pytest.mark.parametrize(
+    "name", ["-lint", "unit.tests", "unit tests", "x" * 64, ""], ids=["dash-first", "dot", "space", "too-long", "empty"]
+)
+def test_a_check_name_is_refused_by_the_file_and_the_api_with_the_same_rule(db, config_file, name):
+    rule = "must be 1 to 63 letters, digits, '_' or '-', not starting with '-'"
+    path = config_file(EXAMPLE_CONFIG.replace("[functional, nft]", f"[functional, {name!r}]"))
+    err, _ = failing("apply_config", path)
+    assert err.splitlines() == [f"{path}: workflows[0].steps[1].required_checks[1]: check name {name!r} {rule}"]
+    run("apply_config", config_file())
+    artifact = Artifact.objects.create(integration=Integration.objects.get(), digest="sha256:" + "a" * 64)
+    with pytest.raises(InvalidInput) as refused:
+        check_report(artifact=artifact, name=name, status="passed", actor=Actor.system("ci"))
+    assert str(refused.value) == f"check name {name!r} {rule}"
+
+
+def test_a_string_where_webhooks_should_be_a_list_gives_one_error(db, config_file):
+    path = config_file(EXAMPLE_CONFIG + "    webhooks: https://hooks.example.com/p2p\n")
+    err, _ = failing("apply_config", path)
+    assert err.splitlines() == [f"{path}: integrations[0].webhooks: must be a list"]
+    assert not Integration.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "where, document",
+    [
+        ("integrations[0].webhooks", "integrations: [{name: app, webhooks: 5}]"),
+        ("integrations[0].webhooks", "integrations: [{name: app, webhooks: {url: 'https://hooks.example.com'}}]"),
+        (
+            "integrations[0].webhooks[0].events",
+            "integrations: [{name: app, webhooks: [{url: 'https://hooks.example.com', secret: s, events: failed}]}]",
+        ),
+        ("integrations[0].buckets", "integrations: [{name: app, buckets: {}}]"),
+        ("workflows[0].steps", "workflows: [{name: wf, steps: {}}]"),
+        (
+            "workflows[0].steps[0].required_checks",
+            "workflows: [{name: wf, steps: [{from: a, to: b, required_checks: nft}]}]",
+        ),
+    ],
+    ids=["webhooks-number", "webhooks-mapping", "events-string", "buckets-mapping", "steps-mapping", "checks-string"],
+)
+def test_a_value_that_should_be_a_list_but_is_not_gives_one_must_be_a_list_error(db, config_file, where, document):
+    path = config_file(document)
+    err, _ = failing("apply_config", path)
+    assert err.splitlines() == [f"{path}: {where}: must be a list"]
+    assert not Integration.objects.exists() and not Workflow.objects.exists()

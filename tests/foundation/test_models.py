@@ -3,7 +3,7 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from ci_integrations.models import Arrival, Artifact, Bucket, Integration, Registry, Workflow
+from ci_integrations.models import Arrival, Artifact, Bucket, Integration, Registry, Workflow, WorkflowStep
 
 GOOD_DIGEST = "sha256:" + "a" * 64
 
@@ -117,3 +117,15 @@ def test_bucket_environment_is_unique_per_integration(integration, registry):
     Bucket.objects.create(integration=integration, env="qa", registry=registry, repository="team/app")
     messages = validation_messages(Bucket(integration=integration, env="qa", registry=registry, repository="x/y"))
     assert messages["__all__"]
+
+
+def test_a_step_requires_only_names_a_check_can_be_reported_under(db):
+    workflow = Workflow.objects.create(name="standard")
+    step = WorkflowStep(workflow=workflow, position=0, from_env="qa", to_env="prod")
+    step.required_checks = ["unit_tests", "Lint-2"]
+    step.full_clean()
+    step.required_checks = ["unit_tests", "unit.tests", "-lint"]
+    messages = validation_messages(step)
+    assert messages["required_checks"] == [
+        "check names ['unit.tests', '-lint'] must each be 1 to 63 letters, digits, '_' or '-', not starting with '-'"
+    ]
