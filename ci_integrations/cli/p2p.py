@@ -13,15 +13,20 @@ Configure:    P2P_URL (the portal, e.g. https://p2p.example.com) and P2P_TOKEN (
   p2p login INTEGRATION ENV                                  prints a docker login command (eval "$(p2p login …)")
   p2p approve|reject|cancel|retry ID [--comment TEXT]
 
-Every command takes --json to print the API's answer as JSON. Errors are one line on stderr and exit 1.
+Every command takes --json to print the API's answer as JSON. Errors are one line on stderr and exit 1, or 64 when
+the command line or its environment is wrong (nothing was sent then).
 Every POST carries an Idempotency-Key, so a retried request never registers or promotes twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.utils
+import http.client
 import json
+import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -32,6 +37,8 @@ import uuid
 
 VERSION = "1.0"
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2
+EXIT_USAGE = 64  # EX_USAGE from sysexits.h: a wrong command line or environment, never a --wait timeout
+EXIT_INTERRUPTED = 130
 SUCCEEDED = {"succeeded"}
 FAILED = {"failed", "rejected", "cancelled"}
 RETRYABLE_STATUSES = {502, 503, 504}
@@ -47,16 +54,109 @@ class CliError(Exception):
         self.body = body
 
 
+class UsageError(CliError):
+    """The command line or its environment is wrong; found before anything is sent. Exits EXIT_USAGE."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits EXIT_USAGE rather than 2, the code `--wait` uses for a timeout."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _finite(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def seconds(text: str, name: str) -> float:
+    """A duration from a flag or environment variable: a finite number greater than 0, or a UsageError naming it."""
+    value = _finite(text)
+    if value is None or value <= 0:
+        raise UsageError(f"{name} is {text!r}: expected a number of seconds greater than 0")
+    return value
+
+
+def seconds_from(variable: str, default: str, *, flag: str = "", given: str | None = None) -> float:
+    """The flag when given, else the environment variable when set (an empty one is unset), else the default."""
+    if given is not None:
+        return seconds(given, flag)
+    if os.environ.get(variable):
+        return seconds(os.environ[variable], variable)
+    return seconds(default, variable)
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait for a 429: Retry-After in seconds or as an HTTP date, 5 without one, never more than 60."""
+    delay = _finite(value)
+    if delay is None and value:
+        try:
+            delay = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            delay = None
+    return 5.0 if delay is None else min(max(delay, 0.0), 60.0)
+
+
+PRINTABLE = re.compile(r"[\x21-\x7e]+")  # ASCII without spaces or control characters: safe in a header or URL
+
+
+def _portal_url(url: str) -> str:
+    url = url.strip()
+    if not url:
+        raise UsageError("P2P_URL is not set (or pass --portal-url)")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and PRINTABLE.fullmatch(url)
+    except ValueError:
+        valid = False
+    if not valid:
+        raise UsageError(
+            f"P2P_URL (or --portal-url) is {url!r}: expected http(s)://HOST[:PORT], e.g. https://p2p.example.com"
+        )
+    return url.rstrip("/")
+
+
+def _token(token: str) -> str:
+    token = token.strip()
+    if not token:
+        raise UsageError("P2P_TOKEN is not set (or pass --token)")
+    if not PRINTABLE.fullmatch(token):
+        # The value is never shown: it is a secret.
+        raise UsageError("P2P_TOKEN (or --token) holds spaces, control or non-ASCII characters; check how it is set")
+    return token
+
+
+def _not_json(status: int, headers, raw: bytes) -> str:
+    """`HTTP 502 text/html "502 Bad Gateway"`: a one-line description of an answer that is not JSON."""
+    kind = (headers.get("Content-Type") or "").split(";")[0].strip() or "no content type"
+    text = raw[:4096].decode("utf-8", "replace")
+    title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+    snippet = " ".join(re.sub(r"<[^>]*>", " ", title.group(1) if title else text).split())
+    snippet = snippet if len(snippet) <= 80 else snippet[:79] + "…"
+    return f"HTTP {status} {kind}" + (f" {snippet!r}" if snippet else " (empty)")
+
+
+def segment(name: str) -> str:
+    """A name as one URL path segment: a "/" in it cannot reach another endpoint."""
+    return urllib.parse.quote(name, safe="")
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 class Api:
     """A tiny JSON client: bearer token, Idempotency-Key on POST, a few retries for gateways and resets."""
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 3):
-        if not url:
-            raise CliError("P2P_URL is not set (or pass --portal-url)")
-        if not token:
-            raise CliError("P2P_TOKEN is not set (or pass --token)")
-        self.url = url.rstrip("/")
-        self.token = token
+        self.url = _portal_url(url)
+        self.token = _token(token)
         self.timeout = timeout
         self.retries = retries
 
@@ -86,31 +186,50 @@ class Api:
             request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return _decode(response.read())
+                    status, response_headers, raw = response.status, response.headers, response.read()
             except urllib.error.HTTPError as exc:
-                payload = _decode(exc.read())
                 if exc.code in RETRYABLE_STATUSES and attempt <= self.retries:
                     time.sleep(min(2**attempt, 10))
                     continue
                 if exc.code == 429 and attempt <= self.retries:
-                    time.sleep(min(float(exc.headers.get("Retry-After") or 5), 60))
+                    time.sleep(_retry_after(exc.headers.get("Retry-After")))
                     continue
+                try:
+                    raw = exc.read()
+                except (OSError, http.client.HTTPException):
+                    raw = b""
+                try:
+                    payload = _decode(raw)
+                except ValueError:
+                    # A proxy's or web server's error page, not the portal's JSON.
+                    raise CliError(
+                        f"{self.url} answered {_not_json(exc.code, exc.headers, raw)}: "
+                        "is P2P_URL the portal, and is it up?",
+                        status=exc.code,
+                    ) from None
                 raise _api_error(exc.code, payload) from None
-            except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            except (OSError, http.client.HTTPException) as exc:
+                # URLError, timeouts and resets are OSErrors; HTTPException covers a peer that does not speak HTTP.
                 if attempt <= self.retries:
                     time.sleep(min(2**attempt, 10))
                     continue
-                reason = getattr(exc, "reason", exc)
+                reason = str(getattr(exc, "reason", None) or exc) or type(exc).__name__
                 raise CliError(f"cannot reach {self.url}: {reason}") from None
+            try:
+                answer = _decode(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):
+                raise CliError(
+                    f"{self.url} answered {_not_json(status, response_headers, raw)}, not a JSON object: "
+                    "is P2P_URL the portal?"
+                )
+            return answer
 
 
 def _decode(raw: bytes):
-    if not raw:
-        return None
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {"error": {"code": "", "message": raw[:200].decode("utf-8", "replace").strip(), "details": {}}}
+    """The JSON in raw; ValueError when it is not JSON (an empty body is not either)."""
+    return json.loads(raw.decode("utf-8"))
 
 
 def _api_error(status: int, payload) -> CliError:
@@ -160,7 +279,7 @@ def parse_meta(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CliError(f"--meta {pair!r}: expected key=value")
+            raise UsageError(f"--meta {pair!r}: expected KEY=VALUE")
         if key in ("git_sha", "branch", "build_url"):
             meta[key] = value
         else:
@@ -176,13 +295,13 @@ def output(args, data, text: str) -> None:
 
 def resolve_artifact(api: Api, text: str) -> int:
     """An artifact id from `42`, `INTEGRATION:TAG` or `INTEGRATION@sha256:…`."""
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     name, tag, digest = split_image(text)
     integration = name.rsplit("/", 1)[-1]
     if not integration or not (tag or digest):
-        raise CliError(f"artifact {text!r}: give an id, INTEGRATION:TAG or INTEGRATION@DIGEST")
-    page = api.get(f"/api/v1/integrations/{urllib.parse.quote(integration)}/artifacts/", {"tag": tag, "digest": digest})
+        raise UsageError(f"artifact {text!r}: give an id, INTEGRATION:TAG or INTEGRATION@DIGEST")
+    page = api.get(f"/api/v1/integrations/{segment(integration)}/artifacts/", {"tag": tag, "digest": digest})
     results = page.get("results", [])
     if not results:
         raise CliError(f"no artifact {text!r} in integration {integration!r}")
@@ -240,12 +359,12 @@ def wait_for_job(api: Api, args, job: dict) -> int:
 def cmd_push(api: Api, args) -> int:
     _, tag, digest = split_image(args.image)
     if not tag:
-        raise CliError(f"{args.image!r} has no tag: write IMAGE:TAG")
+        raise UsageError(f"{args.image!r} has no tag: write IMAGE:TAG")
     body = {"env": args.env, "tag": tag, "metadata": parse_meta(args.meta)}
     if args.digest or digest:
         body["digest"] = args.digest or digest
     result = api.post(
-        f"/api/v1/integrations/{urllib.parse.quote(args.integration)}/artifacts/",
+        f"/api/v1/integrations/{segment(args.integration)}/artifacts/",
         body,
         idempotency_key=args.idempotency_key,
     )
@@ -268,7 +387,7 @@ def cmd_import(api: Api, args) -> int:
     if username or password:
         body["source_credentials"] = {"username": username or "", "password": password or ""}
     job = api.post(
-        f"/api/v1/integrations/{urllib.parse.quote(args.integration)}/imports/",
+        f"/api/v1/integrations/{segment(args.integration)}/imports/",
         body,
         idempotency_key=args.idempotency_key,
     )
@@ -300,9 +419,9 @@ def cmd_promote(api: Api, args) -> int:
     name, tag, digest = split_image(args.image)
     integration = args.integration or name.rsplit("/", 1)[-1]
     if not args.dest_stage:
-        raise CliError("give --dest-stage (or set DEST_STAGE)")
+        raise UsageError("give --dest-stage (or set DEST_STAGE)")
     if not (tag or digest):
-        raise CliError(f"{args.image!r} has no tag or digest: write IMAGE:TAG")
+        raise UsageError(f"{args.image!r} has no tag or digest: write IMAGE:TAG")
     body = {"integration": integration, "artifact": digest or tag, "to_env": args.dest_stage}
     if args.source_stage:
         body["from_env"] = args.source_stage
@@ -328,7 +447,7 @@ def cmd_status(api: Api, args) -> int:
 def cmd_rollback(api: Api, args) -> int:
     body = {"env": args.env, "to": args.to, "reason": args.reason}
     promotion = api.post(
-        f"/api/v1/integrations/{urllib.parse.quote(args.integration)}/rollback/",
+        f"/api/v1/integrations/{segment(args.integration)}/rollback/",
         body,
         idempotency_key=args.idempotency_key,
     )
@@ -340,7 +459,7 @@ def cmd_rollback(api: Api, args) -> int:
 
 def cmd_login(api: Api, args) -> int:
     creds = api.post(
-        f"/api/v1/integrations/{urllib.parse.quote(args.integration)}/push-credentials/",
+        f"/api/v1/integrations/{segment(args.integration)}/push-credentials/",
         {"env": args.env},
         idempotency_key=args.idempotency_key,
     )
@@ -382,24 +501,18 @@ COMMON_DEFAULTS = {
 
 def build_parser() -> argparse.ArgumentParser:
     # Given before or after the command; SUPPRESS keeps a subcommand's default from overwriting the top-level value.
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the answer as JSON")
     common.add_argument("--portal-url", default=argparse.SUPPRESS, help="portal URL (default: $P2P_URL)")
     common.add_argument("--token", default=argparse.SUPPRESS, help="API token (default: $P2P_TOKEN)")
     common.add_argument("--idempotency-key", default=argparse.SUPPRESS, help="reuse a key to make a retried POST safe")
-    waiting = argparse.ArgumentParser(add_help=False)
+    waiting = Parser(add_help=False)
     waiting.add_argument("--wait", action="store_true", help="wait until the work ends")
-    waiting.add_argument(
-        "--timeout",
-        type=float,
-        default=float(os.environ.get("P2P_WAIT_TIMEOUT", 1800)),
-        help="seconds to wait (exit 2 after)",
-    )
-    waiting.add_argument(
-        "--interval", type=float, default=float(os.environ.get("P2P_WAIT_INTERVAL", 5)), help="seconds between polls"
-    )
+    # Read as text and checked in main() by seconds(), like the environment variables they override.
+    waiting.add_argument("--timeout", help="seconds to wait, exit 2 after (default: $P2P_WAIT_TIMEOUT or 1800)")
+    waiting.add_argument("--interval", help="seconds between polls (default: $P2P_WAIT_INTERVAL or 5)")
 
-    parser = argparse.ArgumentParser(prog="p2p", description="P2P Portal CLI for CI pipelines.", parents=[common])
+    parser = Parser(prog="p2p", description="P2P Portal CLI for CI pipelines.", parents=[common])
     parser.add_argument("--version", action="version", version=f"p2p {VERSION}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -465,20 +578,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # exits EXIT_USAGE on a usage error
     for name, default in COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default() if callable(default) else default)
     try:
-        api = Api(args.portal_url, args.token, timeout=float(os.environ.get("P2P_HTTP_TIMEOUT", 30)))
+        if hasattr(args, "timeout"):  # the commands that can --wait
+            args.timeout = seconds_from("P2P_WAIT_TIMEOUT", "1800", flag="--timeout", given=args.timeout)
+            args.interval = seconds_from("P2P_WAIT_INTERVAL", "5", flag="--interval", given=args.interval)
+        key = args.idempotency_key
+        if key is not None and not (PRINTABLE.fullmatch(key) and len(key) <= 255):
+            raise UsageError(f"--idempotency-key {key!r}: expected 1 to 255 printable ASCII characters, no spaces")
+        http_timeout = seconds_from("P2P_HTTP_TIMEOUT", "30")
+        api = Api(args.portal_url, args.token, timeout=http_timeout)
         return args.run(api, args)
     except CliError as exc:
+        # With --json, stdout carries only what the portal answered in JSON; the error is always one line on stderr.
         if args.json and exc.body is not None:
             print(json.dumps(exc.body, indent=2, sort_keys=True))
-        print(f"p2p {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        print(f"p2p {args.command}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # an answer this version does not understand, or a bug: still one line, no traceback
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        for secret in {args.token, args.token.strip()} - {""}:
+            message = message.replace(secret, "<token>")
+        print(
+            f"p2p {args.command}: {one_line(message)} (is P2P_URL the portal, and this p2p its current version?)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

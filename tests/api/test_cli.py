@@ -153,8 +153,9 @@ def test_errors_are_one_line_and_exit_1(world, live_server):
     assert refused.returncode == 1 and refused.stderr.count("\n") == 1
     assert "functional" in refused.stderr and "409" in refused.stderr
 
+    # A missing token is a usage error (exit 64), found before anything is sent: see test_cli_bad_input.py.
     unset = p2p(live_server, "", "status", "1")
-    assert unset.returncode == 1 and "P2P_TOKEN" in unset.stderr
+    assert unset.returncode == 64 and "P2P_TOKEN" in unset.stderr
 
 
 def test_login_prints_a_docker_login_command_from_push_credentials(world, live_server):
