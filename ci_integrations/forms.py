@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -12,7 +12,7 @@ from django.core.validators import MaxLengthValidator
 from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Integration, validate_tag
-from ci_integrations.selectors import AuditFilters
+from ci_integrations.selectors import AuditFilters, environment_names
 
 MAX_TEXT = 2000
 # Tabs and line breaks are text; other control characters (terminal escapes, NUL…) are not.
@@ -102,7 +102,8 @@ class AuditFilterForm(forms.Form):
             actor=data.get("actor", "").strip(),
             action=data.get("action", "").strip(),
             since=_day_start(data.get("since")),
-            until=_day_start(until + timedelta(days=1)) if until else None,
+            # The last day there is has no next day to stop before: it bounds nothing.
+            until=_day_start(until + timedelta(days=1)) if until and until < date.max else None,
         )
 
 
@@ -155,6 +156,18 @@ class FreezeWindowForm(forms.Form):
         envs = [e.strip() for e in self.cleaned_data["environments"].split(",") if e.strip()]
         if not envs:
             raise forms.ValidationError("Name at least one environment.")
+        # Names are matched exactly: a window on "Prod" or "prdo" would be saved and block nothing.
+        known = environment_names()
+        unknown = [e for e in envs if e not in known]
+        if unknown:
+            raise forms.ValidationError(
+                "No integration has an environment named %(unknown)s; the environments are: %(known)s.",
+                code="unknown_environment",
+                params={
+                    "unknown": ", ".join(repr(e) for e in unknown),
+                    "known": ", ".join(sorted(known)) or "none yet",
+                },
+            )
         return envs
 
     def clean(self):

@@ -65,6 +65,7 @@ class Matrix:
 
 def integration_matrix(*, after: str = "", limit: int = OVERVIEW_PAGE_SIZE) -> Matrix:
     """Integrations (keyset-paginated by name) × environments, each cell the bucket's current arrival. Two queries."""
+    after = after.replace("\x00", "")  # a cursor from the query string; PostgreSQL text cannot hold NUL
     integrations = list(Integration.objects.filter(name__gt=after).order_by("name")[: limit + 1])
     more = len(integrations) > limit
     integrations = integrations[:limit]
@@ -407,6 +408,11 @@ def tokens_visible_to(user, *, limit: int = 200) -> list[ApiToken]:
         .prefetch_related(Prefetch("integrations", queryset=Integration.objects.only("id", "name")))
         .order_by("-created_at")[:limit]
     )
+
+
+def environment_names() -> set[str]:
+    """Every environment some integration has a bucket in: the names a freeze window can block."""
+    return set(Bucket.objects.values_list("env", flat=True).distinct())
 
 
 def freeze_windows_recent(*, limit: int = 100) -> list[FreezeWindow]:

@@ -135,7 +135,7 @@ def promotion_page(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "ci_integrations/promotion.html", context)
 
 
-def _decision_context(request: HttpRequest, promotion: Promotion) -> dict:
+def _decision_context(request: HttpRequest, promotion: Promotion, form: DecisionForm | None = None) -> dict:
     """The approval preview: the policy checklist, the target's current digest and whether this user may decide."""
     actor = Actor.from_request(request)
     try:
@@ -163,7 +163,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion) -> dict:
         "may_reject": request.user.has_perm(APPROVE) and isinstance(block, promotion_service.FreezeHold),
         # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
         "why_not": block if request.user.has_perm(APPROVE) else "You are not in a role that approves promotions.",
-        "form": DecisionForm(),
+        "form": form or DecisionForm(),
     }
 
 
@@ -295,8 +295,8 @@ def _promotion_action(
 ) -> HttpResponse:
     """Run one promotion service call and go back to the page the button was on, with what happened.
 
-    With a form that does not validate nothing is done: the errors are shown instead (a comment with a control
-    character must not turn into an approval without its comment).
+    With a form that does not validate nothing is done: the errors are shown instead (a reason with a control
+    character must not turn into a cancel without its reason).
     """
     promotion = get_object_or_404(Promotion, pk=pk)
     if form is not None and not form.is_valid():
@@ -314,24 +314,33 @@ def _promotion_action(
     return redirect(back if back == reverse("approvals") else reverse("promotion", args=[pk]))
 
 
+def _decision(request: HttpRequest, pk: int, action: Callable[..., object], done: str) -> HttpResponse:
+    """Approve or reject with the comment; a comment that does not validate decides nothing and the decision page
+    comes back with the comment as typed and what is wrong with it (a browser counts a line break as one character
+    of the textarea's maxlength but sends two)."""
+    form = DecisionForm(request.POST)
+    if form.is_valid():
+        return _promotion_action(request, pk, action, done, comment=form.cleaned_data["comment"])
+    try:
+        promotion = selectors.promotion_for_decision(pk)
+    except Promotion.DoesNotExist:
+        raise Http404("No such promotion.") from None
+    context = _decision_context(request, promotion, form)
+    context["next_url"] = reverse("approvals") if request.POST.get("next") == reverse("approvals") else ""
+    context["partial"] = "ci_integrations/partials/approval_panel.html"
+    return render(request, "ci_integrations/decide.html", context)
+
+
 @require_POST
 @permission(APPROVE)
 def promotion_approve(request: HttpRequest, pk: int) -> HttpResponse:
-    form = DecisionForm(request.POST)
-    comment = form.cleaned_data["comment"] if form.is_valid() else ""
-    return _promotion_action(
-        request, pk, promotion_service.promotion_approve, "Approved #{pk}.", form=form, comment=comment
-    )
+    return _decision(request, pk, promotion_service.promotion_approve, "Approved #{pk}.")
 
 
 @require_POST
 @permission(APPROVE)
 def promotion_reject(request: HttpRequest, pk: int) -> HttpResponse:
-    form = DecisionForm(request.POST)
-    comment = form.cleaned_data["comment"] if form.is_valid() else ""
-    return _promotion_action(
-        request, pk, promotion_service.promotion_reject, "Rejected #{pk}.", form=form, comment=comment
-    )
+    return _decision(request, pk, promotion_service.promotion_reject, "Rejected #{pk}.")
 
 
 @require_POST

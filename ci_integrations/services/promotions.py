@@ -44,6 +44,7 @@ from ci_integrations.services.policy import (  # noqa: F401 - re-exported for ca
     immutable_tag_holder,
     promotion_evaluate,
 )
+from ci_integrations.services.secrets import CredentialsUnreadable
 from ci_integrations.services.webhooks import webhooks_notify, webhooks_reconcile
 
 logger = logging.getLogger(__name__)
@@ -297,7 +298,8 @@ def _block(p: Promotion, actor: Actor, decision: str) -> tuple[str, str] | None:
     if user is None or not user.is_active:
         return "forbidden", f"only signed-in people can {verb} promotions"
     if p.state != State.PENDING_APPROVAL:
-        return "state", f"promotion #{p.pk} is {p.state}; only promotions pending approval can be {verb}d"
+        done = "approved" if decision == Approval.Decision.APPROVE else "rejected"
+        return "state", f"promotion #{p.pk} is {p.state}; only promotions pending approval can be {done}"
     group = p.step.approver_group if p.step_id else None
     if group is not None:
         if not user.groups.filter(pk=group.pk).exists():
@@ -544,20 +546,31 @@ def promotion_preflight(*, artifact: Artifact, to_env: str) -> dict:
     if ev.from_bucket is None or ev.to_bucket is None:
         result["errors"].append("no workflow step with both buckets leads into " + to_env)
         return result
-    src = ev.from_bucket.location(artifact.digest)
-    dst = ev.to_bucket.location(ev.tag or artifact.digest)
-    for key, loc, push in (("source_readable", src, False), ("target_writable", dst, True)):
+    locations = {}
+    for key, bucket, reference, push in (
+        ("source_readable", ev.from_bucket, artifact.digest, False),
+        ("target_writable", ev.to_bucket, ev.tag or artifact.digest, True),
+    ):
+        side = "source" if key == "source_readable" else "target"
         try:
-            check_access(loc, push=push)
+            # Building the location reads the registry's stored credentials, which fails when they were encrypted
+            # under a key no longer in P2P_FERNET_KEYS.
+            locations[key] = bucket.location(reference)
+            check_access(locations[key], push=push)
             result[key] = True
+        except CredentialsUnreadable as exc:
+            result[key] = False
+            result["errors"].append(f"{side}: registry {bucket.registry.name!r}: {exc}")
         except registry_errors.RegistryError as exc:
             result[key] = False
-            result["errors"].append(f"{'source' if key == 'source_readable' else 'target'}: {exc.message}")
+            result["errors"].append(f"{side}: {exc.message}")
         except Exception as exc:  # noqa: BLE001 - a preflight reports, it never fails the page
             result[key] = False
             result["errors"].append(registry_errors.redact(f"{key}: {exc}"))
+    if len(locations) < 2:
+        return result
     try:
-        plan = plan_copy(src, dst)
+        plan = plan_copy(locations["source_readable"], locations["target_writable"])
         result.update(
             tag_conflict=plan.tag_conflict_digest,
             blobs_total=plan.blobs_total,
