@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 import unicodedata
 from datetime import date, datetime, time, timedelta
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
+from django.core.cache import cache
 from django.core.validators import MaxLengthValidator
 from django.utils import timezone
 
@@ -15,6 +17,7 @@ from ci_integrations.models import ApiToken, Integration, validate_tag
 from ci_integrations.selectors import AuditFilters, environment_names
 
 MAX_TEXT = 2000
+FORM_ONCE_SECONDS = 24 * 3600  # how long a sent token form is remembered
 # Tabs and line breaks are text; other control characters (terminal escapes, NUL…) are not.
 TEXT_WHITESPACE = {"\t", "\n", "\r"}
 
@@ -124,16 +127,27 @@ class TokenCreateForm(forms.Form):
     expires_in_days = forms.IntegerField(
         required=False, min_value=1, max_value=3650, initial=90, label="Expires in (days)", help_text="Empty: never."
     )
+    # A value of this form only: a POST sent twice (a double click, a refresh of the answer) creates one token.
+    once = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
 
     def __init__(self, *args, scopes: list[str] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["scopes"].choices = [(s, s) for s in scopes]
+        if not self.is_bound:
+            self.initial["once"] = secrets.token_urlsafe(16)
 
     def clean(self):
         data = super().clean()
+        if not data.get("once"):
+            raise forms.ValidationError("This form is out of date: reload the page and fill it in again.")
         if data.get("kind") == ApiToken.Kind.CI and not data.get("integrations"):
             self.add_error("integrations", "A CI token needs at least one integration.")
         return data
+
+    def first_submission(self, user) -> bool:
+        """True the first time this form is sent by `user`; False when the same form comes again (atomic in Redis,
+        so two clicks racing each other count once)."""
+        return cache.add(f"token-form:{user.pk}:{self.cleaned_data['once']}", True, timeout=FORM_ONCE_SECONDS)
 
     @property
     def expires_at(self):

@@ -459,6 +459,13 @@ def tokens(request: HttpRequest) -> HttpResponse:
         kind = form.cleaned_data["kind"]
         if kind == ApiToken.Kind.CI and not request.user.has_perm(CI_TOKENS):
             raise PermissionDenied("You may not create CI tokens.")
+        if not form.first_submission(request.user):
+            messages.warning(
+                request,
+                "This form was already sent, and its token was created then; its secret is shown only once. "
+                "If it was lost, revoke that token below and create a new one.",
+            )
+            return redirect("tokens")
         try:
             token, plain = token_create(
                 name=form.cleaned_data["name"],

@@ -11,6 +11,7 @@ import html
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from secrets import token_urlsafe
 
 import pytest
 from django.urls import reverse
@@ -97,7 +98,7 @@ FORMS = {
     "token": Form(
         "release_manager",
         lambda w: reverse("tokens"),
-        lambda w: {"name": "laptop", "kind": "personal", "expires_in_days": "30"},
+        lambda w: {"name": "laptop", "kind": "personal", "expires_in_days": "30", "once": token_urlsafe()},
         lambda w: ApiToken.objects.count(),
         free_text=("name",),
         strict=("kind", "expires_in_days", "scopes", "integrations"),

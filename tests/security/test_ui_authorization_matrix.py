@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from secrets import token_urlsafe
 
 import django_rq
 import pytest
@@ -171,7 +172,12 @@ MATRIX: dict[str, Row] = {
         lambda w: reverse("tokens"),
         get=signed_in(OK),
         post=only(*MANAGERS, then=DONE, others=REFUSED),
-        data=lambda w: {"name": "shop-ci-2", "kind": "ci", "integrations": [w.integration.name]},
+        data=lambda w: {
+            "name": "shop-ci-2",
+            "kind": "ci",
+            "integrations": [w.integration.name],
+            "once": token_urlsafe(),
+        },
         effect=lambda w, c: ApiToken.objects.filter(name="shop-ci-2").count(),
     ),
     # The release manager created the token; platform admins manage every CI token; others do not even see it.

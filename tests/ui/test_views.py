@@ -241,9 +241,15 @@ def test_verifying_the_chain_runs_as_a_job_and_the_badge_shows_the_result(
     assert f"{AuditEntry.objects.count()} entries" in badge.content.decode()
 
 
+def token_form_once(client) -> str:
+    """The one-time value of a freshly shown token form."""
+    return client.get(reverse("tokens")).context["form"].initial["once"]
+
+
 def test_a_token_is_shown_once_with_a_copy_button_and_can_be_revoked(world):
     client = client_for(world.users["release1"])
-    response = client.post(reverse("tokens"), {"name": "laptop", "kind": "personal", "scopes": ["read"]})
+    once = token_form_once(client)
+    response = client.post(reverse("tokens"), {"name": "laptop", "kind": "personal", "scopes": ["read"], "once": once})
     body = response.content.decode()
     token = ApiToken.objects.get()
     plain = response.context["created"]["plain"]
@@ -251,15 +257,39 @@ def test_a_token_is_shown_once_with_a_copy_button_and_can_be_revoked(world):
     assert response["Cache-Control"] == "no-store"
     again = client.get(reverse("tokens")).content.decode()
     assert plain not in again and "laptop" in again
-    ci = client.post(reverse("tokens"), {"name": "ci", "kind": "ci", "integrations": [world.integration.name]})
+    ci_token = {"name": "ci", "kind": "ci", "integrations": [world.integration.name], "once": token_form_once(client)}
+    ci = client.post(reverse("tokens"), ci_token)
     assert ci.context["created"]["token"].kind == "ci"
     viewer = client_for(world.users["viewer"])
     assert viewer.post(reverse("token_revoke", args=[token.pk])).status_code == 404
-    viewer_ci = viewer.post(reverse("tokens"), {"name": "x", "kind": "ci", "integrations": [world.integration.name]})
+    viewer_ci = viewer.post(
+        reverse("tokens"),
+        {"name": "x", "kind": "ci", "integrations": [world.integration.name], "once": token_form_once(viewer)},
+    )
     assert viewer_ci.status_code == 200 and not ApiToken.objects.filter(name="x").exists()
     client.post(reverse("token_revoke", args=[token.pk]))
     token.refresh_from_db()
     assert token.revoked_at is not None
+
+
+def test_a_token_form_sent_twice_creates_one_token_and_never_shows_its_secret_again(world):
+    client = client_for(world.users["release1"])
+    form = {"name": "laptop", "kind": "personal", "once": token_form_once(client)}
+    first = client.post(reverse("tokens"), form)
+    plain = first.context["created"]["plain"]
+    again = client.post(reverse("tokens"), form, follow=True)  # a double click, or the answer refreshed
+    body = again.content.decode()
+    assert ApiToken.objects.filter(name="laptop").count() == 1
+    assert "This form was already sent" in body and plain not in body
+    client.post(reverse("tokens"), {**form, "once": token_form_once(client)})  # a new form is a new token
+    assert ApiToken.objects.filter(name="laptop").count() == 2
+
+
+def test_a_token_form_without_its_one_time_value_creates_nothing_and_says_to_reload(world):
+    client = client_for(world.users["release1"])
+    response = client.post(reverse("tokens"), {"name": "laptop", "kind": "personal"})
+    assert response.status_code == 200 and not ApiToken.objects.filter(name="laptop").exists()
+    assert "This form is out of date: reload the page" in response.content.decode()
 
 
 def test_only_platform_admins_manage_freeze_windows(world):
