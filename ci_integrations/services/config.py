@@ -389,6 +389,7 @@ class _Reader:
                     "webhooks": webhooks,
                 }
         self.workflow_kinds_hold(workflows, found)
+        self.workflow_buckets_hold(workflows, found)
         return found
 
     @staticmethod
@@ -413,6 +414,21 @@ class _Reader:
                     f"integration {integration!r} (not in this file) uses workflow {name!r} with kind "
                     f"{Integration.objects.get(name=integration).kind}",
                 )
+
+    def workflow_buckets_hold(self, workflows: dict, integrations: dict) -> None:
+        """A workflow the file changes must not reach an environment where integrations outside the file have no
+        bucket (the file's own integrations are checked against their buckets above)."""
+        for name, spec in workflows.items():
+            envs = set(self.workflow_environments(name, workflows))
+            users = Integration.objects.filter(workflow__name=name).exclude(name__in=list(integrations))
+            for integration in users.order_by("name").prefetch_related("buckets")[:5]:
+                missing = sorted(envs - {bucket.env for bucket in integration.buckets.all()})
+                if missing:
+                    self.problem(
+                        f"{spec['path']}.steps",
+                        f"integration {integration.name!r} (not in this file) uses workflow {name!r} and has no "
+                        f"bucket for {', '.join(repr(env) for env in missing)}",
+                    )
 
 
 class _Applier:

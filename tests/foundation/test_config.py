@@ -237,6 +237,15 @@ def test_a_workflow_cannot_change_kind_under_integrations_outside_the_file(db, c
     assert Workflow.objects.get().kind == "environment"
 
 
+def test_a_workflow_cannot_gain_an_environment_that_integrations_outside_the_file_have_no_bucket_for(db, config_file):
+    run("apply_config", config_file())
+    only_workflow = EXAMPLE_CONFIG.split("integrations:")[0] + "      - {from: prod, to: dr, approvals: 1}\n"
+    err, _ = failing("apply_config", config_file(only_workflow))
+    expected = "integration 'payments-api' (not in this file) uses workflow 'standard' and has no bucket for 'dr'"
+    assert f"workflows[0].steps: {expected}" in err
+    assert not WorkflowStep.objects.filter(to_env="dr").exists()
+
+
 def test_the_command_line_exits_non_zero_and_prints_file_and_path(db, config_file):
     env = {**os.environ, "LOG_LEVEL": "WARNING"}
     if child_database_url():  # the test database, where nothing has been applied
