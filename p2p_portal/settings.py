@@ -230,11 +230,20 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'"
 )
 
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+# Loggers that log secrets at DEBUG never go below INFO (a higher LOG_LEVEL still applies to them).
+_NO_DEBUG = "INFO" if LOG_LEVEL in ("DEBUG", "NOTSET") else LOG_LEVEL
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # At DEBUG these log secrets: SQL parameters; botocore every AWS request's headers (with the session token) and
+    # every response body (with the ECR authorization token).
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "botocore": {"level": _NO_DEBUG},
+        "boto3": {"level": _NO_DEBUG},
+    },
 }

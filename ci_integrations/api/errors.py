@@ -7,6 +7,7 @@ not) stay distinct, 400s name the field, and 429 keeps its Retry-After header.
 from __future__ import annotations
 
 import logging
+import traceback
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
@@ -16,6 +17,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from ci_integrations.registry.errors import redact
 from ci_integrations.services.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -96,7 +98,8 @@ def api_exception_handler(exc, context):
         exc = exceptions.NotFound(str(exc) or None)
     response = exception_handler(exc, context)  # sets WWW-Authenticate and Retry-After
     if response is None:
-        logger.exception("unhandled API error", exc_info=exc)
+        # The traceback as text, redacted: exception messages from SDKs and HTTP libraries may quote credentials.
+        logger.error("unhandled API error\n%s", redact("".join(traceback.format_exception(exc))))
         return Response(
             error_body("server_error", "The server failed to handle this request; it has been logged."),
             status=status.HTTP_500_INTERNAL_SERVER_ERROR,

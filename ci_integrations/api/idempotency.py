@@ -6,12 +6,16 @@
 
 The claim is a row insert that commits before the operation runs, so of two concurrent requests exactly one wins the
 unique constraint. Responses that a retry could change (409 conflicts, 429, 5xx) are not kept: the key is released so
-the client may retry with it. A claim abandoned by a crashed process is taken over after IN_FLIGHT_TIMEOUT.
+the client may retry with it. Nor are responses that carry secrets (push credentials): the table is plain JSON, shown
+in the admin, and a repeated request may simply be answered afresh. A claim abandoned by a crashed process is taken
+over after IN_FLIGHT_TIMEOUT.
+
+The request fingerprint is an HMAC under SECRET_KEY, not a bare hash: bodies can hold source credentials, and a fast
+unkeyed hash of a mostly known body would let anyone reading the table test password guesses offline.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import timedelta
@@ -19,6 +23,7 @@ from datetime import timedelta
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.utils.encoders import JSONEncoder
@@ -35,7 +40,8 @@ UNSTORED_STATUSES = {409, 429}
 
 def _fingerprint(request) -> str:
     body = json.dumps(request.data, cls=DjangoJSONEncoder, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+    message = f"{request.method} {request.path}\n{body}"
+    return salted_hmac("p2p.idempotency.fingerprint", message, algorithm="sha256").hexdigest()
 
 
 def idempotency_claim(request, token: ApiToken) -> IdempotencyRecord | Response | None:
@@ -74,9 +80,10 @@ def idempotency_claim(request, token: ApiToken) -> IdempotencyRecord | Response 
     return response
 
 
-def idempotency_store(record: IdempotencyRecord, response) -> None:
-    """Keep the response for replay, or release the key when a retry could legitimately answer differently."""
-    if response.status_code >= 500 or response.status_code in UNSTORED_STATUSES:
+def idempotency_store(record: IdempotencyRecord, response, *, keep: bool = True) -> None:
+    """Keep the response for replay, or release the key when a retry could legitimately answer differently or the
+    response must not be stored (keep=False: it carries secrets)."""
+    if not keep or response.status_code >= 500 or response.status_code in UNSTORED_STATUSES:
         IdempotencyRecord.objects.filter(pk=record.pk).delete()
         return
     # The renderer's own encoder, so a replay is byte-for-byte what the first response said (dates included).

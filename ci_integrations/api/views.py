@@ -93,6 +93,9 @@ class ApiView(APIView):
     parser_classes = [BoundedJSONParser]
     renderer_classes = [JSONRenderer]
     scopes: dict[str, str] = {"GET": SCOPE_READ}
+    # False for views whose answer holds secrets: an Idempotency-Key is honoured while the request runs, but the
+    # answer is never stored for replay (a repeat is answered afresh).
+    store_idempotent_response = True
     _idempotency_record = None
 
     def initial(self, request, *args, **kwargs):
@@ -118,7 +121,7 @@ class ApiView(APIView):
     def finalize_response(self, request, response, *args, **kwargs):
         if self._idempotency_record is not None:
             record, self._idempotency_record = self._idempotency_record, None
-            idempotency_store(record, response)
+            idempotency_store(record, response, keep=self.store_idempotent_response)
         return super().finalize_response(request, response, *args, **kwargs)
 
     def actor(self) -> Actor:
@@ -460,6 +463,7 @@ class RollbackView(ApiView):
 
 class PushCredentialsView(ApiView):
     scopes = {"POST": SCOPE_ARTIFACTS_WRITE}
+    store_idempotent_response = False  # the answer is a registry password or token
 
     @extend_schema(
         request=s.PushCredentialsIn,

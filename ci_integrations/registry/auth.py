@@ -16,13 +16,22 @@ from dataclasses import dataclass, field
 
 import requests
 
-from .errors import AuthenticationError, ProtocolError, error_for_response
+from .errors import AuthenticationError, ProtocolError, error_for_response, remember_secret
 
 
 @dataclass(frozen=True)
 class BasicCredentials:
     username: str
     password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        # The password and the Basic value that carries it are cut out of every error message and log line redact()
+        # sees, whatever shape a registry echoes them back in.
+        remember_secret(self.password)
+        try:
+            remember_secret(_basic(self).partition(" ")[2])
+        except UnicodeError:  # not Latin-1: no Basic value can be built from it, so none can be echoed either
+            pass
 
     @property
     def identity(self) -> str:
@@ -253,6 +262,7 @@ class Authenticator:
                     token, expires_in = self._fetch(
                         session, self.bearer["realm"], self.bearer["service"], wanted, credentials, timeout
                     )
+                    remember_secret(token)
                     self._cache.put(key, token, token_ttl(expires_in))
                     if wanted != scopes:
                         self._cache.put(self._key(scopes, credentials), token, token_ttl(expires_in))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from collections import OrderedDict
 
 
 class RegistryError(Exception):
@@ -90,8 +92,36 @@ _SECRET_PATTERNS = [
 ]
 
 
+# Secrets this process has used (passwords, tokens, the Authorization values built from them). Patterns miss a secret
+# that a registry or proxy echoes in an unexpected shape (a short Basic value inside JSON, a bare password), so every
+# value the registry package sends is remembered here and cut out of any text that passes through redact().
+_KNOWN_SECRETS: OrderedDict[str, None] = OrderedDict()
+_KNOWN_SECRETS_LOCK = threading.Lock()
+MAX_KNOWN_SECRETS = 512
+# Shorter values cannot be cut out without mangling ordinary words; the patterns above still apply to them.
+MIN_KNOWN_SECRET_LENGTH = 6
+
+
+def remember_secret(*values: str | None) -> None:
+    """Mark values as secret for this process: redact() removes them wherever they occur."""
+    with _KNOWN_SECRETS_LOCK:
+        for value in values:
+            if not isinstance(value, str) or len(value) < MIN_KNOWN_SECRET_LENGTH:
+                continue
+            _KNOWN_SECRETS[value] = None
+            _KNOWN_SECRETS.move_to_end(value)
+        while len(_KNOWN_SECRETS) > MAX_KNOWN_SECRETS:
+            _KNOWN_SECRETS.popitem(last=False)
+
+
 def redact(text: str) -> str:
-    """Remove anything that looks like a credential from text meant for logs and users."""
+    """Remove anything that looks like a credential, and every secret this process has used, from text meant for logs
+    and users."""
+    with _KNOWN_SECRETS_LOCK:
+        known = sorted(_KNOWN_SECRETS, key=len, reverse=True)  # a longer secret may contain a shorter one
+    for value in known:
+        if value in text:
+            text = text.replace(value, "[redacted]")
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text

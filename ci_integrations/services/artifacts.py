@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -498,7 +499,8 @@ def artifact_import_execute(*, job_id: int) -> None:
         if isinstance(exc, registry_errors.RegistryError | ServiceError):
             message = exc.message
         else:
-            logger.exception("import job %s crashed", job_id)
+            trace = registry_errors.redact("".join(traceback.format_exception(exc)))
+            logger.error("import job %s crashed\n%s", job_id, trace)
             message = registry_errors.redact(f"unexpected error: {exc.__class__.__name__}: {exc}")
         with transaction.atomic():
             Job.objects.filter(pk=job_id).update(

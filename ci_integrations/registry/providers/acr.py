@@ -16,7 +16,14 @@ import requests
 
 from ..auth import BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token
 from ..client import Manifest
-from ..errors import AuthenticationError, ProtocolError, TagConflict, TransientError, error_for_response
+from ..errors import (
+    AuthenticationError,
+    ProtocolError,
+    TagConflict,
+    TransientError,
+    error_for_response,
+    remember_secret,
+)
 from ..refs import ImageLocation, RegistrySpec
 from . import Provider, provider_for
 
@@ -30,6 +37,7 @@ def azure_credential(spec: RegistrySpec):
     """A service principal from stored credentials, else DefaultAzureCredential (managed identity, CLI, env)."""
     creds = spec.credentials or {}
     if creds.get("client_id") and creds.get("client_secret"):
+        remember_secret(creds["client_secret"])
         from azure.identity import ClientSecretCredential
 
         return ClientSecretCredential(
@@ -70,6 +78,7 @@ def fetch_acr_token(
     token = response.json().get("access_token")
     if not token:
         raise ProtocolError("ACR /oauth2/token answered no access_token")
+    remember_secret(token)
     return token, 300.0  # ACR access tokens live 75 minutes; 5 minutes of reuse is plenty per copy
 
 
@@ -95,6 +104,7 @@ class AcrProvider(Provider):
         if cached and not refresh and cached[1] - 300 > time.time():
             return cached
         entra = azure_credential(spec).get_token(ENTRA_SCOPE)
+        remember_secret(entra.token)
         data = {"grant_type": "access_token", "service": endpoint.host, "access_token": entra.token}
         tenant = creds.get("tenant_id") or spec.options.get("tenant_id")
         if tenant:
@@ -109,6 +119,7 @@ class AcrProvider(Provider):
         token = response.json().get("refresh_token")
         if not token:
             raise ProtocolError("ACR /oauth2/exchange answered no refresh_token")
+        remember_secret(token)
         # ACR refresh tokens live 3 hours; never trust them longer than the Entra token behind them.
         fresh = (token, min(float(entra.expires_on), time.time() + 3 * 3600))
         with _lock:

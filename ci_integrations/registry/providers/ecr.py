@@ -13,7 +13,7 @@ import threading
 
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
-from ..errors import AccessDenied, AuthenticationError, NotFound, TagConflict
+from ..errors import AccessDenied, AuthenticationError, NotFound, TagConflict, remember_secret
 from ..refs import ImageLocation, RegistrySpec
 from . import Provider
 
@@ -30,6 +30,7 @@ def ecr_client(spec: RegistrySpec):
     creds = spec.credentials or {}
     kwargs = {}
     if creds.get("aws_access_key_id"):
+        remember_secret(creds.get("aws_secret_access_key"), creds.get("aws_session_token"))
         kwargs = {
             "aws_access_key_id": creds["aws_access_key_id"],
             "aws_secret_access_key": creds.get("aws_secret_access_key"),
