@@ -21,6 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
+from ci_integrations.registry.errors import redact
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.enqueue import DEFAULT_QUEUE, LIVE_JOB_STATUSES, enqueue_on_commit, job_status, new_job_id
@@ -147,6 +148,17 @@ def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: 
     return deliveries
 
 
+def _scrubbed(text: str, url: str) -> str:
+    """`text` without the webhook URL's path and query, which are the secret of Slack-style incoming webhooks
+    (HTTP libraries quote them in their errors), and without anything redact() recognises."""
+    parts = urlsplit(url)
+    text = text.replace(url, f"{parts.scheme}://{parts.netloc}/…")
+    for secret in (parts.path + (f"?{parts.query}" if parts.query else ""), parts.path, parts.query):
+        if len(secret) > 1:
+            text = text.replace(secret, "/…")
+    return redact(text)
+
+
 def webhook_deliver(*, delivery_id: int) -> None:
     """One delivery attempt; raises DeliveryFailed (so RQ retries) unless the endpoint answered 2xx."""
     delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
@@ -167,9 +179,9 @@ def webhook_deliver(*, delivery_id: int) -> None:
         response = requests.post(hook.url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
         status = response.status_code
         if not 200 <= status < 300:
-            error = f"HTTP {status}: {response.text[:200]}"
+            error = _scrubbed(f"HTTP {status}: {response.text[:200]}", hook.url)
     except (requests.RequestException, InvalidInput) as exc:
-        error = f"{exc.__class__.__name__}: {exc}"[:500]
+        error = _scrubbed(f"{exc.__class__.__name__}: {exc}", hook.url)[:500]
     WebhookDelivery.objects.filter(pk=delivery_id).update(
         attempts=F("attempts") + 1,
         response_status=status,

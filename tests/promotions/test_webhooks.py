@@ -115,6 +115,24 @@ def test_a_delivery_that_keeps_failing_stops_after_its_retries_with_the_error_ke
     assert delivery.response_status == 500 and "HTTP 500" in delivery.error
 
 
+def test_a_failed_delivery_keeps_no_part_of_the_secret_webhook_path_in_its_error(world, run_worker, receiver_factory):
+    from tests.support.registry_server import free_port
+
+    for url in (  # nothing listening, and an endpoint that answers 404 with the path it was asked for
+        f"http://127.0.0.1:{free_port()}/services/T0001/B0002/XsecretPathPart?token=XsecretQueryPart",
+        receiver_factory(404).url.replace("/hook", "/services/T0001/B0002/XsecretPathPart"),
+    ):
+        webhook_create(
+            integration=world.integration, url=url, secret=SECRET, events=["requested"], actor=world.actor(world.admin)
+        )
+    promotion_request(artifact=world.register("qa", "v1"), to_env="staging", actor=world.actor(world.alice))
+    run_worker()
+    errors = list(WebhookDelivery.objects.values_list("error", flat=True))
+    assert len(errors) == 2 and all(errors)
+    assert not [error for error in errors if "Xsecret" in error or "T0001" in error], errors
+    assert any("ConnectionError" in error and "127.0.0.1" in error for error in errors), errors
+
+
 def test_a_delivery_lost_with_redis_is_re_enqueued_by_the_reconciler_and_delivered(
     world, rq_queues, run_worker, receiver_factory
 ):
