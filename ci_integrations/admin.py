@@ -163,12 +163,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class WriteOnlyTextarea(forms.Textarea):
+    """A textarea that never renders a value: what was typed does not come back in the page, even with errors."""
+
+    def format_value(self, value):
+        return None
+
+
 class RegistryForm(forms.ModelForm):
     """Credentials are write-only: typed in to replace, never shown back."""
 
     new_credentials = forms.CharField(
         required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off"}),
+        widget=WriteOnlyTextarea(attrs={"rows": 3, "autocomplete": "off"}),
         label="Replace stored credentials",
         help_text='A JSON object, e.g. {"username": "robot", "password": "…"}. Leave empty to keep what is stored. '
         "Never displayed again.",

@@ -48,6 +48,16 @@ def test_adding_a_registry_is_audited_and_credentials_are_write_only(admin_clien
     assert "pa55-word" not in page and registry.credentials_encrypted not in page
 
 
+def test_typed_credentials_are_not_shown_back_when_the_registry_form_has_errors(admin_client):
+    response = admin_client.post(
+        reverse("admin:ci_integrations_registry_add"),
+        registry_form(url="not a url", new_credentials='{"username": "robot", "password": "pa55-word-typed"}'),
+    )
+    page = response.content.decode()
+    assert response.status_code == 200 and "errornote" in page  # the form came back with its errors
+    assert "pa55-word-typed" not in page and not Registry.objects.exists()
+
+
 def test_changing_a_registry_records_only_what_changed(admin_client):
     registry = Registry.objects.create(name="build", url="https://build.example.com")
     url = reverse("admin:ci_integrations_registry_change", args=[registry.pk])
