@@ -171,24 +171,31 @@ class RegistryClient:
     # --- manifests -----------------------------------------------------------------------------------------------
 
     def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
-        """HEAD a manifest; None when absent. Falls back to GET when the registry omits the digest header."""
+        """HEAD a manifest; None when absent.
+
+        Falls back to GET (and hashes the bytes) when the registry does not answer HEAD (405, 501), omits the digest,
+        size or media type, or answers 404 for a tag: some registries (Nexus, older Harbor) only answer GET for
+        tags. A 404 for a digest is trusted, so checking many child manifests stays one request each.
+        """
         response = self.transport.request(
             "HEAD",
             f"/v2/{repository}/manifests/{reference}",
             scopes=(repository_scope(repository, "pull"),),
             headers={"Accept": MANIFEST_ACCEPT},
-            allow=(404,),
+            allow=(404, 405, 501),
             what=f"HEAD manifest {repository}:{reference}",
         )
-        if response.status_code == 404:
+        response.close()
+        by_digest = ":" in reference
+        if response.status_code == 404 and by_digest:
             return None
         digest = response.headers.get("Docker-Content-Digest")
         media_type = _media_type(response.headers.get("Content-Type"))
         length = response.headers.get("Content-Length")
-        if not digest or not media_type or not (length or "").isdigit():
+        if response.status_code != 200 or not digest or media_type in GENERIC_TYPES or not (length or "").isdigit():
             manifest = self.get_manifest(repository, reference, missing_ok=True)
             return manifest.info if manifest else None
-        if ":" in reference and digest != reference:
+        if by_digest and digest != reference:
             raise DigestMismatch(f"{self.host}/{repository}@{reference} answered digest {digest}")
         return ManifestInfo(digest=digest, media_type=media_type, size=int(length))
 
@@ -207,14 +214,13 @@ class RegistryClient:
             return None
         raw = response.content
         media_type = _media_type(response.headers.get("Content-Type"))
-        if media_type in SCHEMA1_TYPES:
+        # The manifest's own mediaType field, when it has one, is what it is: some registries serve a generic or a
+        # different Content-Type, and the spec requires a push to send Content-Type equal to that field.
+        declared = _declared_media_type(raw)
+        if media_type in SCHEMA1_TYPES or declared in SCHEMA1_TYPES:
             raise ProtocolError(f"{repository}:{reference} is a Docker schema 1 manifest, which is not supported")
-        if not media_type or media_type in ("application/json", "text/plain", "application/octet-stream"):
-            # Some registries serve a generic Content-Type; the manifest's own mediaType field is then authoritative.
-            try:
-                media_type = json.loads(raw).get("mediaType") or media_type
-            except (ValueError, AttributeError):
-                pass
+        if declared:
+            media_type = declared
         if ":" in reference:
             digest = digest_of(raw, reference)
             if digest != reference:
@@ -249,17 +255,27 @@ class RegistryClient:
         )
 
     def tags(self, repository: str) -> list[str]:
+        """Every tag, following `Link: <…>; rel="next"` pages (relative or absolute)."""
         tags: list[str] = []
         path: str | None = f"/v2/{repository}/tags/list?n=1000"
+        seen: set[str] = set()
         while path:
             response = self.transport.request(
                 "GET", path, scopes=(repository_scope(repository, "pull"),), allow=(404,), what=f"tags of {repository}"
             )
             if response.status_code == 404:
                 return tags
-            tags.extend(response.json().get("tags") or [])
+            seen.add(response.url)
+            try:
+                page = response.json().get("tags") or []
+            except (ValueError, AttributeError):
+                raise ProtocolError(f"tags of {repository}: the registry did not answer a JSON tag list") from None
+            tags.extend(page)
             link = response.links.get("next", {}).get("url")
             path = urljoin(response.url, link) if link else None
+            if path is not None and path in seen:
+                # A next link back to a page already read would never end.
+                raise ProtocolError(f"tags of {repository}: the registry's next-page links go round in a loop")
         return tags
 
     def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
@@ -356,5 +372,17 @@ class RegistryClient:
         )
 
 
+GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}
+
+
 def _media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip()
+    """The media type without parameters (`; charset=utf-8`), lower case as media types compare."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _declared_media_type(raw: bytes) -> str | None:
+    try:
+        declared = json.loads(raw).get("mediaType")
+    except (ValueError, AttributeError):
+        return None
+    return declared if isinstance(declared, str) and declared else None

@@ -337,6 +337,9 @@ class ImageCopier:
 
         def attempt(_: int) -> int:
             if self.abort.is_set():
+                for session in reusable:  # the refused mount's session would otherwise linger on the registry
+                    self.dst_client.cancel_upload(session, dst_repo)
+                reusable.clear()
                 raise _Aborted()
             upload = reusable.pop() if reusable else self.dst_client.start_upload(dst_repo)[1]
             try:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = "p2p-portal-registry/1.0"
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 10
 T = TypeVar("T")
 
 
@@ -150,6 +151,7 @@ class Transport:
         verify: bool | str = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.scheme = urlsplit(self.base_url).scheme or "https"
         self.host = urlsplit(self.base_url).netloc
         self.auth = authenticator
         self.policy = policy or RetryPolicy()
@@ -211,6 +213,7 @@ class Transport:
         # a CDN) gets no Authorization, and its challenges are not answered with the registry's credentials.
         own_host = urlsplit(url).netloc == self.host
         sent = self.auth.header(scopes) if own_host else None
+        refreshed = False  # whether `sent` is a re-authentication after refused credentials
         for auth_round in range(3):
             request_headers = dict(headers or {})
             if sent:
@@ -225,10 +228,18 @@ class Transport:
                 raise error_for_response(401, body, what=f"{method} {_path(url)}")
             if sent and _insufficient_scope(challenge):
                 raise AccessDenied(f"{method} {_path(url)}: the token lacks the needed scope ({', '.join(scopes)})")
+            if refreshed:
+                # Re-authenticated once (expired token, rotated credentials) and still refused: asking the token
+                # service again would only repeat that, once per blob.
+                error = error_for_response(401, body, what=f"{method} {_path(url)}")
+                raise AuthenticationError(
+                    f"{error.message}: refused again right after re-authenticating", status=401, code=error.code
+                )
             if not replayable and sent:
                 # A streamed body cannot be sent again; the caller restarts the whole operation.
                 self._answer(challenge, scopes, sent)
                 raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: credentials expired mid-request"))
+            refreshed = sent is not None
             sent = self._answer(challenge, scopes, sent)
             if not replayable:
                 raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: needed auth first"))
@@ -269,20 +280,31 @@ class Transport:
     def _follow(
         self, method: str, response: requests.Response, headers: dict, stream: bool, sent: str | None
     ) -> requests.Response:
-        for _ in range(10):
+        what = f"{method} {_path(response.url)}"
+        for _ in range(MAX_REDIRECTS):
             location = response.headers.get("Location")
             if not location:
                 return response
             target = urljoin(response.url, location)  # relative Locations resolve against the request; query kept
             response.close()
+            scheme = urlsplit(target).scheme.lower()
+            if scheme not in ("http", "https"):
+                # Named by scheme only: the rest of a storage URL may be a presigned credential.
+                raise ProtocolError(f"{what}: redirected to a {scheme or 'scheme-less'}: URL, which cannot be fetched")
             request_headers = dict(headers)
-            if urlsplit(target).netloc == self.host and sent:
+            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials; nor
+            # does the registry's own host over plain HTTP when the registry itself is HTTPS.
+            if sent and self._same_origin(target):
                 request_headers["Authorization"] = sent
-            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials.
             response = self._send(method, target, request_headers, None, stream)
             if response.status_code not in REDIRECT_STATUS:
                 return response
-        raise TransientError("too many redirects")
+        response.close()
+        raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects (a redirect loop)")
+
+    def _same_origin(self, url: str) -> bool:
+        parts = urlsplit(url)
+        return parts.netloc == self.host and (parts.scheme or self.scheme) == self.scheme
 
     def request(
         self,
