@@ -214,6 +214,7 @@ class IntegrationListView(ApiView):
 class IntegrationDetailView(ApiView):
     @extend_schema(responses={200: s.IntegrationOut, **ERRORS}, operation_id="integration_detail")
     def get(self, request, name: str):
+        """One integration visible to the caller, with its buckets and what each environment runs now."""
         integration = integrations_with_buckets(visible_integrations(request)).filter(name=name).first()
         if integration is None:
             raise NotFound(f"no integration named {name!r}")
@@ -293,6 +294,7 @@ class ArtifactsView(ApiView):
 class ArtifactDetailView(ApiView):
     @extend_schema(responses={200: s.ArtifactOut, **ERRORS}, operation_id="artifact_detail")
     def get(self, request, pk: int):
+        """One artifact (an image by digest) with its checks and arrivals."""
         artifact = artifact_for(request, pk)
         return Response(s.ArtifactOut(artifact).data)
 
@@ -319,6 +321,7 @@ class ImportCreateView(ApiView):
 class JobDetailView(ApiView):
     @extend_schema(responses={200: s.JobOut, **ERRORS}, operation_id="job_detail")
     def get(self, request, pk: int):
+        """An import job's state, and its result once it has ended."""
         job = (
             Job.objects.select_related("integration")
             .filter(pk=pk, integration__in=visible_integrations(request))
@@ -406,6 +409,7 @@ class PromotionRejectView(ApiView):
 
     @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_reject")
     def post(self, request, pk: int):
+        """Reject a pending promotion: the request ends (personal tokens only; the approver group applies)."""
         promotion = promotion_for(request, pk)
         data = self.parse(s.CommentIn, request.data)
         promotion = promotion_reject(promotion=promotion, actor=self.actor(), comment=data["comment"])
@@ -417,6 +421,8 @@ class PromotionCancelView(ApiView):
 
     @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_cancel")
     def post(self, request, pk: int):
+        """Cancel a promotion that has not started copying (pending approval, approved or queued); the comment is the
+        reason."""
         promotion = promotion_for(request, pk)
         data = self.parse(s.CommentIn, request.data)
         promotion = promotion_cancel(promotion=promotion, actor=self.actor(), reason=data["comment"])
@@ -428,6 +434,7 @@ class PromotionRetryView(ApiView):
 
     @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_retry")
     def post(self, request, pk: int):
+        """Queue a failed promotion again: the same digest, with the approvals it already has."""
         promotion = promotion_for(request, pk)
         self.parse(s.CommentIn, request.data)
         promotion = promotion_retry(promotion=promotion, actor=self.actor())

@@ -254,3 +254,20 @@ def test_the_cli_is_served_as_python_without_a_token(client):
     response = client.get("/api/v1/cli/p2p")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/x-python")
     assert response.content.startswith(b"#!/usr/bin/env python3")
+
+
+def test_every_operation_in_the_schema_describes_itself(client):
+    import yaml
+
+    from ci_integrations.api.views import ApiView
+
+    schema = yaml.safe_load(client.get("/api/schema/").content)
+    base = " ".join(ApiView.__doc__.split())
+    operations = {
+        f"{method.upper()} {path}": operation
+        for path, methods in schema["paths"].items()
+        for method, operation in methods.items()
+    }
+    undescribed = [name for name, op in operations.items() if not op.get("description", "").strip()]
+    borrowed = [name for name, op in operations.items() if " ".join(op.get("description", "").split()) == base]
+    assert len(operations) >= 18 and undescribed == [] and borrowed == []

@@ -220,3 +220,21 @@ def test_every_other_page_renders_for_review(live_world, browse):
     login = browse()
     login.goto("/login/")
     login.screenshot("sign-in")
+
+
+def test_the_api_docs_render_from_the_portal_alone_under_its_csp(live_world, browse):
+    session = browse()
+    elsewhere = []
+    session.page.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(session.base_url)
+            else (elsewhere.append(route.request.url), route.abort())
+        ),
+    )
+    page = session.goto("/api/docs/")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=15000)
+    expect(page.locator("#swagger-ui")).to_contain_text("/api/v1/integrations/{name}/artifacts/")
+    assert elsewhere == []  # no CDN: the bundle, styles and icons all come from the portal
+    session.screenshot("api-docs")
