@@ -10,6 +10,7 @@ import json
 
 from django.utils import timezone
 
+from ci_integrations.models import AuditEntry
 from ci_integrations.services.audit import audit_verify
 
 RESULT_KEY = "p2p:audit:last-verification"
@@ -52,10 +53,23 @@ def audit_verification_run() -> dict:
 
 
 def audit_verification_status() -> tuple[dict | None, bool]:
-    """The last result (or None) and whether a verification is queued or running now."""
+    """The last result (or None) and whether a verification is queued or running now.
+
+    A result whose head entry is not in this database's chain (the database was reset, or another portal shares
+    this Redis database) says nothing about this chain, so it is not shown.
+    """
     try:
         redis = _redis()
         raw, running = redis.get(RESULT_KEY), redis.exists(RUNNING_KEY)
     except Exception:  # noqa: BLE001 - the badge must render even when Redis is down
         return None, False
-    return (json.loads(raw) if raw else None), bool(running)
+    result = json.loads(raw) if raw else None
+    if result and not _describes_this_chain(result):
+        result = None
+    return result, bool(running)
+
+
+def _describes_this_chain(result: dict) -> bool:
+    if not result.get("entries"):
+        return not AuditEntry.objects.exists()
+    return AuditEntry.objects.filter(hash=result.get("head")).exists()

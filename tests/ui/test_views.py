@@ -241,6 +241,23 @@ def test_verifying_the_chain_runs_as_a_job_and_the_badge_shows_the_result(
     assert f"{AuditEntry.objects.count()} entries" in badge.content.decode()
 
 
+def test_a_verification_result_of_another_chain_is_not_shown_as_this_ones(world, pending, rq_queues, run_worker):
+    import json
+
+    import django_rq
+
+    from ci_integrations.audit_verification import RESULT_KEY, audit_verification_run
+
+    client = client_for(world.users["auditor"])
+    audit_verification_run()
+    assert "Chain verified" in client.get(reverse("audit")).content.decode()
+    # What a reset database (or another portal on the same Redis database) leaves behind: a head this chain lacks.
+    foreign = {"ok": True, "entries": 26, "head": "f" * 64, "broken_id": None, "problem": "", "verified_at": "x"}
+    django_rq.get_connection("default").set(RESULT_KEY, json.dumps(foreign))
+    page = client.get(reverse("audit")).content.decode()
+    assert "Chain verified" not in page and "26 entries" not in page and "Not verified yet" in page
+
+
 def token_form_once(client) -> str:
     """The one-time value of a freshly shown token form."""
     return client.get(reverse("tokens")).context["form"].initial["once"]
