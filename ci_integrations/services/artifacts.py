@@ -336,6 +336,10 @@ def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", a
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc or len(url) > 1024):
         raise InvalidInput("check url must be an http(s) URL", details={"url": "invalid"})
     with transaction.atomic():
+        if status == CheckResult.Status.PASSED:
+            # An auto-promotion may follow, and it locks the artifact; take that lock now, before the audit lock, in
+            # the order a promotion request takes them, or the two deadlock.
+            Artifact.objects.select_for_update(of=("self",)).filter(pk=artifact.pk).exists()
         previous = CheckResult.objects.select_for_update().filter(artifact=artifact, name=name).first()
         before = {"status": previous.status, "url": previous.url} if previous else None
         result, _ = CheckResult.objects.update_or_create(

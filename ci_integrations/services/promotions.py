@@ -100,6 +100,16 @@ def _end(p: Promotion, state: str, log_text: str) -> None:
     p.save(update_fields=["state", "finished_at", "log", "updated_at"])
 
 
+def _locked_artifact(artifact_id: int) -> Artifact:
+    """The artifact row, locked (not its integration, which would serialise every request of the integration): the
+    lock every check for "another open promotion of this artifact" holds.
+
+    Taken before the audit append lock in every transaction (the audit entry is always written last), so requests,
+    retries and finishing copies of one artifact queue behind each other instead of deadlocking.
+    """
+    return Artifact.objects.select_for_update(of=("self",)).select_related("integration").get(pk=artifact_id)
+
+
 def _locked(promotion: Promotion) -> Promotion:
     return (
         Promotion.objects.select_for_update(of=("self",))
@@ -146,7 +156,7 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
     refused: list[str] | None = None
     with transaction.atomic():
         # One request at a time per artifact, so "no other open promotion" cannot be raced.
-        artifact = Artifact.objects.select_for_update().select_related("integration").get(pk=artifact.pk)
+        artifact = _locked_artifact(artifact.pk)
         ev = promotion_evaluate(
             artifact=artifact,
             to_env=to_env,
@@ -489,6 +499,9 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
             raise NotAllowed(f"{actor.label} may not retry promotion #{p.pk}")
         if p.state != State.FAILED:
             raise StateConflict(f"promotion #{p.pk} is {p.state}; only failed promotions can be retried")
+        # The lock promotion_request holds for its own check: a request or another retry of this artifact either
+        # sees this one open or is seen by it, never neither.
+        _locked_artifact(p.artifact_id)
         unmet = _frozen(p)
         other = (
             Promotion.objects.filter(artifact=p.artifact, to_bucket=p.to_bucket, state__in=Promotion.OPEN_STATES)
@@ -607,6 +620,16 @@ def _bucket_lock(bucket_id: int):
                 cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [BUCKET_LOCK_NAMESPACE, bucket_id])
         except Exception:  # noqa: BLE001 - a broken connection has released it already
             logger.warning("could not release the advisory lock of bucket %s", bucket_id, exc_info=True)
+
+
+def _bucket_lock_free(bucket_id: int) -> bool:
+    """Whether no copy into the bucket holds its lock now; if so, it is held until the caller's transaction ends,
+    so no copy starts meanwhile."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [BUCKET_LOCK_NAMESPACE, bucket_id])
+        return bool(cursor.fetchone()[0])
 
 
 def promotion_execute(*, promotion_id: int) -> None:
@@ -742,6 +765,10 @@ def _finish_succeeded(p: Promotion, summary) -> None:
         current = Promotion.objects.select_for_update().filter(pk=p.pk, state=State.RUNNING).first()
         if current is None:
             return  # recorded by a concurrent run already
+        # The artifact before the bucket and the audit chain, as promotion_request takes them: the auto-promotion
+        # below requests with this lock, and taking it only after the audit lock deadlocks against a request of
+        # this artifact that holds it and waits for its own audit entry.
+        _locked_artifact(current.artifact_id)
         details = summary.as_dict()
         moved = f"{summary.blobs_copied} copied, {summary.blobs_mounted} mounted, {summary.blobs_skipped} present"
         Promotion.objects.filter(pk=p.pk).update(
@@ -852,6 +879,11 @@ def promotions_reconcile() -> int:
     running = Promotion.objects.filter(state=State.RUNNING, heartbeat_at__lt=stale_before)
     for p in running.select_related("to_bucket", "integration"):
         with transaction.atomic():
+            if not _bucket_lock_free(p.to_bucket_id):
+                # A worker still holds the copy lock of the bucket: its connection, and so the worker, is alive (a
+                # dead one's lock went with its connection). Requeuing would let the promotion be cancelled or
+                # failed while that copy still writes the tag; wait until it lets go.
+                continue
             if p.attempts >= MAX_ATTEMPTS:
                 message = f"gave up after {p.attempts} attempts whose workers stopped answering"
                 won = Promotion.objects.filter(pk=p.pk, state=State.RUNNING, heartbeat_at=p.heartbeat_at).update(
