@@ -398,6 +398,13 @@ class Promotion(models.Model):
     def is_final(self) -> bool:
         return self.state in self.FINAL_STATES
 
+    @property
+    def approvals_given(self) -> int:
+        """Approvals of this promotion's digest so far (from the prefetched approvals when there are any)."""
+        return sum(
+            1 for a in self.approvals.all() if a.decision == Approval.Decision.APPROVE and a.digest == self.digest
+        )
+
 
 class Approval(models.Model):
     """One person's decision on a promotion, bound to the digest they saw."""

@@ -258,6 +258,17 @@ def test_a_verification_result_of_another_chain_is_not_shown_as_this_ones(world,
     assert "Chain verified" not in page and "26 entries" not in page and "Not verified yet" in page
 
 
+def test_the_promotion_page_counts_the_approvals_given_so_far(world):
+    from ci_integrations.services.promotions import promotion_approve
+
+    promotion = requested(world, world.place("staging", "2.0.0"), env="prod")
+    client = client_for(world.users["release2"])
+    assert "0 of 2 given" in client.get(reverse("promotion", args=[promotion.pk])).content.decode()
+    promotion_approve(promotion=promotion, actor=Actor.for_user(world.users["release2"]))
+    page = client.get(reverse("promotion", args=[promotion.pk])).content.decode()
+    assert "1 of 2 given" in page and "Pending approval" in page
+
+
 def token_form_once(client) -> str:
     """The one-time value of a freshly shown token form."""
     return client.get(reverse("tokens")).context["form"].initial["once"]
