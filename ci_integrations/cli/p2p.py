@@ -323,10 +323,12 @@ def wait_for_promotion(api: Api, args, promotion_id: int) -> int:
     last_state = None
     while True:
         promotion = api.get(f"/api/v1/promotions/{promotion_id}/")
-        if promotion["state"] != last_state and not args.json:
+        final = promotion["state"] in SUCCEEDED | FAILED
+        if promotion["state"] != last_state and not args.json and not final:
+            # Progress on stderr; the final state is printed once, on stdout, below.
             print(promotion_line(promotion), file=sys.stderr, flush=True)
             last_state = promotion["state"]
-        if promotion["state"] in SUCCEEDED | FAILED:
+        if final:
             output(args, promotion, promotion_line(promotion))
             return EXIT_OK if promotion["state"] in SUCCEEDED else EXIT_FAILED
         if time.monotonic() >= deadline:

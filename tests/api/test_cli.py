@@ -95,6 +95,7 @@ def test_push_check_promote_with_wait_status_and_rollback(world, live_server, ru
 
     status = p2p(live_server, ci, "status", str(promotion["id"]), "--wait")
     assert status.returncode == 0 and "succeeded" in status.stdout
+    assert "succeeded" not in status.stderr  # the final state is printed once, on stdout
 
     # staging moves on to 1.1.0, then is rolled back to 1.0.0.
     world.push(world.dev, "1.1.0")
