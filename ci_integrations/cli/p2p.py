@@ -312,7 +312,8 @@ def promotion_line(p: dict) -> str:
     progress = p.get("progress") or {}
     done, total = progress.get("bytes_done", 0), progress.get("bytes_total", 0)
     share = f" {100 * done // total}%" if total else ""
-    line = f"promotion {p['id']} {p['integration']} {p.get('from_env') or '-'} → {p['to_env']}: {p['state']}{share}"
+    kind = p.get("kind") or "promotion"  # "rollback" for a rollback, whose copy also runs from one bucket to another
+    line = f"{kind} {p['id']} {p['integration']} {p.get('from_env') or '-'} → {p['to_env']}: {p['state']}{share}"
     if p.get("error"):
         line += f" — {p['error']}"
     return line

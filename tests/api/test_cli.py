@@ -117,7 +117,7 @@ def test_push_check_promote_with_wait_status_and_rollback(world, live_server, ru
     run_worker()
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    assert "succeeded" in stdout
+    assert stdout.startswith("rollback ") and "succeeded" in stdout  # says what it is, not "promotion"
     world.staging.refresh_from_db()
     assert world.staging.current_arrival.artifact.digest == digest
 
