@@ -269,6 +269,13 @@ def test_the_promotion_page_counts_the_approvals_given_so_far(world):
     assert "1 of 2 given" in page and "Pending approval" in page
 
 
+def test_the_approvals_link_is_offered_only_to_those_who_may_approve(world):
+    link = f'href="{reverse("approvals")}"'
+    assert link in client_for(world.users["release1"]).get(reverse("overview")).content.decode()
+    for name in ("auditor", "viewer"):
+        assert link not in client_for(world.users[name]).get(reverse("overview")).content.decode(), name
+
+
 def token_form_once(client) -> str:
     """The one-time value of a freshly shown token form."""
     return client.get(reverse("tokens")).context["form"].initial["once"]
