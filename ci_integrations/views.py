@@ -78,7 +78,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     matrix = selectors.integration_matrix(after=request.GET.get("after", "")[:63])
-    waiting = selectors.approvals_waiting_for(request.user, limit=selectors.INBOX_PAGE_SIZE + 1)
+    waiting = selectors.approvals_waiting_for(
+        request.user, limit=selectors.INBOX_PAGE_SIZE + 1, related=("integration", "to_bucket")
+    )
     context = {
         "matrix": matrix,
         "waiting": waiting[: selectors.INBOX_PAGE_SIZE],

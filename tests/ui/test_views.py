@@ -269,6 +269,23 @@ def test_the_promotion_page_counts_the_approvals_given_so_far(world):
     assert "1 of 2 given" in page and "Pending approval" in page
 
 
+def test_a_promotion_leaves_my_waiting_lists_once_i_have_approved_it_though_it_still_waits(world):
+    from ci_integrations.services.promotions import promotion_approve
+
+    promotion = requested(world, world.place("staging", "2.0.0"), env="prod")  # two approvals needed
+    client = client_for(world.users["release2"])
+    mark = f'href="{reverse("promotion", args=[promotion.pk])}"'
+    assert mark in client.get(reverse("overview")).content.decode()
+    assert mark in client.get(reverse("approvals")).content.decode()
+    promotion_approve(promotion=promotion, actor=Actor.for_user(world.users["release2"]))
+    promotion.refresh_from_db()
+    assert promotion.state == Promotion.State.PENDING_APPROVAL
+    assert mark not in client.get(reverse("overview")).content.decode()
+    assert (
+        f"#{promotion.pk}" not in client.get(reverse("approvals")).content.decode().split("Other pending promotions")[0]
+    )
+
+
 def test_the_approvals_link_is_offered_only_to_those_who_may_approve(world):
     link = f'href="{reverse("approvals")}"'
     assert link in client_for(world.users["release1"]).get(reverse("overview")).content.decode()
