@@ -3,8 +3,8 @@
 Seeds a separate PostgreSQL database (dropped and re-created each run), first small (1k artifacts, 1k audit entries),
 measures, then grows it to the large size and measures again. Rows go in with COPY; the audit entries form one
 valid hash chain, computed here with the same canonical bytes the audit service uses. Each page is requested in
-process through Django's test client (middleware, view, queries and template: the server's share of a request);
-the table shows the median of N requests and the number of queries.
+process through Django's test client with production settings (middleware, view, queries and template: the server's
+share of a request); the table shows the median of N requests and the number of queries.
 
     .venv/bin/python bench/ui_bench.py [--artifacts 500000] [--audit 1000000] [--runs 15]
     BENCH_DATABASE_URL=postgres://postgres@127.0.0.1:5432/p2p_ui_bench (default)
@@ -57,13 +57,18 @@ def recreate_database() -> None:
 
 
 def setup_django() -> None:
-    os.environ["DATABASE_URL"] = BENCH_URL
+    """Production settings (DEBUG off, real keys, collected static files), as the pages are served in production."""
+    from api_load import production_environment
+
+    os.environ.update(production_environment(BENCH_URL, os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/12")))
+    os.environ["ALLOWED_HOSTS"] = "testserver"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "p2p_portal.settings")
-    os.environ.setdefault("ALLOWED_HOSTS", "testserver")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
 
     django.setup()
+    from django.core.management import call_command
+
+    call_command("collectstatic", interactive=False, verbosity=0)
 
 
 class Seeder:

@@ -213,11 +213,18 @@ def artifacts_with_checks(*, integration: Integration, before_id: int | None = N
     qs = Artifact.objects.filter(integration=integration)
     if before_id:
         qs = qs.filter(id__lt=before_id)
+    # Only the columns the page shows: fifty artifacts with their checks and arrivals make hundreds of instances,
+    # and every column loaded is converted per row.
+    checks = CheckResult.objects.only("artifact_id", "name", "status").order_by("name")
+    arrivals = (
+        Arrival.objects.select_related("bucket")
+        .only("artifact_id", "tag", "arrived_at", "bucket__env")
+        .order_by("arrived_at", "id")
+    )
     artifacts = list(
-        qs.order_by("-id").prefetch_related(
-            Prefetch("checks", queryset=CheckResult.objects.order_by("name")),
-            Prefetch("arrivals", queryset=Arrival.objects.select_related("bucket").order_by("arrived_at", "id")),
-        )[: limit + 1]
+        qs.only("integration_id", "digest", "git_sha", "branch", "created_at")
+        .order_by("-id")
+        .prefetch_related(Prefetch("checks", queryset=checks), Prefetch("arrivals", queryset=arrivals))[: limit + 1]
     )
     more = len(artifacts) > limit
     artifacts = artifacts[:limit]
@@ -244,7 +251,7 @@ def integration_detail(*, name: str, artifacts_before: int | None = None) -> Int
     artifacts, next_before = artifacts_with_checks(integration=integration, before_id=artifacts_before)
     promotions = list(
         Promotion.objects.filter(integration=integration)
-        .select_related("artifact", "from_bucket", "to_bucket")
+        .select_related("from_bucket", "to_bucket")
         .order_by("-created_at", "-id")[:10]
     )
     return IntegrationDetail(integration, views, steps, artifacts, next_before, promotions)
