@@ -49,6 +49,8 @@ def freeze_window_create(
         errors["starts_at"] = "give timezone-aware start and end times"
     elif ends_at <= starts_at:
         errors["ends_at"] = "the window must end after it starts"
+    elif ends_at <= timezone.now():
+        errors["ends_at"] = "the window has already ended, so it would block nothing"
     if errors:
         raise InvalidInput(
             "the freeze window is not valid: " + "; ".join(f"{k}: {v}" for k, v in errors.items()), details=errors

@@ -126,6 +126,23 @@ def test_it_names_every_unmet_condition_at_once_and_audits_the_refusal(world):
     assert not Promotion.objects.exists()
 
 
+def test_a_freeze_window_that_has_already_ended_is_refused_and_nothing_is_saved(world):
+    from ci_integrations.models import FreezeWindow
+    from ci_integrations.services.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="already ended, so it would block nothing") as refused:
+        freeze_window_create(
+            name="last year",
+            environments=["prod"],
+            starts_at=timezone.now() - timedelta(days=366),
+            ends_at=timezone.now() - timedelta(days=365),
+            reason="",
+            actor=world.actor(world.admin),
+        )
+    assert refused.value.details == {"ends_at": "the window has already ended, so it would block nothing"}
+    assert not FreezeWindow.objects.exists()
+
+
 def test_the_preview_lists_met_and_unmet_conditions_without_writing_anything(world):
     artifact = place(world, "staging", "v1")
     before = AuditEntry.objects.count()
