@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.artifacts import arrival_record
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.freeze import freeze_window_create
 from ci_integrations.services.promotions import promotion_approve, promotion_request
@@ -284,6 +285,16 @@ def test_a_promotion_leaves_my_waiting_lists_once_i_have_approved_it_though_it_s
     assert (
         f"#{promotion.pk}" not in client.get(reverse("approvals")).content.decode().split("Other pending promotions")[0]
     )
+
+
+def test_the_promote_preview_says_when_the_target_already_runs_the_image(world):
+    artifact = world.place("staging", "2.0.0")
+    client = client_for(world.users["release1"])
+    url = reverse("promote", args=[artifact.pk, "prod"])
+    assert "already runs this image" not in client.get(url).content.decode()
+    arrival_record(bucket=world.prod, artifact=artifact, tag="2.0.0", how="push", actor=Actor.system("ci"))
+    page = client.get(url).content.decode()
+    assert "prod already runs this image (as 2.0.0)" in page and "still needs 2 approvals" in page
 
 
 def test_the_approvals_link_is_offered_only_to_those_who_may_approve(world):
