@@ -400,10 +400,9 @@ class Promotion(models.Model):
 
     @property
     def approvals_given(self) -> int:
-        """Approvals of this promotion's digest so far (from the prefetched approvals when there are any)."""
-        return sum(
-            1 for a in self.approvals.all() if a.decision == Approval.Decision.APPROVE and a.digest == self.digest
-        )
+        """The approvals that count so far: of this very digest, by distinct people."""
+        approvals = self.approvals.filter(decision=Approval.Decision.APPROVE, digest=self.digest)
+        return approvals.values("user").distinct().count()
 
 
 class Approval(models.Model):

@@ -88,6 +88,17 @@ def _no_bucket(integration: Integration, env: str) -> NotFound:
     return NotFound(f"integration {integration.name!r} has no bucket {env!r}")
 
 
+def artifact_locked(artifact_id: int) -> Artifact:
+    """The artifact row, locked (not its integration, which would serialise every request of the integration): the
+    lock every check for "another open promotion of this artifact" holds.
+
+    Taken before the audit append lock in every transaction (the audit entry is always written last), so requests,
+    retries, finishing copies and auto-promoting check reports of one artifact queue behind each other instead of
+    deadlocking.
+    """
+    return Artifact.objects.select_for_update(of=("self",)).select_related("integration").get(pk=artifact_id)
+
+
 def arrival_record(*, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None) -> Arrival:
     """Record that `artifact` landed in `bucket` under `tag`, and make it what the bucket runs. Audited."""
     if how not in Arrival.How.values:
@@ -339,7 +350,7 @@ def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", a
         if status == CheckResult.Status.PASSED:
             # An auto-promotion may follow, and it locks the artifact; take that lock now, before the audit lock, in
             # the order a promotion request takes them, or the two deadlock.
-            Artifact.objects.select_for_update(of=("self",)).filter(pk=artifact.pk).exists()
+            artifact_locked(artifact.pk)
         previous = CheckResult.objects.select_for_update().filter(artifact=artifact, name=name).first()
         before = {"status": previous.status, "url": previous.url} if previous else None
         result, _ = CheckResult.objects.update_or_create(

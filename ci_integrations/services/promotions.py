@@ -25,7 +25,7 @@ from ci_integrations.models import Approval, Arrival, Artifact, Bucket, Job, Pro
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.registry.refs import is_valid_tag
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import arrival_record
+from ci_integrations.services.artifacts import arrival_record, artifact_locked
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.enqueue import (
     DEFAULT_QUEUE,
@@ -100,16 +100,6 @@ def _end(p: Promotion, state: str, log_text: str) -> None:
     p.save(update_fields=["state", "finished_at", "log", "updated_at"])
 
 
-def _locked_artifact(artifact_id: int) -> Artifact:
-    """The artifact row, locked (not its integration, which would serialise every request of the integration): the
-    lock every check for "another open promotion of this artifact" holds.
-
-    Taken before the audit append lock in every transaction (the audit entry is always written last), so requests,
-    retries and finishing copies of one artifact queue behind each other instead of deadlocking.
-    """
-    return Artifact.objects.select_for_update(of=("self",)).select_related("integration").get(pk=artifact_id)
-
-
 def _locked(promotion: Promotion) -> Promotion:
     return (
         Promotion.objects.select_for_update(of=("self",))
@@ -156,7 +146,7 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
     refused: list[str] | None = None
     with transaction.atomic():
         # One request at a time per artifact, so "no other open promotion" cannot be raced.
-        artifact = _locked_artifact(artifact.pk)
+        artifact = artifact_locked(artifact.pk)
         ev = promotion_evaluate(
             artifact=artifact,
             to_env=to_env,
@@ -341,8 +331,7 @@ def _frozen(p: Promotion) -> list[str]:
 def _freeze_holds_approval(p: Promotion) -> list[str]:
     """The unmet freeze condition when the next approval would complete the quorum (and so queue the copy)."""
     unmet = _frozen(p)
-    given = Approval.objects.filter(promotion=p, decision=Approval.Decision.APPROVE, digest=p.digest)
-    if not unmet or given.values("user").distinct().count() + 1 < p.required_approvals:
+    if not unmet or p.approvals_given + 1 < p.required_approvals:
         return []
     return unmet
 
@@ -415,13 +404,7 @@ def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> 
                 )
                 webhooks_notify(promotion=p, event="rejected", actor=actor, comment=comment)
             else:
-                # Only approvals of this very digest count, by distinct people.
-                given = (
-                    Approval.objects.filter(promotion=p, decision=Approval.Decision.APPROVE, digest=p.digest)
-                    .values("user")
-                    .distinct()
-                    .count()
-                )
+                given = p.approvals_given
                 progress = {"approvals": given, "required": p.required_approvals, "digest": p.digest}
                 if given >= p.required_approvals:
                     _queue(p)
@@ -501,7 +484,7 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
             raise StateConflict(f"promotion #{p.pk} is {p.state}; only failed promotions can be retried")
         # The lock promotion_request holds for its own check: a request or another retry of this artifact either
         # sees this one open or is seen by it, never neither.
-        _locked_artifact(p.artifact_id)
+        artifact_locked(p.artifact_id)
         unmet = _frozen(p)
         other = (
             Promotion.objects.filter(artifact=p.artifact, to_bucket=p.to_bucket, state__in=Promotion.OPEN_STATES)
@@ -768,7 +751,7 @@ def _finish_succeeded(p: Promotion, summary) -> None:
         # The artifact before the bucket and the audit chain, as promotion_request takes them: the auto-promotion
         # below requests with this lock, and taking it only after the audit lock deadlocks against a request of
         # this artifact that holds it and waits for its own audit entry.
-        _locked_artifact(current.artifact_id)
+        artifact_locked(current.artifact_id)
         details = summary.as_dict()
         moved = f"{summary.blobs_copied} copied, {summary.blobs_mounted} mounted, {summary.blobs_skipped} present"
         Promotion.objects.filter(pk=p.pk).update(
