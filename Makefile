@@ -55,7 +55,9 @@ test: setup redis
 	echo "Testing against $${DATABASE_URL:-SQLite} and $$REDIS_URL"; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# import-linter keeps imports running one way (the contracts are in pyproject.toml); ruff keeps the format.
 lint: venv
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -30,8 +30,8 @@ from ci_integrations.models import (
     CheckResult,
     FreezeWindow,
     IdempotencyRecord,
+    ImportJob,
     Integration,
-    Job,
     Promotion,
     Registry,
     Webhook,
@@ -436,10 +436,10 @@ class CheckResultAdmin(ReadOnlyAdmin):
     list_select_related = ["artifact__integration"]
 
 
-@admin.register(Job)
-class JobAdmin(ReadOnlyAdmin):
-    list_display = ["id", "kind", "integration", "state", "created_at", "finished_at"]
-    list_filter = ["kind", "state"]
+@admin.register(ImportJob)
+class ImportJobAdmin(ReadOnlyAdmin):
+    list_display = ["id", "integration", "state", "created_at", "finished_at"]
+    list_filter = ["state"]
 
 
 @admin.register(WebhookDelivery)

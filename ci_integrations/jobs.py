@@ -1,27 +1,28 @@
-"""RQ entry points: ids in, one service call, nothing else."""
+"""RQ entry points: ids in, one service call, nothing else.
+
+Services enqueue these by dotted path (services/background.py names each one), so this module imports services and
+nothing imports it.
+"""
 
 from __future__ import annotations
 
+from ci_integrations.services.audit_verification import audit_verification_run
+from ci_integrations.services.copying import promotion_execute
+from ci_integrations.services.imports import artifact_import_execute
+from ci_integrations.services.webhooks import webhook_deliver
+
 
 def run_promotion(promotion_id: int) -> None:
-    from ci_integrations.services.promotions import promotion_execute
-
     promotion_execute(promotion_id=promotion_id)
 
 
 def run_import(job_id: int) -> None:
-    from ci_integrations.services.artifacts import artifact_import_execute
-
     artifact_import_execute(job_id=job_id)
 
 
 def deliver_webhook(delivery_id: int) -> None:
-    from ci_integrations.services.webhooks import webhook_deliver
-
     webhook_deliver(delivery_id=delivery_id)
 
 
-def reconcile() -> int:
-    from ci_integrations.services.promotions import promotions_reconcile
-
-    return promotions_reconcile()
+def verify_audit() -> dict:
+    return audit_verification_run()

@@ -14,35 +14,31 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from ci_integrations.registry.refs import is_valid_digest, is_valid_host, is_valid_repository, is_valid_tag
-from ci_integrations.services.secrets import decrypt_json, encrypt_json
+from ci_integrations.encryption import decrypt_json, encrypt_json
+from ci_integrations.input_rules import CHECK_NAME, DIGEST, NAME, TAG, InputRule
+from ci_integrations.registry.refs import is_valid_host, is_valid_repository
 
 
+def _check(rule: InputRule, value: str) -> None:
+    if not rule.is_valid(value):
+        raise ValidationError(rule.problem(value))
+
+
+# Django validators for the input words of input_rules.py (top-level functions, so migrations can name them).
 def validate_digest(value: str) -> None:
-    if not is_valid_digest(value):
-        raise ValidationError(f"{value!r} is not a digest: expected sha256: followed by 64 lowercase hex characters.")
+    _check(DIGEST, value)
 
 
 def validate_tag(value: str) -> None:
-    if not is_valid_tag(value):
-        raise ValidationError(
-            f"{value!r} is not a valid tag: up to 128 characters of letters, digits, '_', '.', '-', "
-            "not starting with '.' or '-'."
-        )
+    _check(TAG, value)
 
 
-CHECK_NAME_RULE = "1 to 63 letters, digits, '_' or '-', not starting with '-'"
-_CHECK_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}")
-
-
-def is_valid_check_name(value: str) -> bool:
-    """The one rule for check names: what a check is reported as (API, CLI) and what a step requires (config)."""
-    return isinstance(value, str) and _CHECK_NAME_RE.fullmatch(value) is not None
+def validate_name(value: str) -> None:
+    _check(NAME, value)
 
 
 def validate_check_name(value: str) -> None:
-    if not is_valid_check_name(value):
-        raise ValidationError(f"check name {value!r} must be {CHECK_NAME_RULE}")
+    _check(CHECK_NAME, value)
 
 
 def validate_repository(value: str) -> None:
@@ -78,7 +74,7 @@ class Registry(models.Model):
         GAR = "gar", "Google Artifact Registry / GCR"
         ACR = "acr", "Azure Container Registry"
 
-    name = models.SlugField(max_length=63, unique=True)
+    name = models.SlugField(max_length=63, unique=True, validators=[validate_name])
     provider = models.CharField(max_length=16, choices=Provider.choices, default=Provider.GENERIC)
     url = models.CharField(max_length=255, validators=[validate_registry_url])
     options = models.JSONField(default=dict, blank=True)
@@ -120,7 +116,7 @@ class Registry(models.Model):
 class Workflow(models.Model):
     """Ordered steps (from-bucket to to-bucket) shared by integrations of the same kind."""
 
-    name = models.SlugField(max_length=63, unique=True)
+    name = models.SlugField(max_length=63, unique=True, validators=[validate_name])
     kind = models.CharField(max_length=16, choices=IntegrationKind.choices, default=IntegrationKind.ENVIRONMENT)
     description = models.TextField(blank=True, default="")
 
@@ -146,8 +142,8 @@ class WorkflowStep(models.Model):
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="steps")
     position = models.PositiveIntegerField()
-    from_env = models.SlugField(max_length=63)
-    to_env = models.SlugField(max_length=63)
+    from_env = models.SlugField(max_length=63, validators=[validate_name])
+    to_env = models.SlugField(max_length=63, validators=[validate_name])
     required_approvals = models.PositiveIntegerField(default=0)
     # Rollbacks into to_env may need fewer approvals; None means the same as a promotion.
     rollback_approvals = models.PositiveIntegerField(null=True, blank=True)
@@ -177,9 +173,9 @@ class WorkflowStep(models.Model):
                 raise ValidationError({"tag_rule": f"not a valid regular expression: {exc}"}) from exc
         if not isinstance(self.required_checks, list):
             raise ValidationError({"required_checks": "must be a list of check names"})
-        refused = [name for name in self.required_checks if not is_valid_check_name(name)]
+        refused = [name for name in self.required_checks if not CHECK_NAME.is_valid(name)]
         if refused:
-            raise ValidationError({"required_checks": f"check names {refused!r} must each be {CHECK_NAME_RULE}"})
+            raise ValidationError({"required_checks": f"check names {refused!r} must each be {CHECK_NAME.explanation}"})
 
     def approvals_needed(self, *, rollback: bool) -> int:
         if rollback and self.rollback_approvals is not None:
@@ -190,7 +186,7 @@ class WorkflowStep(models.Model):
 class Integration(models.Model):
     """One deployable service (CI Integration), of kind environment or release stream."""
 
-    name = models.SlugField(max_length=63, unique=True)
+    name = models.SlugField(max_length=63, unique=True, validators=[validate_name])
     kind = models.CharField(max_length=16, choices=IntegrationKind.choices, default=IntegrationKind.ENVIRONMENT)
     workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.PROTECT, related_name="integrations")
     description = models.TextField(blank=True, default="")
@@ -213,7 +209,7 @@ class Bucket(models.Model):
     """An integration's slot for one environment or release stream: a repository on one registry."""
 
     integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="buckets")
-    env = models.SlugField(max_length=63)
+    env = models.SlugField(max_length=63, validators=[validate_name])
     position = models.PositiveIntegerField(default=0)
     registry = models.ForeignKey(Registry, on_delete=models.PROTECT, related_name="buckets")
     repository = models.CharField(max_length=255, validators=[validate_repository])
@@ -270,6 +266,17 @@ class Artifact(models.Model):
         return self.digest.removeprefix("sha256:")[:12]
 
 
+class ArrivalQuerySet(models.QuerySet):
+    def newest_first(self) -> ArrivalQuerySet:
+        """Newest arrival first; ties in time (one clock tick) go to the later row."""
+        return self.order_by("-arrived_at", "-id")
+
+    def newest(self) -> Arrival | None:
+        """The newest of these arrivals, or None: e.g. `bucket.arrivals.filter(tag=tag).newest()` is what the tag
+        holds in that bucket."""
+        return self.newest_first().first()
+
+
 class Arrival(models.Model):
     """An artifact that landed in a bucket under a tag: the latest one is what the bucket runs."""
 
@@ -286,6 +293,8 @@ class Arrival(models.Model):
     promotion = models.ForeignKey("Promotion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     arrived_at = models.DateTimeField(default=timezone.now)
     arrived_by = models.CharField(max_length=150, blank=True, default="")
+
+    objects = ArrivalQuerySet.as_manager()
 
     class Meta:
         ordering = ["-arrived_at", "-id"]
@@ -308,7 +317,7 @@ class CheckResult(models.Model):
         FAILED = "failed", "Failed"
 
     artifact = models.ForeignKey(Artifact, on_delete=models.CASCADE, related_name="checks")
-    name = models.SlugField(max_length=63)
+    name = models.SlugField(max_length=63, validators=[validate_check_name])
     status = models.CharField(max_length=8, choices=Status.choices)
     url = models.URLField(max_length=1024, blank=True, default="")
     reported_at = models.DateTimeField(default=timezone.now)
@@ -327,7 +336,6 @@ class Promotion(models.Model):
 
     class State(models.TextChoices):
         PENDING_APPROVAL = "pending_approval", "Pending approval"
-        APPROVED = "approved", "Approved"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
@@ -339,8 +347,12 @@ class Promotion(models.Model):
         PROMOTION = "promotion", "Promotion"
         ROLLBACK = "rollback", "Rollback"
 
-    OPEN_STATES = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED, State.RUNNING)
-    FINAL_STATES = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED)
+    # Named groups of states: services, selectors, templates and the API use these, never lists of their own.
+    OPEN = (State.PENDING_APPROVAL, State.QUEUED, State.RUNNING)  # at most one per artifact and bucket
+    CANCELLABLE = (State.PENDING_APPROVAL, State.QUEUED)  # nothing has been copied yet
+    RUNNABLE = (State.QUEUED,)  # what a copy job may claim
+    ACTIVE = (State.QUEUED, State.RUNNING)  # a job carries it now: pages poll it
+    FINAL = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED)
 
     integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="promotions")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PROMOTION)
@@ -392,11 +404,24 @@ class Promotion(models.Model):
 
     @property
     def is_open(self) -> bool:
-        return self.state in self.OPEN_STATES
+        return self.state in self.OPEN
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self.state in self.CANCELLABLE
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE
 
     @property
     def is_final(self) -> bool:
-        return self.state in self.FINAL_STATES
+        return self.state in self.FINAL
+
+    @classmethod
+    def progress_steps(cls) -> list[tuple[str, str]]:
+        """The states a promotion passes through on its way to success, for the progress strip."""
+        return [(state, label) for state, label in cls.State.choices if state in (*cls.OPEN, cls.State.SUCCEEDED)]
 
     @property
     def approvals_given(self) -> int:
@@ -530,6 +555,11 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.kind}, p2p_{self.key_id}…)"
 
     @property
+    def is_ci(self) -> bool:
+        """A CI token (scoped to integrations), as opposed to a personal one (acting as its user)."""
+        return self.kind == self.Kind.CI
+
+    @property
     def is_active(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -552,10 +582,10 @@ class IdempotencyRecord(models.Model):
         return f"{self.key} ({self.response_status or 'in flight'})"
 
 
-class Job(models.Model):
-    """A database row mirroring one background job that is not a promotion (imports, webhook deliveries).
+class ImportJob(models.Model):
+    """The database row of one import: a copy from an outside build registry into an integration's first bucket.
 
-    The UI and API read this row, never Redis.
+    Like a promotion, it mirrors its RQ job (`job_id`); the UI and API read this row, never Redis.
     """
 
     class State(models.TextChoices):
@@ -564,13 +594,18 @@ class Job(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
-    kind = models.CharField(max_length=32)
-    integration = models.ForeignKey(Integration, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    RUNNABLE = (State.QUEUED,)
+    OPEN = (State.QUEUED, State.RUNNING)
+    kind = "import"  # what the API's job answers call it
+
+    integration = models.ForeignKey(
+        Integration, null=True, blank=True, on_delete=models.CASCADE, related_name="import_jobs"
+    )
     state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED)
     arguments = models.JSONField(default=dict, blank=True)
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
-    rq_job_id = models.CharField(max_length=64, blank=True, default="")
+    job_id = models.CharField(max_length=64, blank=True, default="")
     created_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -581,7 +616,7 @@ class Job(models.Model):
         indexes = [models.Index(fields=["state", "created_at"], name="job_state_idx")]
 
     def __str__(self) -> str:
-        return f"{self.kind} #{self.pk} ({self.state})"
+        return f"import #{self.pk} ({self.state})"
 
 
 class Webhook(models.Model):

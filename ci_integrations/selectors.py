@@ -1,5 +1,9 @@
 """Read-side queries shared by the UI and the API.
 
+Visibility rule, applied to every API read: an integration a CI token was not given does not exist for it (the API
+answers 404, for reads and writes alike), so a token cannot probe for other teams' integrations. People, and their
+personal tokens, see every integration.
+
 Every selector runs a fixed number of queries whatever the data size: the matrix reads the denormalised
 Bucket.current_arrival, histories are bounded per bucket, and lists are keyset-paginated by id (never OFFSET, never a
 COUNT of a filtered set).
@@ -11,10 +15,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import connection
-from django.db.models import Exists, F, OuterRef, Prefetch, Q, Subquery, Value, Window
+from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, Window
 from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
+from ci_integrations.input_rules import DIGEST
 from ci_integrations.models import (
     ApiToken,
     Approval,
@@ -24,10 +29,14 @@ from ci_integrations.models import (
     Bucket,
     CheckResult,
     FreezeWindow,
+    ImportJob,
     Integration,
     Promotion,
     WorkflowStep,
 )
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.errors import InvalidInput
+from ci_integrations.services.rows import columns, fetch_one, table
 
 OVERVIEW_PAGE_SIZE = 100
 HISTORY_PER_BUCKET = 10
@@ -193,7 +202,7 @@ def _arrival_histories(bucket_ids: list[int], per_bucket: int) -> dict[int, list
     histories: dict[int, list[Arrival]] = {pk: [] for pk in bucket_ids}
     if not bucket_ids:
         return histories
-    base = Arrival.objects.select_related("artifact").order_by("-arrived_at", "-id")
+    base = Arrival.objects.select_related("artifact").newest_first()
     if connection.features.supports_slicing_ordering_in_compound and len(bucket_ids) > 1:
         first, *rest = [base.filter(bucket_id=pk)[:per_bucket] for pk in bucket_ids]
         arrivals = list(first.union(*rest, all=True))
@@ -275,9 +284,7 @@ def artifact_detail(*, pk: int, limit: int = 50) -> ArtifactDetail:
     artifact = Artifact.objects.select_related("integration").get(pk=pk)
     checks = list(CheckResult.objects.filter(artifact=artifact).order_by("name"))
     arrivals = list(
-        Arrival.objects.filter(artifact=artifact)
-        .select_related("bucket__registry", "promotion")
-        .order_by("-arrived_at", "-id")[:limit]
+        Arrival.objects.filter(artifact=artifact).select_related("bucket__registry", "promotion").newest_first()[:limit]
     )
     promotions = list(
         Promotion.objects.filter(artifact=artifact)
@@ -442,3 +449,120 @@ def freeze_windows_recent(*, limit: int = 100) -> list[FreezeWindow]:
     """Freeze windows that have not ended long ago, latest start first."""
     since = timezone.now() - timedelta(days=30)
     return list(FreezeWindow.objects.filter(ends_at__gte=since).order_by("-starts_at")[:limit])
+
+
+# --- the API: what a caller may see ----------------------------------------------------------------------------------
+
+
+def integrations_visible_to(actor: Actor) -> QuerySet[Integration]:
+    """The integrations `actor` may see: a CI token's own, or all of them for a person."""
+    if actor.is_ci_token:
+        return Integration.objects.filter(tokens=actor.token)
+    return Integration.objects.all()
+
+
+def integration_visible_to(actor: Actor, name: str) -> Integration | None:
+    """`integrations_visible_to(actor).get(name=name)` or None, in plain SQL: every integration URL runs it."""
+    sql = f"SELECT {columns(Integration, 'i')} FROM {table(Integration)} i WHERE i.name = %s"
+    params: list = [name]
+    if actor.is_ci_token:
+        link = ApiToken.integrations.through
+        sql += (
+            f" AND EXISTS (SELECT 1 FROM {table(link)} l WHERE l.{link._meta.get_field('integration').column} = i.id"
+            f" AND l.{link._meta.get_field('apitoken').column} = %s)"
+        )
+        params.append(actor.token.pk)
+    found = fetch_one(sql, params, [(Integration, "i")])
+    return found[0] if found else None
+
+
+def integrations_with_buckets(actor: Actor, *, name: str | None = None) -> QuerySet[Integration]:
+    """Visible integrations by name, each with its workflow and its buckets, and what each bucket runs."""
+    buckets = Bucket.objects.select_related("registry", "current_arrival__artifact").order_by("position", "env")
+    integrations = integrations_visible_to(actor).order_by("name")
+    if name is not None:
+        integrations = integrations.filter(name=name)
+    return integrations.select_related("workflow").prefetch_related(Prefetch("buckets", queryset=buckets))
+
+
+def artifact_visible_to(actor: Actor, pk: int) -> Artifact | None:
+    """An artifact of a visible integration, with its checks and arrivals (as the API shows them)."""
+    return _artifacts_shown(Artifact.objects.filter(pk=pk, integration__in=integrations_visible_to(actor))).first()
+
+
+def _artifacts_shown(artifacts: QuerySet[Artifact]) -> QuerySet[Artifact]:
+    return artifacts.select_related("integration").prefetch_related(
+        "checks", Prefetch("arrivals", queryset=Arrival.objects.select_related("bucket").order_by("-id"))
+    )
+
+
+def artifacts_search(*, integration: Integration, env: str = "", tag: str = "", digest: str = "") -> QuerySet:
+    """An integration's artifacts that arrived in `env` (under `tag`), or have `digest`; unordered (the caller
+    paginates), each with its checks and arrivals."""
+    artifacts = Artifact.objects.filter(integration=integration)
+    if env or tag:
+        arrivals = Arrival.objects.filter(bucket__integration=integration)
+        if env:
+            arrivals = arrivals.filter(bucket__env=env)
+        if tag:
+            arrivals = arrivals.filter(tag=tag)
+        artifacts = artifacts.filter(pk__in=arrivals.values("artifact_id"))
+    if digest:
+        artifacts = artifacts.filter(digest=digest)
+    return _artifacts_shown(artifacts)
+
+
+def artifact_by_reference(integration: Integration, reference: str, *, env: str | None = None) -> Artifact | None:
+    """An artifact named by id, digest or tag; a tag is looked up in `env`'s bucket first, then anywhere."""
+    if reference.isdigit() and len(reference) <= 18:
+        return integration.artifacts.filter(pk=int(reference)).first()
+    if ":" in reference:
+        if not DIGEST.is_valid(reference):
+            raise InvalidInput(f"artifact: {reference!r} is not a digest", details={"artifact": "invalid digest"})
+        return integration.artifacts.filter(digest=reference).first()
+    arrivals = Arrival.objects.filter(bucket__integration=integration, tag=reference).select_related("artifact")
+    arrival = arrivals.filter(bucket__env=env).newest() if env else None
+    arrival = arrival or arrivals.newest()
+    return arrival.artifact if arrival else None
+
+
+def bucket_of(integration: Integration, env: str) -> Bucket | None:
+    """The integration's bucket for `env`, with its registry."""
+    return Bucket.objects.select_related("registry").filter(integration=integration, env=env).first()
+
+
+def arrival_in(bucket: Bucket, artifact: Artifact) -> Arrival | None:
+    """The newest arrival of `artifact` in `bucket`: what a rollback to it returns to."""
+    return Arrival.objects.filter(bucket=bucket, artifact=artifact).newest()
+
+
+def import_job_visible_to(actor: Actor, pk: int) -> ImportJob | None:
+    return (
+        ImportJob.objects.select_related("integration")
+        .filter(pk=pk, integration__in=integrations_visible_to(actor))
+        .first()
+    )
+
+
+def _promotions_shown(promotions: QuerySet[Promotion]) -> QuerySet[Promotion]:
+    return promotions.select_related("integration", "artifact", "from_bucket", "to_bucket").prefetch_related(
+        Prefetch("approvals", queryset=Approval.objects.select_related("user"))
+    )
+
+
+def promotion_visible_to(actor: Actor, pk: int) -> Promotion | None:
+    """A promotion of a visible integration, with its buckets and approvals (as the API shows it)."""
+    return _promotions_shown(Promotion.objects.filter(pk=pk, integration__in=integrations_visible_to(actor))).first()
+
+
+def promotion_as_shown(pk: int) -> Promotion:
+    """A promotion read again after a change, as the API shows it."""
+    return _promotions_shown(Promotion.objects.filter(pk=pk)).get()
+
+
+def audit_entries_visible_to(actor: Actor, filters: AuditFilters) -> QuerySet[AuditEntry]:
+    """Filtered audit entries; a CI token sees its integrations' entries only."""
+    entries = filters.queryset()
+    if actor.is_ci_token:
+        entries = entries.filter(integration__in=integrations_visible_to(actor).values("name"))
+    return entries

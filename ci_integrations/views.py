@@ -20,7 +20,6 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ci_integrations import selectors
-from ci_integrations.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.forms import (
     AuditFilterForm,
     CancelForm,
@@ -34,8 +33,11 @@ from ci_integrations.models import ApiToken, Arrival, Artifact, Bucket, FreezeWi
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
+from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
+from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
+from ci_integrations.services.policy import promotion_evaluate
 from ci_integrations.services.tokens import PERSONAL_SCOPES, token_create, token_revoke
 
 REQUEST = "ci_integrations.request_promotion"
@@ -141,7 +143,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
     """The approval preview: the policy checklist, the target's current digest and whether this user may decide."""
     actor = Actor.from_request(request)
     try:
-        evaluation = promotion_service.promotion_evaluate(
+        evaluation = promotion_evaluate(
             artifact=promotion.artifact,
             to_env=promotion.to_bucket.env,
             actor=actor,
@@ -162,9 +164,11 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
         "evaluation_error": evaluation_error,
         "may_decide": request.user.has_perm(APPROVE) and block is None,
         # A freeze holds only the approval that would queue the copy; saying no stays possible.
-        "may_reject": request.user.has_perm(APPROVE) and isinstance(block, promotion_service.FreezeHold),
+        "may_reject": request.user.has_perm(APPROVE) and block is not None and block.kind == "freeze",
         # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
-        "why_not": block if request.user.has_perm(APPROVE) else "You are not in a role that approves promotions.",
+        "why_not": (block.message if block else None)
+        if request.user.has_perm(APPROVE)
+        else "You are not in a role that approves promotions.",
         "form": form or DecisionForm(),
     }
 
@@ -244,12 +248,10 @@ def _preview_context(request, artifact: Artifact, target: Bucket, form, *, rollb
     actor = Actor.from_request(request)
     evaluation, evaluation_error = None, ""
     try:
-        evaluation = promotion_service.promotion_evaluate(
-            artifact=artifact, to_env=target.env, actor=actor, rollback=rollback
-        )
+        evaluation = promotion_evaluate(artifact=artifact, to_env=target.env, actor=actor, rollback=rollback)
     except ServiceError as exc:
         evaluation_error = exc.message
-    preflight = None if rollback else promotion_service.promotion_preflight(artifact=artifact, to_env=target.env)
+    preflight = None if rollback else promotion_preflight(artifact=artifact, to_env=target.env)
     return {
         "artifact": artifact,
         "target": target,

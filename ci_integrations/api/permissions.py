@@ -1,21 +1,18 @@
-"""Who may call what: token scopes, the user's Django permissions, and which integrations a caller can see.
+"""Who may call what: token scopes and the user's Django permissions. Which integrations a caller can see is the
+selectors' visibility rule.
 
 - A CI token may use the scopes it was given, on the integrations it was given. It holds no user rights, so it can
   never approve or reject.
 - A personal token (or a signed-in session on the browsable docs) acts as its user: the user's Django permissions
   apply, further narrowed by the token's scopes.
-- Visibility rule, applied everywhere: an integration a CI token was not given does not exist for it (404, for reads
-  and writes alike), so a token cannot probe for other teams' integrations. Personal tokens see what the user sees.
 """
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
 from rest_framework.permissions import BasePermission
 
-from ci_integrations.models import ApiToken, Integration
+from ci_integrations.models import ApiToken
 from ci_integrations.services.errors import NotAllowed
-from ci_integrations.services.rows import columns, fetch_one, table
 from ci_integrations.services.tokens import (
     SCOPE_ARTIFACTS_WRITE,
     SCOPE_CHECKS_WRITE,
@@ -38,44 +35,17 @@ def request_token(request) -> ApiToken | None:
     return request.auth if isinstance(request.auth, ApiToken) else None
 
 
-def is_ci_token(request) -> bool:
-    token = request_token(request)
-    return token is not None and token.kind == ApiToken.Kind.CI
-
-
-def visible_integrations(request) -> QuerySet[Integration]:
-    """The integrations the caller may see: a CI token's own, or all of them for a person."""
-    if is_ci_token(request):
-        return Integration.objects.filter(tokens=request_token(request))
-    return Integration.objects.all()
-
-
-def visible_integration(request, name: str) -> Integration | None:
-    """`visible_integrations(request).get(name=name)` or None, in plain SQL: every integration URL runs it."""
-    sql = f"SELECT {columns(Integration, 'i')} FROM {table(Integration)} i WHERE i.name = %s"
-    params: list = [name]
-    if is_ci_token(request):
-        link = ApiToken.integrations.through
-        sql += (
-            f" AND EXISTS (SELECT 1 FROM {table(link)} l WHERE l.{link._meta.get_field('integration').column} = i.id"
-            f" AND l.{link._meta.get_field('apitoken').column} = %s)"
-        )
-        params.append(request_token(request).pk)
-    found = fetch_one(sql, params, [(Integration, "i")])
-    return found[0] if found else None
-
-
 def check_scope(request, scope: str, *, permission: str | None = None) -> None:
     """Raise NotAllowed unless the caller's token carries `scope` and its user holds the matching permission."""
     token = request_token(request)
-    if token is not None and token.kind == ApiToken.Kind.CI and scope == SCOPE_PROMOTIONS_APPROVE:
+    if token is not None and token.is_ci and scope == SCOPE_PROMOTIONS_APPROVE:
         raise NotAllowed("CI tokens cannot approve or reject promotions; use a personal token.")
     if token is not None and scope not in token.scopes:
         raise NotAllowed(
             f"token {token.key_id} lacks the {scope!r} scope (it has: {', '.join(token.scopes) or 'none'})",
             details={"required_scope": scope},
         )
-    if token is not None and token.kind == ApiToken.Kind.CI:
+    if token is not None and token.is_ci:
         if permission is not None:
             raise NotAllowed("CI tokens cannot do this; use a personal token.", details={"required": permission})
         return

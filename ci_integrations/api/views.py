@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from django.db.models import Prefetch, QuerySet
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from drf_spectacular.types import OpenApiTypes
@@ -19,35 +18,20 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ci_integrations import selectors
 from ci_integrations.api import serializers as s
 from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
-from ci_integrations.api.permissions import (
-    HasScope,
-    check_scope,
-    is_ci_token,
-    request_token,
-    visible_integration,
-    visible_integrations,
-)
+from ci_integrations.api.permissions import HasScope, check_scope, request_token
 from ci_integrations.api.throttling import TokenRateThrottle
-from ci_integrations.models import (
-    Approval,
-    Arrival,
-    Artifact,
-    Bucket,
-    CheckResult,
-    Integration,
-    Job,
-    Promotion,
-)
-from ci_integrations.registry import errors as registry_errors
-from ci_integrations.registry.refs import is_valid_digest
+from ci_integrations.models import Artifact, Bucket, CheckResult, Integration, Promotion
 from ci_integrations.selectors import AuditFilters
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import artifact_import, artifact_register, check_report
+from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
-from ci_integrations.services.errors import InvalidInput, NotAllowed, NotFound, RegistryUnavailable
+from ci_integrations.services.credentials import bucket_push_credentials
+from ci_integrations.services.errors import NotFound
+from ci_integrations.services.imports import artifact_import
 from ci_integrations.services.promotions import (
     bucket_rollback,
     promotion_approve,
@@ -138,57 +122,35 @@ class ApiView(APIView):
 
 
 def integration_for(request, name: str) -> Integration:
-    integration = visible_integration(request, name)
+    integration = selectors.integration_visible_to(Actor.from_request(request), name)
     if integration is None:
         raise NotFound(f"no integration named {name!r}")
     return integration
 
 
 def artifact_for(request, pk: int) -> Artifact:
-    artifact = (
-        Artifact.objects.select_related("integration")
-        .filter(pk=pk, integration__in=visible_integrations(request))
-        .first()
-    )
+    artifact = selectors.artifact_visible_to(Actor.from_request(request), pk)
     if artifact is None:
         raise NotFound(f"no artifact {pk}")
     return artifact
 
 
 def promotion_for(request, pk: int) -> Promotion:
-    promotion = (
-        Promotion.objects.select_related("integration", "artifact", "from_bucket", "to_bucket")
-        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user")))
-        .filter(pk=pk, integration__in=visible_integrations(request))
-        .first()
-    )
+    promotion = selectors.promotion_visible_to(Actor.from_request(request), pk)
     if promotion is None:
         raise NotFound(f"no promotion {pk}")
     return promotion
 
 
 def bucket_for(integration: Integration, env: str) -> Bucket:
-    bucket = Bucket.objects.select_related("registry").filter(integration=integration, env=env).first()
+    bucket = selectors.bucket_of(integration, env)
     if bucket is None:
         raise NotFound(f"integration {integration.name!r} has no bucket {env!r}", details={"env": env})
     return bucket
 
 
 def artifact_by_reference(integration: Integration, reference: str, *, env: str | None = None) -> Artifact:
-    """An artifact named by id, digest or tag; a tag is looked up in `env`'s bucket first, then anywhere."""
-    if reference.isdigit() and len(reference) <= 18:
-        artifact = integration.artifacts.filter(pk=int(reference)).first()
-    elif ":" in reference:
-        if not is_valid_digest(reference):
-            raise InvalidInput(f"artifact: {reference!r} is not a digest", details={"artifact": "invalid digest"})
-        artifact = integration.artifacts.filter(digest=reference).first()
-    else:
-        arrivals = Arrival.objects.filter(bucket__integration=integration, tag=reference).select_related("artifact")
-        arrival = None
-        if env:
-            arrival = arrivals.filter(bucket__env=env).order_by("-arrived_at", "-id").first()
-        arrival = arrival or arrivals.order_by("-arrived_at", "-id").first()
-        artifact = arrival.artifact if arrival else None
+    artifact = selectors.artifact_by_reference(integration, reference, env=env)
     if artifact is None:
         where = f" in {env}" if env else ""
         raise NotFound(f"integration {integration.name!r} has no artifact {reference!r}{where}")
@@ -198,16 +160,11 @@ def artifact_by_reference(integration: Integration, reference: str, *, env: str 
 # --- integrations -----------------------------------------------------------------------------------------------
 
 
-def integrations_with_buckets(qs: QuerySet[Integration]) -> QuerySet[Integration]:
-    buckets = Bucket.objects.select_related("registry", "current_arrival__artifact").order_by("position", "env")
-    return qs.select_related("workflow").prefetch_related(Prefetch("buckets", queryset=buckets))
-
-
 class IntegrationListView(ApiView):
     @extend_schema(responses={200: s.IntegrationOut(many=True), **ERRORS}, operation_id="integrations_list")
     def get(self, request):
         """Integrations visible to the token, each with its buckets and what each bucket runs."""
-        integrations = integrations_with_buckets(visible_integrations(request).order_by("name"))
+        integrations = selectors.integrations_with_buckets(self.actor())
         return Response(s.IntegrationOut(integrations, many=True).data)
 
 
@@ -215,7 +172,7 @@ class IntegrationDetailView(ApiView):
     @extend_schema(responses={200: s.IntegrationOut, **ERRORS}, operation_id="integration_detail")
     def get(self, request, name: str):
         """One integration visible to the caller, with its buckets and what each environment runs now."""
-        integration = integrations_with_buckets(visible_integrations(request)).filter(name=name).first()
+        integration = selectors.integrations_with_buckets(self.actor(), name=name).first()
         if integration is None:
             raise NotFound(f"no integration named {name!r}")
         return Response(s.IntegrationOut(integration).data)
@@ -243,18 +200,8 @@ class ArtifactsView(ApiView):
         """Search an integration's artifacts by environment (arrived there), tag and digest; newest first."""
         integration = integration_for(request, name)
         query = self.parse(s.ArtifactSearchIn, request.query_params)
-        artifacts = Artifact.objects.filter(integration=integration)
-        arrivals = Arrival.objects.filter(bucket__integration=integration)
-        if query.get("env") or query.get("tag"):
-            if query.get("env"):
-                arrivals = arrivals.filter(bucket__env=query["env"])
-            if query.get("tag"):
-                arrivals = arrivals.filter(tag=query["tag"])
-            artifacts = artifacts.filter(pk__in=arrivals.values("artifact_id"))
-        if query.get("digest"):
-            artifacts = artifacts.filter(digest=query["digest"])
-        artifacts = artifacts.select_related("integration").prefetch_related(
-            "checks", Prefetch("arrivals", queryset=Arrival.objects.select_related("bucket").order_by("-id"))
+        artifacts = selectors.artifacts_search(
+            integration=integration, env=query.get("env", ""), tag=query.get("tag", ""), digest=query.get("digest", "")
         )
         paginator = NewestFirst()
         page = paginator.paginate_queryset(artifacts, request, view=self)
@@ -322,11 +269,7 @@ class JobDetailView(ApiView):
     @extend_schema(responses={200: s.JobOut, **ERRORS}, operation_id="job_detail")
     def get(self, request, pk: int):
         """An import job's state, and its result once it has ended."""
-        job = (
-            Job.objects.select_related("integration")
-            .filter(pk=pk, integration__in=visible_integrations(request))
-            .first()
-        )
+        job = selectors.import_job_visible_to(self.actor(), pk)
         if job is None:
             raise NotFound(f"no job {pk}")
         return Response(s.JobOut(job).data)
@@ -350,12 +293,7 @@ class CheckReportView(ApiView):
 
 
 def promotion_response(promotion: Promotion, *, status_code: int = 200) -> Response:
-    promotion = (
-        Promotion.objects.select_related("integration", "from_bucket", "to_bucket")
-        .prefetch_related(Prefetch("approvals", queryset=Approval.objects.select_related("user")))
-        .get(pk=promotion.pk)
-    )
-    return Response(s.PromotionOut(promotion).data, status=status_code)
+    return Response(s.PromotionOut(selectors.promotion_as_shown(promotion.pk)).data, status=status_code)
 
 
 class PromotionCreateView(ApiView):
@@ -367,16 +305,10 @@ class PromotionCreateView(ApiView):
         data = self.parse(s.PromotionIn, request.data)
         integration = integration_for(request, data["integration"])
         artifact = artifact_by_reference(integration, data["artifact"], env=data.get("from_env"))
-        if data.get("from_env"):
-            step = integration.workflow.steps.filter(to_env=data["to_env"]).first() if integration.workflow else None
-            if step is not None and step.from_env != data["from_env"]:
-                raise InvalidInput(
-                    f"the workflow moves into {data['to_env']!r} from {step.from_env!r}, not from {data['from_env']!r}",
-                    details={"from_env": f"expected {step.from_env}"},
-                )
         promotion = promotion_request(
             artifact=artifact,
             to_env=data["to_env"],
+            from_env=data.get("from_env"),
             actor=self.actor(),
             tag=data.get("tag"),
             reason=data.get("reason", ""),
@@ -451,7 +383,7 @@ class RollbackView(ApiView):
         data = self.parse(s.RollbackIn, request.data)
         bucket = bucket_for(integration, data["env"])
         artifact = artifact_by_reference(integration, data["to"], env=bucket.env)
-        arrival = Arrival.objects.filter(bucket=bucket, artifact=artifact).order_by("-arrived_at", "-id").first()
+        arrival = selectors.arrival_in(bucket, artifact)
         if arrival is None:
             raise NotFound(
                 f"artifact {artifact.short_digest} never arrived in {bucket}; "
@@ -479,23 +411,9 @@ class PushCredentialsView(ApiView):
     )
     def post(self, request, name: str):
         """Short-lived credentials to push into the bucket's registry, if the bucket allows it."""
-        from ci_integrations import registry
-
         integration = integration_for(request, name)
         data = self.parse(s.PushCredentialsIn, request.data)
-        bucket = bucket_for(integration, data["env"])
-        if not bucket.allow_push_credentials:
-            raise NotAllowed(
-                f"bucket {bucket} does not hand out push credentials (allow_push_credentials is off)",
-                details={"env": bucket.env},
-            )
-        try:
-            credentials = registry.push_credentials(bucket.registry.spec())
-        except registry_errors.RegistryError as exc:
-            raise RegistryUnavailable(f"registry {bucket.registry.name}: {exc}") from None
-        body = {**credentials, "repository": bucket.repository, "image": bucket.image_name}
-        if body.get("expires_at") is not None:
-            body["expires_at"] = str(body["expires_at"])
+        body = bucket_push_credentials(bucket=bucket_for(integration, data["env"]), actor=self.actor())
         return Response(s.PushCredentialsOut(body).data)
 
 
@@ -510,12 +428,10 @@ class AuditListView(ApiView):
     )
     def get(self, request):
         """Audit entries, newest first, cursor-paginated. CI tokens see their integrations' entries only."""
-        if not is_ci_token(request):
+        if not self.actor().is_ci_token:
             check_scope(request, SCOPE_READ, permission="ci_integrations.view_auditentry")
         query = self.parse(s.AuditQueryIn, request.query_params)
-        entries = AuditFilters(**{key: value for key, value in query.items()}).queryset()
-        if is_ci_token(request):
-            entries = entries.filter(integration__in=visible_integrations(request).values("name"))
+        entries = selectors.audit_entries_visible_to(self.actor(), AuditFilters(**query))
         paginator = NewestFirst()
         page = paginator.paginate_queryset(entries, request, view=self)
         return paginator.get_paginated_response(s.AuditEntryOut(page, many=True).data)

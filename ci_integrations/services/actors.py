@@ -24,6 +24,19 @@ class Actor:
     token: ApiToken | None = None
     request_id: str = ""
 
+    @property
+    def is_ci_token(self) -> bool:
+        """Whether the call came with a CI token (as opposed to a person, a personal token or the system)."""
+        return self.token is not None and self.token.is_ci
+
+    @property
+    def person(self):
+        """The active person acting (signed in, or through their personal token), or None: CI tokens, the system
+        and deactivated users are nobody's hands."""
+        if self.is_ci_token or self.user is None or not self.user.is_active:
+            return None
+        return self.user
+
     @classmethod
     def for_user(cls, user, *, request_id: str = "") -> Actor:
         return cls(label=user.get_username(), user=user, request_id=request_id)

@@ -1,14 +1,16 @@
-"""Artifacts: registering images pushed by CI, importing them from build registries, check results, arrivals."""
+"""Artifacts: registering images that CI pushed into a bucket, and the check results reported on them.
+
+May import: models, registry, promotions (auto-promotion after an arrival or a passing check), arrivals, locks,
+audit, rows.
+"""
 
 from __future__ import annotations
 
 import logging
-import traceback
 from urllib.parse import urlsplit
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from ci_integrations.models import (
@@ -17,20 +19,21 @@ from ci_integrations.models import (
     Bucket,
     CheckResult,
     Integration,
-    Job,
     Registry,
     WorkflowStep,
     validate_check_name,
 )
 from ci_integrations.registry import errors as registry_errors
+from ci_integrations.registry import resolve_manifest
 from ci_integrations.registry.client import MAX_MANIFEST_BYTES
 from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.arrivals import arrival_audit, arrival_insert, immutable_tag_conflict
 from ci_integrations.services.audit import audit_record, audit_records
-from ci_integrations.services.enqueue import DEFAULT_QUEUE, enqueue_on_commit, new_job_id
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, ServiceError, StateConflict
-from ci_integrations.services.rows import columns, fetch_one, for_update, insert, insert_unless_exists, table
-from ci_integrations.services.secrets import decrypt_json, encrypt_json
+from ci_integrations.services.locks import artifact_locked, bucket_locked
+from ci_integrations.services.promotions import promotions_auto_request
+from ci_integrations.services.rows import columns, fetch_one, insert_unless_exists, table
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def registry_error_to_service(exc: registry_errors.RegistryError, *, what: str) 
     return RegistryUnavailable(f"{what}: {exc.message}")
 
 
-def _clean_metadata(metadata: dict | None) -> dict:
+def clean_metadata(metadata: dict | None) -> dict:
     metadata = dict(metadata or {})
     unknown = set(metadata) - METADATA_KEYS
     if unknown:
@@ -77,76 +80,11 @@ def _clean_metadata(metadata: dict | None) -> dict:
     return cleaned
 
 
-def _bucket(integration: Integration, env: str) -> Bucket:
-    try:
-        return Bucket.objects.select_related("registry", "integration").get(integration=integration, env=env)
-    except Bucket.DoesNotExist:
-        raise _no_bucket(integration, env) from None
-
-
-def _no_bucket(integration: Integration, env: str) -> NotFound:
+def no_bucket(integration: Integration, env: str) -> NotFound:
     return NotFound(f"integration {integration.name!r} has no bucket {env!r}")
 
 
-def artifact_locked(artifact_id: int) -> Artifact:
-    """The artifact row, locked (not its integration, which would serialise every request of the integration): the
-    lock every check for "another open promotion of this artifact" holds.
-
-    Taken before the audit append lock in every transaction (the audit entry is always written last), so requests,
-    retries, finishing copies and auto-promoting check reports of one artifact queue behind each other instead of
-    deadlocking.
-    """
-    return Artifact.objects.select_for_update(of=("self",)).select_related("integration").get(pk=artifact_id)
-
-
-def arrival_record(*, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None) -> Arrival:
-    """Record that `artifact` landed in `bucket` under `tag`, and make it what the bucket runs. Audited."""
-    if how not in Arrival.How.values:
-        raise InvalidInput(f"unknown arrival kind {how!r}")
-    with transaction.atomic():
-        # The bucket row lock orders arrivals into one bucket, so current_arrival always points at the newest.
-        locked = Bucket.objects.select_for_update().get(pk=bucket.pk)
-        arrival, previous = _arrival_insert(
-            locked=locked, bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor, promotion=promotion
-        )
-        audit_record(**_arrival_audit(arrival=arrival, previous=previous, actor=actor))
-    return arrival
-
-
-def _arrival_insert(
-    *, locked: Bucket, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None
-) -> tuple[Arrival, int | None]:
-    """The arrival row and the bucket's pointer to it; the caller holds the bucket row lock (`locked`)."""
-    previous = locked.current_arrival_id
-    arrival = Arrival(bucket=bucket, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label)
-    insert([arrival])
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table(Bucket)} SET current_arrival_id = %s WHERE id = %s", [arrival.pk, locked.pk])
-    locked.current_arrival = arrival
-    bucket.current_arrival = arrival
-    return arrival, previous
-
-
-def _arrival_audit(*, arrival: Arrival, previous: int | None, actor: Actor) -> dict:
-    """The `arrival.recorded` audit entry, as audit_record keyword arguments."""
-    return {
-        "actor": actor,
-        "action": "arrival.recorded",
-        "obj": arrival,
-        "before": {"current_arrival": previous},
-        "after": {
-            "arrival": arrival.pk,
-            "digest": arrival.artifact.digest,
-            "tag": arrival.tag,
-            "how": arrival.how,
-            "promotion": arrival.promotion_id,
-        },
-    }
-
-
 def _resolve(bucket: Bucket, reference: str):
-    from ci_integrations.registry import resolve_manifest
-
     try:
         return resolve_manifest(bucket.location(reference))
     except registry_errors.RegistryError as exc:
@@ -177,7 +115,7 @@ def artifact_register(
         raise InvalidInput(
             f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>", details={"digest": "invalid"}
         )
-    cleaned = _clean_metadata(metadata)
+    cleaned = clean_metadata(metadata)
     bucket, latest = _bucket_with_latest_arrival(integration, env, tag)
     info = _resolve(bucket, tag)
     if info.size is not None and info.size > MAX_MANIFEST_BYTES:
@@ -203,19 +141,19 @@ def artifact_register(
         # It will write: lock the bucket (orders arrivals into it). Every arrival moves the bucket's current_arrival
         # under this lock, so if that has not moved since the read above, no arrival came in between and what was
         # read still holds; otherwise look again.
-        locked = _bucket_locked(bucket)
+        locked = bucket_locked(bucket.pk)
         if locked.current_arrival_id != bucket.current_arrival_id:
             latest = _latest_arrival(bucket, tag)
         if latest and latest.artifact.digest == info.digest:
             transaction.set_rollback(True)  # nothing of this request's is kept, not even a new artifact row
             return latest.artifact, latest, False
-        if latest and bucket.immutable_tags:
+        if immutable_tag_conflict(bucket, latest, info.digest):
             raise StateConflict(
                 f"tag {tag!r} in bucket {bucket} is immutable and already holds {latest.artifact.digest}; "
                 f"it cannot be registered again with {info.digest}",
                 details={"existing_digest": latest.artifact.digest},
             )
-        arrival, previous = _arrival_insert(
+        arrival, previous = arrival_insert(
             locked=locked, bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor
         )
         # The audit entries come last: the append lock they take is held until COMMIT and serialises every
@@ -235,10 +173,10 @@ def artifact_register(
                 },
                 "environment": bucket.env,
             },
-            _arrival_audit(arrival=arrival, previous=previous, actor=actor),
+            arrival_audit(arrival=arrival, previous=previous, actor=actor),
         )
         if auto_promote:  # rare; it audits its own requests, which belong after this registration's entries
-            _auto_promote_after(artifact=artifact, bucket=bucket)
+            promotions_auto_request(artifact=artifact, from_bucket=bucket)
     return artifact, arrival, True
 
 
@@ -258,7 +196,7 @@ def _bucket_with_latest_arrival(integration: Integration, env: str, tag: str) ->
         [(Bucket, "b"), (Registry, "r"), (Arrival, "a"), (Artifact, "x")],
     )
     if found is None:
-        raise _no_bucket(integration, env)
+        raise no_bucket(integration, env)
     bucket, registry, arrival, artifact = found
     bucket.registry, bucket.integration = registry, integration
     if arrival is not None:
@@ -289,12 +227,6 @@ def _latest_arrival(bucket: Bucket, tag: str) -> Arrival | None:
     return arrival
 
 
-def _bucket_locked(bucket: Bucket) -> Bucket:
-    """The bucket row again, locked until the transaction ends: it orders arrivals into the bucket."""
-    sql = f"SELECT {columns(Bucket, 'b')} FROM {table(Bucket)} b WHERE b.id = %s{for_update()}"
-    return fetch_one(sql, [bucket.pk], [(Bucket, "b")])[0]
-
-
 def _artifact_get_or_create(integration, info, cleaned: dict, actor: Actor) -> tuple[Artifact, bool]:
     artifact = Artifact(
         integration=integration,
@@ -323,12 +255,6 @@ def _auto_promote_steps_exist(integration: Integration, bucket: Bucket) -> bool:
     return WorkflowStep.objects.filter(
         workflow_id=integration.workflow_id, from_env=bucket.env, auto_promote=True
     ).exists()
-
-
-def _auto_promote_after(*, artifact: Artifact, bucket: Bucket) -> None:
-    from ci_integrations.services.promotions import promotions_auto_request
-
-    promotions_auto_request(artifact=artifact, from_bucket=bucket)
 
 
 def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", actor: Actor) -> CheckResult:
@@ -367,180 +293,5 @@ def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", a
         )
         if status == CheckResult.Status.PASSED:
             for bucket_id in set(Arrival.objects.filter(artifact=artifact).values_list("bucket_id", flat=True)):
-                _auto_promote_after(artifact=artifact, bucket=Bucket.objects.get(pk=bucket_id))
+                promotions_auto_request(artifact=artifact, from_bucket=Bucket.objects.get(pk=bucket_id))
     return result
-
-
-# ---- imports from an outside build registry -------------------------------------------------------------------
-
-
-def _source_location(source: str, credentials: dict | None):
-    """`[http(s)://]host/repo[:tag][@digest]` as an ImageLocation on a generic registry.
-
-    Without a scheme the registry is reached over https, except on loopback where plain http is the norm.
-    """
-    from ci_integrations.registry import ImageLocation, RegistrySpec
-    from ci_integrations.registry.refs import parse_reference
-
-    scheme = ""
-    text = (source or "").strip()
-    for prefix in ("http://", "https://"):
-        if text.startswith(prefix):
-            scheme, text = prefix[:-3], text[len(prefix) :]
-    try:
-        ref = parse_reference(text)
-    except registry_errors.InvalidReference as exc:
-        raise InvalidInput(f"source: {exc.message}", details={"source": exc.message}) from None
-    host = ref.registry
-    if not scheme:
-        scheme = "http" if host.split(":")[0] in ("localhost", "127.0.0.1", "[::1]") else "https"
-    if host == "docker.io":
-        spec = RegistrySpec(provider="dockerhub", url="https://registry-1.docker.io", credentials=credentials)
-    else:
-        spec = RegistrySpec(provider="generic", url=f"{scheme}://{host}", credentials=credentials)
-    return ImageLocation(registry=spec, repository=ref.repository, reference=ref.reference), ref
-
-
-def artifact_import(
-    *,
-    integration: Integration,
-    source: str,
-    source_credentials: dict | None = None,
-    tag: str | None = None,
-    metadata: dict | None = None,
-    actor: Actor,
-) -> Job:
-    """Ask the portal to copy an image from an outside build registry into the integration's first bucket (a job)."""
-    _, ref = _source_location(source, None)
-    tag = tag or ref.tag
-    if not tag:
-        raise InvalidInput(
-            "give a tag for the imported image (the source is pinned by digest only)", details={"tag": "required"}
-        )
-    if not is_valid_tag(tag):
-        raise InvalidInput(f"invalid tag {tag!r}", details={"tag": "invalid"})
-    cleaned = _clean_metadata(metadata)
-    if source_credentials is not None and not (
-        isinstance(source_credentials, dict) and all(isinstance(v, str) for v in source_credentials.values())
-    ):
-        raise InvalidInput("source_credentials must map names (username, password) to text")
-    bucket = integration.buckets.order_by("position", "id").first()
-    if bucket is None:
-        raise StateConflict(f"integration {integration.name!r} has no bucket to import into")
-    with transaction.atomic():
-        job = Job.objects.create(
-            kind="import",
-            integration=integration,
-            arguments={
-                "source": source,
-                "tag": tag,
-                "env": bucket.env,
-                "metadata": cleaned,
-                # Source credentials are kept encrypted, and only until the job has run.
-                "credentials_encrypted": encrypt_json(source_credentials) if source_credentials else "",
-            },
-            created_by=actor.label,
-        )
-        job.rq_job_id = new_job_id("import", job.pk)
-        job.save(update_fields=["rq_job_id"])
-        audit_record(
-            actor=actor,
-            action="artifact.import_requested",
-            obj=job,
-            integration=integration.name,
-            environment=bucket.env,
-            after={"source": source, "tag": tag, "job": job.pk},
-        )
-        from ci_integrations import jobs
-
-        enqueue_on_commit(jobs.run_import, job.pk, queue=DEFAULT_QUEUE, job_id=job.rq_job_id)
-    return job
-
-
-def _immutable_tag_check(bucket: Bucket, tag: str, src) -> str | None:
-    """Before an import writes `tag` into an immutable_tags bucket: refuse another digest than the tag holds.
-
-    The copy would move the registry's tag before registration could refuse it, so the check comes first; the
-    digest it checked is returned so the copy can insist on exactly that image.
-    """
-    if not bucket.immutable_tags:
-        return None
-    arrivals = Arrival.objects.filter(bucket=bucket, tag=tag).select_related("artifact")
-    holder = arrivals.order_by("-arrived_at", "-id").first()
-    if holder is None:
-        return None
-    from ci_integrations.registry import resolve_manifest
-
-    digest = resolve_manifest(src).digest
-    if digest != holder.artifact.digest:
-        raise StateConflict(
-            f"tag {tag!r} in bucket {bucket} is immutable and already holds {holder.artifact.digest}; "
-            f"the import of {digest} was refused before copying",
-            details={"existing_digest": holder.artifact.digest},
-        )
-    return digest
-
-
-def artifact_import_execute(*, job_id: int) -> None:
-    """The import job body: copy the source image into the first bucket, then register it (how=import)."""
-    from ci_integrations.registry import copy_image
-
-    now = timezone.now()
-    if not Job.objects.filter(pk=job_id, kind="import", state=Job.State.QUEUED).update(
-        state=Job.State.RUNNING, started_at=now
-    ):
-        return  # already taken or finished
-    job = Job.objects.select_related("integration").get(pk=job_id)
-    args = job.arguments
-    actor = Actor.system(f"import:{job.created_by}"[:150])
-    try:
-        credentials = decrypt_json(args["credentials_encrypted"]) if args.get("credentials_encrypted") else None
-        src, _ = _source_location(args["source"], credentials)
-        bucket = _bucket(job.integration, args["env"])
-        expected = _immutable_tag_check(bucket, args["tag"], src)
-        summary = copy_image(
-            src, bucket.location(args["tag"]), expected_digest=expected, parallelism=settings.P2P_COPY_PARALLELISM
-        )
-        artifact, arrival, created = artifact_register(
-            integration=job.integration,
-            env=bucket.env,
-            tag=args["tag"],
-            digest=summary.digest,
-            metadata=args.get("metadata"),
-            actor=actor,
-            how=Arrival.How.IMPORT,
-        )
-    except Exception as exc:  # noqa: BLE001 - whatever broke, the job must not stay running
-        if isinstance(exc, registry_errors.RegistryError | ServiceError):
-            message = exc.message
-        else:
-            trace = registry_errors.redact("".join(traceback.format_exception(exc)))
-            logger.error("import job %s crashed\n%s", job_id, trace)
-            message = registry_errors.redact(f"unexpected error: {exc.__class__.__name__}: {exc}")
-        with transaction.atomic():
-            Job.objects.filter(pk=job_id).update(
-                state=Job.State.FAILED,
-                error=message,
-                finished_at=timezone.now(),
-                arguments={**args, "credentials_encrypted": ""},
-            )
-            audit_record(
-                actor=actor,
-                action="artifact.import_failed",
-                obj=job,
-                reason=message,
-                after={"source": args["source"], "error": message},
-            )
-        return
-    Job.objects.filter(pk=job_id).update(
-        state=Job.State.SUCCEEDED,
-        finished_at=timezone.now(),
-        arguments={**args, "credentials_encrypted": ""},
-        result={
-            "digest": artifact.digest,
-            "artifact": artifact.pk,
-            "arrival": arrival.pk,
-            "created": created,
-            **summary.as_dict(),
-        },
-    )

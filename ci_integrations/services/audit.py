@@ -8,6 +8,7 @@ serialises writers itself), so concurrent writers never fork the chain.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -23,6 +24,7 @@ from django.utils import timezone
 
 from ci_integrations.models import AuditEntry
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.rows import insert, table
 
 GENESIS_HASH = "0" * 64
@@ -207,6 +209,34 @@ def _draft(
     )
 
 
+class _Refused(Exception):
+    def __init__(self, error: ServiceError):
+        self.error = error
+
+
+def audit_refusal(error: ServiceError, **entry) -> None:
+    """Audit why something was refused, then refuse with `error`.
+
+    Call it inside `atomic_keeping_refusals()`: the entry (audit_record's arguments) is committed, and `error` is
+    raised once the transaction has committed. Raising inside an ordinary transaction would roll the entry back.
+    """
+    audit_record(**entry)
+    raise _Refused(error)
+
+
+@contextlib.contextmanager
+def atomic_keeping_refusals():
+    """A transaction in which audit_refusal records a refusal that outlives it, then raises the refusal's error."""
+    refused: ServiceError | None = None
+    with transaction.atomic():
+        try:
+            yield
+        except _Refused as refusal:
+            refused = refusal.error
+    if refused is not None:
+        raise refused
+
+
 @dataclass(frozen=True)
 class ChainReport:
     """The outcome of verifying the chain: ok, how many entries, the head hash, and the first broken entry."""
@@ -249,12 +279,6 @@ def _chain_head() -> tuple[int, int, str]:
     if head is None:
         return 0, 0, GENESIS_HASH
     return head[0], AuditEntry.objects.filter(id__lte=head[0]).count(), head[1]
-
-
-def audit_head() -> tuple[int, str]:
-    """The number of entries and the newest hash."""
-    _, count, head = _chain_head()
-    return count, head
 
 
 def _export_row(entry: AuditEntry) -> dict:

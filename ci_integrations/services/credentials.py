@@ -1,13 +1,39 @@
-"""Key rotation for secrets stored at rest (registry credentials, webhook secrets)."""
+"""Registry credentials: handing push credentials to CI, and rotating the key of secrets stored at rest.
+
+May import: models, registry, audit, secrets.
+"""
 
 from __future__ import annotations
 
 from django.db import transaction
 
-from ci_integrations.models import Registry, Webhook
+from ci_integrations import registry
+from ci_integrations.encryption import CredentialsUnreadable, reencrypt
+from ci_integrations.models import Bucket, Registry, Webhook
+from ci_integrations.registry import errors as registry_errors
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.secrets import CredentialsUnreadable, reencrypt
+from ci_integrations.services.errors import NotAllowed, RegistryUnavailable
+
+
+def bucket_push_credentials(*, bucket: Bucket, actor: Actor) -> dict:
+    """Short-lived credentials for CI to push into the bucket's registry, if the bucket allows it.
+
+    Returns the registry's answer (username, password or token, expiry) with the bucket's repository and image name.
+    """
+    if not bucket.allow_push_credentials:
+        raise NotAllowed(
+            f"bucket {bucket} does not hand out push credentials (allow_push_credentials is off)",
+            details={"env": bucket.env},
+        )
+    try:
+        credentials = registry.push_credentials(bucket.registry.spec())
+    except registry_errors.RegistryError as exc:
+        raise RegistryUnavailable(f"registry {bucket.registry.name}: {exc}") from None
+    body = {**credentials, "repository": bucket.repository, "image": bucket.image_name}
+    if body.get("expires_at") is not None:
+        body["expires_at"] = str(body["expires_at"])
+    return body
 
 
 def credentials_rotate(*, actor: Actor) -> int:

@@ -15,10 +15,8 @@ from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConfl
 
 
 def _may_manage_freezes(actor: Actor) -> bool:
-    user = actor.user
-    if actor.token is not None and actor.token.kind == "ci":
-        return False
-    return bool(user and user.is_active and (user.is_staff or user.has_perm("ci_integrations.add_freezewindow")))
+    person = actor.person
+    return bool(person and (person.is_staff or person.has_perm("ci_integrations.add_freezewindow")))
 
 
 def _window_state(window: FreezeWindow) -> dict:

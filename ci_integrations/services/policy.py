@@ -70,7 +70,7 @@ class PolicyEvaluation:
 def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
     """Users need request_promotion; CI tokens need the promotions:request scope on this integration."""
     token = actor.token
-    if token is not None and token.kind == "ci":
+    if actor.is_ci_token:
         if REQUEST_SCOPE not in (token.scopes or []):
             return False, f"the CI token {token.name!r} lacks the {REQUEST_SCOPE!r} scope"
         if not token.integrations.filter(pk=integration.pk).exists():
@@ -91,9 +91,7 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
 
 
 def may_override_freeze(actor: Actor) -> bool:
-    if actor.token is not None and actor.token.kind == "ci":
-        return False
-    return bool(actor.user and actor.user.is_active and actor.user.has_perm("ci_integrations.override_freezewindow"))
+    return bool(actor.person and actor.person.has_perm("ci_integrations.override_freezewindow"))
 
 
 def step_into(integration, to_env: str) -> WorkflowStep | None:
@@ -197,9 +195,7 @@ def promotion_evaluate(
             ev.add(TAG_RULE, False, f"tag {ev.tag!r} is immutable in {to_env} and holds {holder.artifact.short_digest}")
 
     _freeze(ev, actor, freeze_override_reason)
-    open_promotions = Promotion.objects.filter(
-        artifact=artifact, to_bucket=ev.to_bucket, state__in=Promotion.OPEN_STATES
-    )
+    open_promotions = Promotion.objects.filter(artifact=artifact, to_bucket=ev.to_bucket, state__in=Promotion.OPEN)
     if exclude_promotion_id:
         open_promotions = open_promotions.exclude(pk=exclude_promotion_id)
     other = open_promotions.first()

@@ -19,12 +19,13 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from rq import Retry
 
 from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
 from ci_integrations.registry.errors import redact
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.enqueue import DEFAULT_QUEUE, LIVE_JOB_STATUSES, enqueue_on_commit, job_status, new_job_id
+from ci_integrations.services.background import DELIVER_WEBHOOK, requeue_if_lost, transition
 from ci_integrations.services.errors import InvalidInput, NotAllowed
 
 logger = logging.getLogger(__name__)
@@ -48,27 +49,15 @@ def _max_attempts() -> int:
     return len(_retry_intervals()) + 1
 
 
-def _enqueue_delivery(delivery_id: int, job_id: str, attempts_done: int) -> None:
-    """Enqueue one delivery after commit, with the retries it has left."""
-    from ci_integrations import jobs
-
+def _retry_left(attempts_done: int) -> Retry | None:
+    """RQ's retries for a delivery that has made `attempts_done` attempts."""
     intervals = _retry_intervals()[attempts_done:]
-    retry = None
-    if intervals:
-        from rq import Retry
-
-        retry = Retry(max=len(intervals), interval=intervals)
-    enqueue_on_commit(jobs.deliver_webhook, delivery_id, queue=DEFAULT_QUEUE, job_id=job_id, retry=retry)
+    return Retry(max=len(intervals), interval=intervals) if intervals else None
 
 
 def webhook_sign(secret: str, body: bytes) -> str:
     """The signature header value for `body`: "sha256=<hex>"."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def webhook_signature_ok(secret: str, body: bytes, header: str) -> bool:
-    """What a receiver does: recompute and compare in constant time."""
-    return hmac.compare_digest(webhook_sign(secret, body), header or "")
 
 
 def _check_url(url: str) -> str:
@@ -82,7 +71,7 @@ def webhook_create(
     *, integration: Integration, url: str, secret: str, events: list[str] | None = None, actor: Actor
 ) -> Webhook:
     """Add a webhook to an integration (platform admins). Audited without the secret."""
-    if not (actor.user and actor.user.is_active and actor.user.is_staff) or (actor.token and actor.token.kind == "ci"):
+    if not (actor.person and actor.person.is_staff):
         raise NotAllowed("only platform admins may add webhooks")
     _check_url(url)
     if not secret or len(secret) < 16:
@@ -141,9 +130,9 @@ def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: 
     deliveries = []
     for hook in hooks:
         delivery = WebhookDelivery.objects.create(webhook=hook, event=event, payload=payload)
-        delivery.job_id = new_job_id("webhook", delivery.pk)
+        delivery.job_id = DELIVER_WEBHOOK.new_job_id(delivery.pk)
         delivery.save(update_fields=["job_id"])
-        _enqueue_delivery(delivery.pk, delivery.job_id, 0)
+        DELIVER_WEBHOOK.enqueue_on_commit(delivery.pk, job_id=delivery.job_id, retry=_retry_left(0))
         deliveries.append(delivery)
     return deliveries
 
@@ -198,22 +187,20 @@ def webhook_deliver(*, delivery_id: int) -> None:
 
 def webhooks_reconcile() -> int:
     """Re-enqueue open deliveries whose RQ job is gone (Redis flushed, worker killed); mark those whose attempts
-    are spent as given up. Returns how many were re-enqueued."""
+    are spent as given up. Returns how many were re-enqueued. Called by the reconciler."""
     count = 0
-    now = timezone.now()
     open_deliveries = WebhookDelivery.objects.filter(delivered_at__isnull=True, given_up_at__isnull=True)
     for delivery in open_deliveries.only("pk", "job_id", "attempts").order_by("created_at"):
-        if job_status(delivery.job_id, queue=DEFAULT_QUEUE) in LIVE_JOB_STATUSES:
-            continue
-        still_open = WebhookDelivery.objects.filter(
-            pk=delivery.pk, job_id=delivery.job_id, delivered_at__isnull=True, given_up_at__isnull=True
-        )
         if delivery.attempts >= _max_attempts():
-            still_open.update(given_up_at=now)
+            if not DELIVER_WEBHOOK.is_live(delivery.job_id):
+                transition(open_deliveries.filter(pk=delivery.pk, job_id=delivery.job_id), given_up_at=timezone.now())
             continue
-        job_id = new_job_id("webhook", delivery.pk)
-        with transaction.atomic():
-            if still_open.update(job_id=job_id):
-                _enqueue_delivery(delivery.pk, job_id, delivery.attempts)
-                count += 1
+        requeued = requeue_if_lost(
+            DELIVER_WEBHOOK,
+            open_deliveries,
+            pk=delivery.pk,
+            job_id=delivery.job_id,
+            retry=_retry_left(delivery.attempts),
+        )
+        count += requeued is not None
     return count

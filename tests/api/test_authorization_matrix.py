@@ -12,7 +12,7 @@ import pytest
 from django.db import transaction
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from ci_integrations.models import Job, Promotion
+from ci_integrations.models import ImportJob, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import artifact_register
 from ci_integrations.services.promotions import promotion_request
@@ -99,7 +99,7 @@ def matrix(world) -> dict[str, Row]:
         state=Promotion.State.FAILED,
         error="registry went away",
     )
-    job = Job.objects.create(kind="import", integration=world.shop, arguments={"source": "x"})
+    job = ImportJob.objects.create(integration=world.shop, arguments={"source": "x"})
     host = world.registry_url.split("://", 1)[1]
     write = authed(ci_own=201, ci_other=404, viewer=403, auditor=403, rm=403, admin=201)
     decide = authed(ci_own=403, ci_other=403, viewer=403, auditor=403, rm=200, admin=403)

@@ -200,7 +200,7 @@ def test_promotion_state_cannot_be_changed_in_the_admin(admin_client):
     )
     change = reverse("admin:ci_integrations_promotion_change", args=[promotion.pk])
     assert admin_client.get(change).status_code == 200
-    assert admin_client.post(change, {"state": "approved"}).status_code == 403
+    assert admin_client.post(change, {"state": "queued"}).status_code == 403
     assert Promotion.objects.get().state == Promotion.State.PENDING_APPROVAL
     assert admin_client.get(reverse("admin:ci_integrations_approval_add")).status_code == 403
     assert admin_client.get(reverse("admin:ci_integrations_promotion_add")).status_code == 403

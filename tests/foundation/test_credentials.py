@@ -6,8 +6,8 @@ import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
 
+from ci_integrations.encryption import CredentialsUnreadable
 from ci_integrations.models import AuditEntry, Integration, Registry, Webhook
-from ci_integrations.services.secrets import CredentialsUnreadable
 
 CREDENTIALS = {"username": "robot", "password": "s3cret-passw0rd"}
 

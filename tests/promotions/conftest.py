@@ -131,7 +131,7 @@ def fake_digest() -> str:
 def place(world: World, env: str, tag: str, *, digest: str | None = None, arrived_at=None):
     """An artifact that arrived in a bucket, recorded directly (for policy tests that never copy)."""
     from ci_integrations.models import Artifact
-    from ci_integrations.services.artifacts import arrival_record
+    from ci_integrations.services.arrivals import arrival_record
 
     artifact, _ = Artifact.objects.get_or_create(integration=world.integration, digest=digest or fake_digest())
     arrival = arrival_record(

@@ -29,7 +29,7 @@ def pending(world):
 
 
 def test_it_rejects_self_approval_and_audits_the_refusal(world, pending):
-    assert "four-eyes" in promotion_approval_block(promotion=pending, user=world.alice)
+    assert "four-eyes" in promotion_approval_block(promotion=pending, user=world.alice).message
     with pytest.raises(NotAllowed, match="four-eyes"):
         promotion_approve(promotion=pending, actor=world.actor(world.alice), comment="mine")
     refused = AuditEntry.objects.get(action="promotion.approve_refused")
@@ -163,6 +163,6 @@ def test_the_approval_block_reports_the_freeze_only_for_the_approval_that_would_
     assert promotion_approval_block(promotion=pending, user=world.bob) is None  # 1 of 2: nothing is queued yet
     promotion_approve(promotion=pending, actor=world.actor(world.bob))
     block = promotion_approval_block(promotion=pending, user=world.carol)
-    assert block is not None and "Quarter close" in block and "freeze window" in block
+    assert block is not None and "Quarter close" in block.message and "freeze window" in block.message
     with pytest.raises(PolicyViolation, match="Quarter close"):
         promotion_approve(promotion=pending, actor=world.actor(world.carol))

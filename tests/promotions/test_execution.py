@@ -9,21 +9,17 @@ from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 
-from ci_integrations.models import Arrival, Artifact, AuditEntry, Bucket, Job, Promotion, Registry
+from ci_integrations.models import Arrival, Artifact, AuditEntry, Bucket, ImportJob, Promotion, Registry
 from ci_integrations.registry.client import MAX_MANIFEST_BYTES, OCI_MANIFEST
+from ci_integrations.services import background, copying, imports
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import artifact_import, artifact_register, check_report
+from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
+from ci_integrations.services.copying import promotion_execute, promotion_preflight
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, StateConflict
-from ci_integrations.services.promotions import (
-    bucket_rollback,
-    promotion_approve,
-    promotion_execute,
-    promotion_preflight,
-    promotion_request,
-    promotion_retry,
-    promotions_reconcile,
-)
+from ci_integrations.services.imports import artifact_import
+from ci_integrations.services.promotions import bucket_rollback, promotion_approve, promotion_request, promotion_retry
+from ci_integrations.services.reconciler import reconcile
 from tests.support.images import get_manifest_digest, manifest_of_size, push_random_image
 from tests.support.registry_server import free_port
 
@@ -215,7 +211,6 @@ def test_a_permanent_error_fails_with_the_message_kept_and_retry_runs_it_again(w
 def test_an_unexpected_copy_error_reaches_the_promotion_page_and_log_without_credentials(
     world, rq_queues, monkeypatch, caplog
 ):
-    import ci_integrations.registry
 
     def crash(*args, **kwargs):
         raise RuntimeError(
@@ -223,7 +218,7 @@ def test_an_unexpected_copy_error_reaches_the_promotion_page_and_log_without_cre
             "with {'username': 'ci', 'password': 'hunter2'}"
         )
 
-    monkeypatch.setattr(ci_integrations.registry, "copy_image", crash)
+    monkeypatch.setattr(copying, "copy_image", crash)
     promotion = promotion_request(artifact=world.register("qa", "v1"), to_env="staging", actor=world.actor(world.alice))
     promotion_execute(promotion_id=promotion.pk)
     promotion.refresh_from_db()
@@ -244,8 +239,8 @@ def test_redis_flushed_after_approval_loses_nothing(world, rq_queues, run_worker
     run_worker()
     promotion.refresh_from_db()
     assert promotion.state == Promotion.State.QUEUED  # PostgreSQL still says it must happen
-    assert promotions_reconcile() == 1
-    assert promotions_reconcile() == 0  # the new job is live; no duplicate
+    assert reconcile() == 1
+    assert reconcile() == 0  # the new job is live; no duplicate
     run_worker()
     promotion.refresh_from_db()
     assert promotion.state == Promotion.State.SUCCEEDED
@@ -302,10 +297,10 @@ def test_import_copies_from_a_build_registry_into_the_first_bucket(world, rq_que
         metadata={"git_sha": "deadbeef"},
         actor=world.actor(world.alice),
     )
-    assert job.kind == "import" and job.state == Job.State.QUEUED
+    assert job.state == ImportJob.State.QUEUED
     run_worker()
     job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.state == ImportJob.State.SUCCEEDED, job.error
     world.qa.refresh_from_db()
     arrival = world.qa.current_arrival
     assert arrival.how == Arrival.How.IMPORT and arrival.artifact.digest == digest
@@ -315,24 +310,22 @@ def test_import_copies_from_a_build_registry_into_the_first_bucket(world, rq_que
 def test_an_import_copies_with_the_configured_number_of_blob_streams(
     world, rq_queues, run_worker, registry_servers, settings, monkeypatch
 ):
-    import ci_integrations.registry as registry_package
-
     outside, _ = registry_servers
     digest = push_random_image(outside.url, "outside/checkout", "build-9")
     settings.P2P_COPY_PARALLELISM = 2
-    real_copy, streams = registry_package.copy_image, []
+    real_copy, streams = imports.copy_image, []
 
     def copy_recording_streams(*args, **kwargs):
         streams.append(kwargs.get("parallelism"))
         return real_copy(*args, **kwargs)
 
-    monkeypatch.setattr(registry_package, "copy_image", copy_recording_streams)
+    monkeypatch.setattr(imports, "copy_image", copy_recording_streams)
     job = artifact_import(
         integration=world.integration, source=f"{outside.host}/outside/checkout:build-9", actor=world.actor(world.alice)
     )
     run_worker()
     job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.state == ImportJob.State.SUCCEEDED, job.error
     assert streams == [2]
     world.qa.refresh_from_db()
     assert world.qa.current_arrival.artifact.digest == digest
@@ -345,14 +338,14 @@ def test_an_import_whose_worker_died_is_run_again_by_the_reconciler(world, rq_qu
         integration=world.integration, source=f"{outside.host}/outside/checkout:build-8", actor=world.actor(world.alice)
     )
     # The worker took the job and died: the row says running, and Redis no longer knows the job.
-    Job.objects.filter(pk=job.pk).update(state=Job.State.RUNNING)
+    ImportJob.objects.filter(pk=job.pk).update(state=ImportJob.State.RUNNING)
     for queue in rq_queues.values():
         queue.empty()
-    assert promotions_reconcile() == 1
+    assert reconcile() == 1
     assert AuditEntry.objects.filter(action="artifact.import_requeued", object_id=str(job.pk)).exists()
     run_worker()
     job.refresh_from_db()
-    assert job.state == Job.State.SUCCEEDED, job.error
+    assert job.state == ImportJob.State.SUCCEEDED, job.error
     world.qa.refresh_from_db()
     assert world.qa.current_arrival.artifact.digest == digest
 
@@ -370,7 +363,7 @@ def test_an_import_never_moves_an_immutable_tag_to_another_image(world, rq_queue
     )
     run_worker()
     job.refresh_from_db()
-    assert job.state == Job.State.FAILED and "immutable" in job.error
+    assert job.state == ImportJob.State.FAILED and "immutable" in job.error
     assert get_manifest_digest(world.build_url, world.qa.repository, "v1") == held.digest
 
 
@@ -389,7 +382,7 @@ def test_an_import_whose_credentials_cannot_be_read_fails_instead_of_running_for
     settings.P2P_FERNET_KEYS = [Fernet.generate_key().decode()]  # the key that encrypted them was rotated out
     run_worker()
     job.refresh_from_db()
-    assert job.state == Job.State.FAILED and "cannot be decrypted" in job.error
+    assert job.state == ImportJob.State.FAILED and "cannot be decrypted" in job.error
     assert job.arguments["credentials_encrypted"] == "" and job.finished_at is not None
 
 
@@ -409,18 +402,16 @@ def test_the_last_two_approvals_at_once_still_give_exactly_one_transition(world,
 
 
 def test_a_failed_enqueue_after_commit_is_repaired_by_the_reconciler(world, rq_queues, run_worker, monkeypatch):
-    from ci_integrations.services import enqueue
-
     artifact = world.register("qa", "v1")
 
     def redis_down(name):
         raise ConnectionError("Redis is down")
 
     with monkeypatch.context() as patched:
-        patched.setattr(enqueue, "get_queue", redis_down)
+        patched.setattr(background, "get_queue", redis_down)
         promotion = promotion_request(artifact=artifact, to_env="staging", actor=world.actor(world.alice))
     assert promotion.state == Promotion.State.QUEUED and queued_job_ids(rq_queues) == []
-    assert promotions_reconcile() == 1
+    assert reconcile() == 1
     run_worker()
     promotion.refresh_from_db()
     assert promotion.state == Promotion.State.SUCCEEDED

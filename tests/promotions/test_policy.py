@@ -8,14 +8,10 @@ from django.utils import timezone
 from ci_integrations.models import ApiToken, Arrival, AuditEntry, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import check_report
+from ci_integrations.services.copying import promotion_execute
 from ci_integrations.services.errors import NotAllowed, PolicyViolation
 from ci_integrations.services.freeze import freeze_window_create
-from ci_integrations.services.promotions import (
-    bucket_rollback,
-    promotion_evaluate,
-    promotion_execute,
-    promotion_request,
-)
+from ci_integrations.services.promotions import bucket_rollback, promotion_evaluate, promotion_request
 from tests.promotions.conftest import place
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

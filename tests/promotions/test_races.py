@@ -16,17 +16,12 @@ import pytest
 from django.db import DatabaseError, connection, transaction
 
 from ci_integrations.models import Arrival, AuditEntry, Bucket, Promotion, Registry
-from ci_integrations.services import promotions
+from ci_integrations.services import copying
 from ci_integrations.services.audit import AUDIT_ADVISORY_LOCK_ID, audit_verify
+from ci_integrations.services.copying import promotion_execute
 from ci_integrations.services.errors import PolicyViolation, StateConflict
-from ci_integrations.services.promotions import (
-    bucket_rollback,
-    promotion_cancel,
-    promotion_execute,
-    promotion_request,
-    promotion_retry,
-    promotions_reconcile,
-)
+from ci_integrations.services.promotions import bucket_rollback, promotion_cancel, promotion_request, promotion_retry
+from ci_integrations.services.reconciler import reconcile
 from tests.promotions.slow_proxy import SlowProxy
 from tests.support.images import get_manifest_digest
 from tests.support.registry_server import free_port
@@ -119,7 +114,7 @@ def failed_promotion(world, artifact, to_env: str) -> Promotion:
 
 
 def open_promotions(artifact, bucket):
-    return Promotion.objects.filter(artifact=artifact, to_bucket=bucket, state__in=Promotion.OPEN_STATES)
+    return Promotion.objects.filter(artifact=artifact, to_bucket=bucket, state__in=Promotion.OPEN)
 
 
 # ---- one open promotion per artifact and bucket ----------------------------------------------------------------
@@ -240,17 +235,17 @@ def test_a_copy_whose_heartbeat_is_late_is_not_requeued_or_cancelled_while_its_w
         artifact = world.register("staging", "v1", layers=1, layer_size=1024 * 1024)
         promotion = promotion_request(artifact=artifact, to_env="prod", actor=world.actor(world.alice))
         # The worker is alive and copying, but its heartbeat is late (a slow database, a long pause).
-        monkeypatch.setattr(promotions, "PROGRESS_EVERY", 30.0)
+        monkeypatch.setattr(copying, "PROGRESS_EVERY", 30.0)
         settings.P2P_HEARTBEAT_STALE_AFTER = timedelta(milliseconds=200)
         worker = Background(lambda: promotion_execute(promotion_id=promotion.pk))
 
-        def copying():
+        def started_copying():
             promotion.refresh_from_db()
             return promotion.state == Promotion.State.RUNNING
 
-        wait_for(copying, "the worker to start copying")
+        wait_for(started_copying, "the worker to start copying")
         time.sleep(0.3)
-        requeued = promotions_reconcile()
+        requeued = reconcile()
         try:
             promotion_cancel(promotion=promotion, actor=world.actor(world.alice), reason="too slow")
         except StateConflict:

@@ -10,7 +10,8 @@ import pytest
 
 from ci_integrations.models import WebhookDelivery
 from ci_integrations.services.errors import InvalidInput, NotAllowed
-from ci_integrations.services.promotions import promotion_request, promotions_reconcile
+from ci_integrations.services.promotions import promotion_request
+from ci_integrations.services.reconciler import reconcile
 from ci_integrations.services.webhooks import webhook_create
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -150,8 +151,8 @@ def test_a_delivery_lost_with_redis_is_re_enqueued_by_the_reconciler_and_deliver
     rq_queues["default"].connection.flushdb()  # our own test database only
     run_worker()
     assert receiver.received == [] and WebhookDelivery.objects.get().delivered_at is None
-    assert promotions_reconcile() == 2  # the promotion's copy and the delivery
-    assert promotions_reconcile() == 0  # both jobs are live again; no duplicates
+    assert reconcile() == 2  # the promotion's copy and the delivery
+    assert reconcile() == 0  # both jobs are live again; no duplicates
     run_worker()
     delivery.refresh_from_db()
     assert delivery.delivered_at is not None and delivery.attempts == 1 and len(receiver.received) == 1
@@ -173,13 +174,13 @@ def test_a_lost_delivery_gets_only_its_remaining_retries_and_is_then_given_up_fo
     rq_queues["default"].connection.flushdb()
     # Two of its four attempts were made before Redis lost the job.
     WebhookDelivery.objects.update(attempts=2)
-    assert promotions_reconcile() == 2
+    assert reconcile() == 2
     run_worker()
     delivery = WebhookDelivery.objects.get()
     assert delivery.attempts == 4 and len(receiver.received) == 2  # one try and the one retry left
     assert delivery.given_up_at is not None and delivery.delivered_at is None and "HTTP 500" in delivery.error
     rq_queues["default"].connection.flushdb()
-    assert promotions_reconcile() == 0
+    assert reconcile() == 0
     run_worker()
     assert WebhookDelivery.objects.get().attempts == 4 and len(receiver.received) == 2
 

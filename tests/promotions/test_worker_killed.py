@@ -13,7 +13,8 @@ from django.conf import settings
 from django.db import connection
 
 from ci_integrations.models import AuditEntry, Promotion, Registry
-from ci_integrations.services.promotions import promotion_request, promotions_reconcile
+from ci_integrations.services.promotions import promotion_request
+from ci_integrations.services.reconciler import reconcile
 from tests.promotions.slow_proxy import SlowProxy
 from tests.support.images import get_manifest_digest
 
@@ -110,7 +111,7 @@ def test_a_worker_killed_mid_copy_is_finished_by_the_reconciler(world, rq_queues
         settings.P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=1)
         time.sleep(1.2)
         proxy.throttled = False
-        assert promotions_reconcile() == 1
+        assert reconcile() == 1
         promotion.refresh_from_db()
         assert promotion.state == Promotion.State.QUEUED
         assert AuditEntry.objects.filter(action="promotion.requeued", object_id=str(promotion.pk)).exists()

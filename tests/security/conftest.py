@@ -29,7 +29,8 @@ from ci_integrations.models import (
     WorkflowStep,
 )
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import arrival_record, check_report
+from ci_integrations.services.arrivals import arrival_record
+from ci_integrations.services.artifacts import check_report
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.freeze import freeze_window_create
 from ci_integrations.services.promotions import promotion_request

@@ -73,7 +73,7 @@ def test_the_requester_cannot_approve_through_the_admin_and_each_attempt_is_audi
         page = client.get(change).content.decode()
         assert 'name="_save"' not in page, f"{label}: the promotion admin offers a Save button"
         attempts = [
-            (change, {"state": "approved"}),
+            (change, {"state": "queued"}),
             (  # an approval smuggled in through the inline formset
                 change,
                 {

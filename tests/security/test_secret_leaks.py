@@ -28,8 +28,8 @@ from ci_integrations.models import (
     AuditEntry,
     Bucket,
     IdempotencyRecord,
+    ImportJob,
     Integration,
-    Job,
     Promotion,
     Registry,
     Webhook,
@@ -41,7 +41,7 @@ from ci_integrations.registry.auth import TOKEN_CACHE
 from ci_integrations.registry.client_cache import CLIENTS
 from ci_integrations.registry.errors import redact, remember_secret
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import artifact_import
+from ci_integrations.services.imports import artifact_import
 from ci_integrations.services.promotions import promotion_request
 from ci_integrations.services.tokens import token_create, token_parse, token_revoke
 from ci_integrations.services.webhooks import webhook_create
@@ -123,7 +123,7 @@ def stored_rows() -> dict[str, str]:
         return json.dumps(list(model.objects.values()), default=str, sort_keys=True)
 
     return {
-        "jobs": dump(Job),
+        "jobs": dump(ImportJob),
         "promotions": dump(Promotion),
         "audit entries": dump(AuditEntry),
         "webhook deliveries": dump(WebhookDelivery),
@@ -224,9 +224,9 @@ def test_import_source_credentials_reach_no_log_job_audit_or_api_answer_when_wro
         job = api(token, "GET", f"/api/v1/jobs/{created.json()['id']}/")
         answers.append(job.content.decode())
 
-    failed, succeeded = Job.objects.order_by("pk")
-    assert failed.state == Job.State.FAILED and "refused the configured credentials" in failed.error
-    assert succeeded.state == Job.State.SUCCEEDED, succeeded.error
+    failed, succeeded = ImportJob.objects.order_by("pk")
+    assert failed.state == ImportJob.State.FAILED and "refused the configured credentials" in failed.error
+    assert succeeded.state == ImportJob.State.SUCCEEDED, succeeded.error
     assert AuditEntry.objects.filter(action="artifact.import_failed").exists()
     secrets = [wrong["password"], right["password"], basic_value(**wrong), basic_value(**right)]
     assert_nothing_leaked(secrets, logs, answers="\n".join(answers))
@@ -269,10 +269,10 @@ def test_an_import_from_a_token_auth_registry_leaks_neither_the_password_nor_the
                 actor=ADMIN,
             )
             run_worker()
-        wrong, right, missing = Job.objects.order_by("pk")
-        assert wrong.state == Job.State.FAILED and "401" in wrong.error
-        assert right.state == Job.State.SUCCEEDED, right.error
-        assert missing.state == Job.State.FAILED and "404" in missing.error
+        wrong, right, missing = ImportJob.objects.order_by("pk")
+        assert wrong.state == ImportJob.State.FAILED and "401" in wrong.error
+        assert right.state == ImportJob.State.SUCCEEDED, right.error
+        assert missing.state == ImportJob.State.FAILED and "404" in missing.error
         assert issued and proxy.requests(path="/manifests/missing")
         secrets = ["not-the-realm-password", "token-realm-Pa55word", *issued]
         secrets += [basic_value("builder", "token-realm-Pa55word"), basic_value("builder", "not-the-realm-password")]

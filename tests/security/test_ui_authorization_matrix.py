@@ -22,8 +22,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from ci_integrations.audit_verification import RESULT_KEY, RUNNING_KEY
 from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion, Registry
+from ci_integrations.services.audit_verification import RESULT_KEY, RUNNING_KEY
 from tests.security.conftest import ROLES, World, client_for, in_savepoint
 
 pytestmark = pytest.mark.django_db
@@ -249,7 +249,7 @@ MATRIX: dict[str, Row] = {
         lambda w: reverse("admin:ci_integrations_promotion_change", args=[w.pending.pk]),
         get=staff_only(OK),
         post=staff_only(DENIED),
-        data=lambda w: {"state": "approved"},
+        data=lambda w: {"state": "queued"},
         effect=promotion_state(lambda w: w.pending.pk),
     ),
     "admin/ci_integrations/auditentry/<path:object_id>/change/": Row(

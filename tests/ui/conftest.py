@@ -19,7 +19,8 @@ from django.db import connection
 
 from ci_integrations.models import Artifact, Bucket, Integration, Registry, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import arrival_record, artifact_register, check_report
+from ci_integrations.services.arrivals import arrival_record
+from ci_integrations.services.artifacts import artifact_register, check_report
 from tests.support.images import push_random_image
 from tests.support.registry_server import start_registry
 from tests.support.roles import restore_roles
@@ -52,7 +53,7 @@ def no_remembered_verification():
     """The chain badge's state lives in Redis; each test starts with none."""
     import django_rq
 
-    from ci_integrations.audit_verification import RESULT_KEY, RUNNING_KEY
+    from ci_integrations.services.audit_verification import RESULT_KEY, RUNNING_KEY
 
     django_rq.get_connection("default").delete(RESULT_KEY, RUNNING_KEY)
 

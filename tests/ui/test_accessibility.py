@@ -187,7 +187,7 @@ CONTRAST_JS = (
 
 # One of every coloured pill, message and button the stylesheet defines, for the pages that show none right now.
 SPECIMENS_JS = """() => {
-  const states = ['pending_approval', 'approved', 'queued', 'running', 'succeeded', 'failed', 'rejected', 'cancelled'];
+  const states = ['pending_approval', 'queued', 'running', 'succeeded', 'failed', 'rejected', 'cancelled'];
   const html = [
     ...states.map((s) => `<span class="state ${s}">${s}</span>`),
     ...['passed', 'failed', 'pending'].map((s) => `<span class="check ${s}">${s}</span>`),

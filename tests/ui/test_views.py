@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.artifacts import arrival_record
+from ci_integrations.services.arrivals import arrival_record
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.freeze import freeze_window_create
 from ci_integrations.services.promotions import promotion_approve, promotion_request
@@ -247,7 +247,7 @@ def test_a_verification_result_of_another_chain_is_not_shown_as_this_ones(world,
 
     import django_rq
 
-    from ci_integrations.audit_verification import RESULT_KEY, audit_verification_run
+    from ci_integrations.services.audit_verification import RESULT_KEY, audit_verification_run
 
     client = client_for(world.users["auditor"])
     audit_verification_run()

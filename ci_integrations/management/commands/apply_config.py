@@ -2,9 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from ci_integrations.encryption import CredentialsUnreadable
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.config import ConfigError, config_apply, config_load
-from ci_integrations.services.secrets import CredentialsUnreadable
 
 
 class Command(BaseCommand):

@@ -13,16 +13,16 @@ import threading
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection
 
+from ci_integrations.services.reconciler import reconcile
+
 logger = logging.getLogger("ci_integrations.reconciler")
 
 
 def reconcile_forever(stop: threading.Event, every: float) -> None:
-    from ci_integrations.services.promotions import promotions_reconcile
-
     while not stop.wait(every):
         try:
             close_old_connections()
-            count = promotions_reconcile()
+            count = reconcile()
             if count:
                 logger.warning("reconciler re-enqueued %d job(s)", count)
         except Exception:  # noqa: BLE001 - keep reconciling; the next minute may work

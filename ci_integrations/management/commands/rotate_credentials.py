@@ -2,9 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
+from ci_integrations.encryption import CredentialsUnreadable
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.credentials import credentials_rotate
-from ci_integrations.services.secrets import CredentialsUnreadable
 
 
 class Command(BaseCommand):

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from ci_integrations.models import AuditEntry
 from ci_integrations.services.audit import audit_verify
+from ci_integrations.services.background import VERIFY_AUDIT, get_queue
 
 RESULT_KEY = "p2p:audit:last-verification"
 RUNNING_KEY = "p2p:audit:verification-running"
@@ -19,18 +20,14 @@ RUNNING_FOR_AT_MOST = 3600  # seconds; a worker that died mid-run does not block
 
 
 def _redis():
-    import django_rq
-
-    return django_rq.get_connection("default")
+    return get_queue(VERIFY_AUDIT.queue).connection
 
 
 def audit_verification_start() -> bool:
     """Queue a verification unless one is already queued or running; True when this call queued it."""
-    import django_rq
-
     if not _redis().set(RUNNING_KEY, timezone.now().isoformat(), nx=True, ex=RUNNING_FOR_AT_MOST):
         return False
-    django_rq.get_queue("default").enqueue(audit_verification_run, job_timeout=RUNNING_FOR_AT_MOST)
+    VERIFY_AUDIT.enqueue_now(job_id=VERIFY_AUDIT.new_job_id("chain"), job_timeout=RUNNING_FOR_AT_MOST)
     return True
 
 

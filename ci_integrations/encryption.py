@@ -1,4 +1,7 @@
-"""Encryption at rest for stored registry credentials and webhook secrets (MultiFernet, P2P_FERNET_KEYS)."""
+"""Encryption at rest for stored registry credentials and webhook secrets (MultiFernet, P2P_FERNET_KEYS).
+
+Below the models, which keep their secrets encrypted with it. May import: Django settings only.
+"""
 
 import json
 
