@@ -14,6 +14,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from p2p_portal.client_address import trusted_proxy_networks
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("P2P_VAR_DIR", BASE_DIR / "var"))
 
@@ -160,8 +162,14 @@ AUTHENTICATION_BACKENDS = [
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", "15")))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# One list inside the list means "this user name from this address": a flat list would lock each alone, so five wrong
+# passwords from anywhere would lock any user out everywhere, and everyone behind one proxy would share one lockout.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Load balancers or reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma-separated);
+# empty: X-Forwarded-For is never believed, and the client is the direct peer.
+P2P_TRUSTED_PROXIES = trusted_proxy_networks(os.environ.get("P2P_TRUSTED_PROXIES", ""))
+AXES_CLIENT_IP_CALLABLE = "p2p_portal.client_address.client_address"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
