@@ -134,6 +134,24 @@ def test_a_rate_window_counter_expires_with_its_window(world, settings):
     assert all(0 < client.ttl(key) <= 61 for key in counters)
 
 
+def test_callers_without_a_token_are_counted_by_their_real_address_not_a_forwarded_one(settings):
+    """A caller with no token and no session is counted per client address; a made-up X-Forwarded-For from a peer
+    that is not a trusted proxy must not give it a fresh count."""
+    import ipaddress
+
+    from django.test import RequestFactory
+    from rest_framework.request import Request
+
+    from ci_integrations.api.throttling import TokenRateThrottle
+
+    def identity(**meta) -> str:
+        return TokenRateThrottle().identity(Request(RequestFactory().get("/api/v1/integrations/", **meta)))
+
+    settings.P2P_TRUSTED_PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
+    assert identity(REMOTE_ADDR="198.51.100.1", HTTP_X_FORWARDED_FOR="203.0.113.9") == "addr:198.51.100.1"
+    assert identity(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.1, 203.0.113.9") == "addr:203.0.113.9"
+
+
 def test_a_check_name_is_held_to_the_rule_that_required_checks_use(world):
     ci = world.caller("ci_own")
     world.push(world.dev, "1.0.0")
