@@ -19,6 +19,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from ci_integrations.api import parsers
 from ci_integrations.api import serializers as s
 from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
@@ -90,7 +91,7 @@ class ApiView(APIView):
 
     permission_classes = [HasScope]
     throttle_classes = [TokenRateThrottle]
-    parser_classes = [BoundedJSONParser]
+    parser_classes = [parsers.BoundedJSONParser]
     renderer_classes = [JSONRenderer]
     scopes: dict[str, str] = {"GET": SCOPE_READ}
     # False for views whose answer holds secrets: an Idempotency-Key is honoured while the request runs, but the

@@ -82,6 +82,44 @@ def test_an_oversize_body_is_a_413_in_the_envelope(world):
     assert_error(world.caller("ci_own").call("POST", artifacts_url(world), raw=big), 413, "too_large")
 
 
+def nested(depth: int, inner: str = "1") -> str:
+    """JSON with `depth` levels of arrays and objects, alternating, around `inner`."""
+    text = inner
+    for level in range(depth):
+        text = f"[{text}]" if level % 2 else f'{{"k": {text}}}'
+    return text
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "deep-body-1"])
+def test_a_body_nested_10000_deep_is_a_400_that_says_it_is_nested_too_deep(world, idempotency_key):
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    ci = world.caller("ci_own")
+    for body in (
+        "[" * 10_000 + "]" * 10_000,
+        '{"env": "dev", "tag": "v1", "metadata": {"labels": ' + nested(10_000) + "}}",
+        "[" * 10_000,  # never closed: still refused for its depth, not a 500
+    ):
+        response = ci.call("POST", artifacts_url(world), raw=body.encode(), headers=headers)
+        assert_error(response, 400, "parse_error", "nested more than 32 levels deep")
+
+
+def test_nesting_of_32_levels_reaches_validation_and_33_is_refused_as_too_deep(world):
+    ci = world.caller("ci_own")
+
+    def post(metadata: str):
+        body = '{"env": "dev", "tag": "v1", "metadata": ' + metadata + "}"
+        return ci.call("POST", artifacts_url(world), raw=body.encode())
+
+    # The body itself is the first level, so its metadata may nest 31 more.
+    assert_error(post(nested(31)), 400, "invalid")
+    assert_error(post(nested(32)), 400, "parse_error", "nested more than 32 levels deep")
+    # Brackets inside strings are text, not nesting (escaped quotes included).
+    in_text = '{"labels": {"note": "' + '\\"[{' * 5_000 + '"}}'
+    assert assert_error(post(in_text), 400)["code"] != "parse_error"
+    # A body that is simply not JSON still gets the decoder's message.
+    assert_error(ci.call("POST", artifacts_url(world), raw=b'{"env": "dev",'), 400, "parse_error", "JSON parse error")
+
+
 def test_401_means_who_are_you_and_403_means_you_may_not(world):
     anonymous = assert_error(world.caller("anonymous").get("/api/v1/integrations/"), 401, "unauthenticated")
     assert anonymous["message"]
