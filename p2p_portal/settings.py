@@ -1,8 +1,8 @@
 """Settings, read from the environment.
 
 Development needs nothing set: with no SECRET_KEY in the environment the portal runs in development mode (DEBUG on,
-SQLite under var/, built-in development keys). Production sets DEBUG=0 or a SECRET_KEY, and then refuses to start
-unless SECRET_KEY, P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS are all given real values.
+SQLite under var/, built-in development keys). Production sets DEBUG=0 (the Docker image does) or a SECRET_KEY, and
+then refuses to start unless SECRET_KEY, P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS are all given real values.
 """
 
 import hashlib
