@@ -31,6 +31,16 @@ def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
+def env_whole_number(name: str, default: int) -> int:
+    """A whole number greater than 0 from the environment (unset or empty: the default), else ImproperlyConfigured."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit() and int(value) > 0):
+        raise ImproperlyConfigured(f"{name} is {value!r}: expected a whole number greater than 0.")
+    return int(value)
+
+
 def development_key(purpose: str) -> str:
     """A fixed, public key for development only; production refuses to start with it."""
     return urlsafe_b64encode(hashlib.sha256(f"p2p-portal-development-{purpose}".encode()).digest()).decode()
@@ -220,6 +230,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# A sign-in lasts a working day by default (Django's default is two weeks), then the person signs in again.
+SESSION_COOKIE_AGE = env_whole_number("P2P_SESSION_HOURS", 12) * 3600
 
 # Production hardening; behind a TLS-terminating load balancer set SECURE_PROXY_SSL_HEADER_ENABLED=1.
 SESSION_COOKIE_SECURE = not DEBUG

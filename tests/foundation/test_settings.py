@@ -103,3 +103,15 @@ def test_development_needs_no_configuration_and_uses_the_embedded_keys():
     assert debug == "True"
     assert secret_key == repr(development_key("secret-key"))
     assert fernet == repr([development_key("fernet")])
+
+
+def test_session_hours_set_the_session_age_and_a_bad_value_stops_start_up_naming_it():
+    assert settings_values(development_env(), "SESSION_COOKIE_AGE") == [str(12 * 3600)]
+    assert settings_values(development_env(P2P_SESSION_HOURS="3"), "SESSION_COOKIE_AGE") == [str(3 * 3600)]
+    assert settings_values(production_env(P2P_SESSION_HOURS="8"), "SESSION_COOKIE_AGE") == [str(8 * 3600)]
+    for bad in ("0", "-1", "1.5", "twelve", "١٢"):
+        result = manage("check", env=development_env(P2P_SESSION_HOURS=bad))
+        assert result.returncode != 0, bad
+        assert f"ImproperlyConfigured: P2P_SESSION_HOURS is {bad!r}: expected a whole number greater than 0." in (
+            result.stderr
+        ), bad

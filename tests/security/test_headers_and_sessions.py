@@ -136,3 +136,12 @@ def test_axes_locks_out_after_the_failure_limit_and_refuses_the_right_password(w
     # test_sign_in_lockout.py for the other addresses and proxies.
     other = User.objects.get(username="auditor")
     assert attacker.post(url, {"username": other.username, "password": PASSWORD}).status_code == 302
+
+
+def test_a_sign_in_lasts_12_hours_by_default_not_two_weeks(world):
+    """With P2P_SESSION_HOURS unset, as here, the session cookie and the stored session both end after 12 hours."""
+    client = client_for(None)
+    response = client.post(reverse("login"), {"username": "viewer", "password": PASSWORD})
+    assert response.status_code == 302 and "_auth_user_id" in client.session
+    assert response.cookies["sessionid"]["max-age"] == 12 * 3600
+    assert client.session.get_expiry_age() == 12 * 3600
