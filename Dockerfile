@@ -13,7 +13,11 @@ RUN /opt/venv/bin/pip install --upgrade pip \
 
 # --- final: slim runtime, no compilers, non-root ---
 FROM python:3.11-slim
-ENV PATH=/opt/venv/bin:$PATH \
+# DEBUG=0: the image runs in production mode (unless DEBUG=1 is given at run time), so without SECRET_KEY,
+# P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS it refuses to start, naming what is missing, rather than run in DEBUG with
+# the public development keys.
+ENV DEBUG=0 \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     DJANGO_SETTINGS_MODULE=p2p_portal.settings \
@@ -27,8 +31,7 @@ COPY --from=builder /opt/venv /opt/venv
 COPY . /app
 # Static files are collected at build time with throwaway production values; none of them ends up in the image's
 # environment, and real ones are required at run time (settings refuse to start without them).
-RUN DEBUG=0 \
-    SECRET_KEY=collectstatic-at-build-time-only-this-value-never-serves-a-request \
+RUN SECRET_KEY=collectstatic-at-build-time-only-this-value-never-serves-a-request \
     P2P_FERNET_KEYS=build-time-placeholder \
     P2P_TOKEN_PEPPERS=build=build-time-placeholder \
     ALLOWED_HOSTS=localhost \

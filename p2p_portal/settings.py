@@ -1,8 +1,8 @@
 """Settings, read from the environment.
 
 Development needs nothing set: with no SECRET_KEY in the environment the portal runs in development mode (DEBUG on,
-SQLite under var/, built-in development keys). Production sets DEBUG=0 or a SECRET_KEY, and then refuses to start
-unless SECRET_KEY, P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS are all given real values.
+SQLite under var/, built-in development keys). Production sets DEBUG=0 (the Docker image does) or a SECRET_KEY, and
+then refuses to start unless SECRET_KEY, P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS are all given real values.
 """
 
 import hashlib
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from p2p_portal.client_address import trusted_proxy_networks
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("P2P_VAR_DIR", BASE_DIR / "var"))
@@ -27,6 +29,16 @@ def env_bool(name: str, default: bool) -> bool:
 
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def env_whole_number(name: str, default: int) -> int:
+    """A whole number greater than 0 from the environment (unset or empty: the default), else ImproperlyConfigured."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not (value.isascii() and value.isdigit() and int(value) > 0):
+        raise ImproperlyConfigured(f"{name} is {value!r}: expected a whole number greater than 0.")
+    return int(value)
 
 
 def development_key(purpose: str) -> str:
@@ -160,8 +172,14 @@ AUTHENTICATION_BACKENDS = [
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", "15")))
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# One list inside the list means "this user name from this address": a flat list would lock each alone, so five wrong
+# passwords from anywhere would lock any user out everywhere, and everyone behind one proxy would share one lockout.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Load balancers or reverse proxies whose X-Forwarded-For is believed (addresses or CIDR networks, comma-separated);
+# empty: X-Forwarded-For is never believed, and the client is the direct peer.
+P2P_TRUSTED_PROXIES = trusted_proxy_networks(os.environ.get("P2P_TRUSTED_PROXIES", ""))
+AXES_CLIENT_IP_CALLABLE = "p2p_portal.client_address.client_address"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -212,6 +230,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+
+# A sign-in lasts a working day by default (Django's default is two weeks), then the person signs in again.
+SESSION_COOKIE_AGE = env_whole_number("P2P_SESSION_HOURS", 12) * 3600
 
 # Production hardening; behind a TLS-terminating load balancer set SECURE_PROXY_SSL_HEADER_ENABLED=1.
 SESSION_COOKIE_SECURE = not DEBUG

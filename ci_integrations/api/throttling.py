@@ -16,6 +16,7 @@ from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
 from ci_integrations.api.permissions import request_token
+from p2p_portal.client_address import client_address
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -80,4 +81,6 @@ class TokenRateThrottle(BaseThrottle):
             return f"token:{token.key_id}"
         if request.user and request.user.is_authenticated:
             return f"user:{request.user.pk}"
-        return f"addr:{self.get_ident(request)}"
+        # Not DRF's get_ident(), which believes X-Forwarded-For from anyone: a made-up address per request would
+        # reset the count.
+        return f"addr:{client_address(request)}"

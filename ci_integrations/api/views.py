@@ -13,12 +13,12 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.pagination import CursorPagination
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ci_integrations import selectors
+from ci_integrations.api import parsers
 from ci_integrations.api import serializers as s
 from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
@@ -52,18 +52,6 @@ CLI_PATH = Path(__file__).resolve().parent.parent / "cli" / "p2p.py"
 ERRORS = {code: s.ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 429)}
 
 
-class BoundedJSONParser(JSONParser):
-    """JSON bodies up to MAX_BODY_BYTES; anything larger is a 413, whatever Content-Length claimed."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        import io
-
-        raw = stream.read(MAX_BODY_BYTES + 1) if stream is not None else b""
-        if len(raw) > MAX_BODY_BYTES:
-            raise PayloadTooLarge()
-        return super().parse(io.BytesIO(raw), media_type, parser_context)
-
-
 class _Replay(Exception):
     def __init__(self, response: Response):
         self.response = response
@@ -74,7 +62,7 @@ class ApiView(APIView):
 
     permission_classes = [HasScope]
     throttle_classes = [TokenRateThrottle]
-    parser_classes = [BoundedJSONParser]
+    parser_classes = [parsers.BoundedJSONParser]
     renderer_classes = [JSONRenderer]
     scopes: dict[str, str] = {"GET": SCOPE_READ}
     # False for views whose answer holds secrets: an Idempotency-Key is honoured while the request runs, but the

@@ -15,6 +15,8 @@ Configure:    P2P_URL (the portal, e.g. https://p2p.example.com) and P2P_TOKEN (
 
 Every command takes --json to print the API's answer as JSON. Errors are one line on stderr and exit 1, or 64 when
 the command line or its environment is wrong (nothing was sent then).
+The token only travels to P2P_URL: plain http:// is refused unless the host is this machine (loopback), and a
+redirect is reported, never followed.
 Every POST carries an Idempotency-Key, so a retried request never registers or promotes twice.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import email.utils
 import http.client
+import ipaddress
 import json
 import math
 import os
@@ -119,7 +122,23 @@ def _portal_url(url: str) -> str:
         raise UsageError(
             f"P2P_URL (or --portal-url) is {url!r}: expected http(s)://HOST[:PORT], e.g. https://p2p.example.com"
         )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        # Plain HTTP would carry the token across the network readable by anyone on the path.
+        raise UsageError(
+            f"P2P_URL (or --portal-url) is {url!r}: plain http:// is only allowed to this machine "
+            "(localhost, 127.0.0.1, ::1), as the token would cross the network unencrypted; use https://"
+        )
     return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether a URL's host is this machine: `localhost` or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _token(token: str) -> str:
@@ -151,14 +170,40 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: urllib would send the Authorization header to wherever it points, and turn a POST
+    into a GET without its body. The 3xx is raised as an HTTPError instead, and reported by Api._request."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        """None: do not make the redirected request."""
+        return None
+
+
+def _redirect_error(portal: str, requested: str, status: int, headers) -> CliError:
+    """A one-line report of a redirect the portal's address answered, naming where it pointed (without its query,
+    which may hold a signature; repr() keeps control characters off the terminal)."""
+    target = urllib.parse.urlsplit(urllib.parse.urljoin(requested, (headers.get("Location") or "").strip()))
+    where = urllib.parse.urlunsplit((target.scheme, target.netloc, target.path, "", ""))[:200]
+    return CliError(
+        f"{portal} answered HTTP {status}, a redirect to {where!r}; p2p does not follow redirects, so that the token "
+        "only ever goes to P2P_URL: set P2P_URL to the portal's own address",
+        status=status,
+    )
+
+
 class Api:
-    """A tiny JSON client: bearer token, Idempotency-Key on POST, a few retries for gateways and resets."""
+    """A tiny JSON client: bearer token, Idempotency-Key on POST, a few retries for gateways and resets.
+
+    Redirects are not followed: the API never redirects, so one means P2P_URL points at something else (an http:// to
+    https:// hop, a moved host, a sign-on page), and following it would hand the token to that other address.
+    """
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 3):
         self.url = _portal_url(url)
         self.token = _token(token)
         self.timeout = timeout
         self.retries = retries
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def get(self, path: str, params: dict | None = None):
         query = {key: value for key, value in (params or {}).items() if value not in (None, "")}
@@ -185,9 +230,11 @@ class Api:
             attempt += 1
             request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with self._opener.open(request, timeout=self.timeout) as response:
                     status, response_headers, raw = response.status, response.headers, response.read()
             except urllib.error.HTTPError as exc:
+                if 300 <= exc.code < 400:
+                    raise _redirect_error(self.url, self.url + path, exc.code, exc.headers) from None
                 if exc.code in RETRYABLE_STATUSES and attempt <= self.retries:
                     time.sleep(min(2**attempt, 10))
                     continue

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,8 +55,9 @@ class Stub:
         return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
-@pytest.fixture
-def stub():
+@contextmanager
+def serving_stub():
+    """A Stub answering on its own loopback port while the block runs."""
     state = Stub()
 
     class Handler(BaseHTTPRequestHandler):
@@ -81,9 +83,17 @@ def stub():
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def stub():
+    with serving_stub() as state:
+        yield state
 
 
 def p2p(stub: Stub, *args: str, **env) -> subprocess.CompletedProcess:

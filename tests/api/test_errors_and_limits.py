@@ -82,6 +82,44 @@ def test_an_oversize_body_is_a_413_in_the_envelope(world):
     assert_error(world.caller("ci_own").call("POST", artifacts_url(world), raw=big), 413, "too_large")
 
 
+def nested(depth: int, inner: str = "1") -> str:
+    """JSON with `depth` levels of arrays and objects, alternating, around `inner`."""
+    text = inner
+    for level in range(depth):
+        text = f"[{text}]" if level % 2 else f'{{"k": {text}}}'
+    return text
+
+
+@pytest.mark.parametrize("idempotency_key", [None, "deep-body-1"])
+def test_a_body_nested_10000_deep_is_a_400_that_says_it_is_nested_too_deep(world, idempotency_key):
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    ci = world.caller("ci_own")
+    for body in (
+        "[" * 10_000 + "]" * 10_000,
+        '{"env": "dev", "tag": "v1", "metadata": {"labels": ' + nested(10_000) + "}}",
+        "[" * 10_000,  # never closed: still refused for its depth, not a 500
+    ):
+        response = ci.call("POST", artifacts_url(world), raw=body.encode(), headers=headers)
+        assert_error(response, 400, "parse_error", "nested more than 32 levels deep")
+
+
+def test_nesting_of_32_levels_reaches_validation_and_33_is_refused_as_too_deep(world):
+    ci = world.caller("ci_own")
+
+    def post(metadata: str):
+        body = '{"env": "dev", "tag": "v1", "metadata": ' + metadata + "}"
+        return ci.call("POST", artifacts_url(world), raw=body.encode())
+
+    # The body itself is the first level, so its metadata may nest 31 more.
+    assert_error(post(nested(31)), 400, "invalid")
+    assert_error(post(nested(32)), 400, "parse_error", "nested more than 32 levels deep")
+    # Brackets inside strings are text, not nesting (escaped quotes included).
+    in_text = '{"labels": {"note": "' + '\\"[{' * 5_000 + '"}}'
+    assert assert_error(post(in_text), 400)["code"] != "parse_error"
+    # A body that is simply not JSON still gets the decoder's message.
+    assert_error(ci.call("POST", artifacts_url(world), raw=b'{"env": "dev",'), 400, "parse_error", "JSON parse error")
+
+
 def test_401_means_who_are_you_and_403_means_you_may_not(world):
     anonymous = assert_error(world.caller("anonymous").get("/api/v1/integrations/"), 401, "unauthenticated")
     assert anonymous["message"]
@@ -132,6 +170,24 @@ def test_a_rate_window_counter_expires_with_its_window(world, settings):
     assert counters, "the request counter of this token's window is in Redis"
     # Redis forgets the window soon after it ends: no counter outlives its minute (plus a second).
     assert all(0 < client.ttl(key) <= 61 for key in counters)
+
+
+def test_callers_without_a_token_are_counted_by_their_real_address_not_a_forwarded_one(settings):
+    """A caller with no token and no session is counted per client address; a made-up X-Forwarded-For from a peer
+    that is not a trusted proxy must not give it a fresh count."""
+    import ipaddress
+
+    from django.test import RequestFactory
+    from rest_framework.request import Request
+
+    from ci_integrations.api.throttling import TokenRateThrottle
+
+    def identity(**meta) -> str:
+        return TokenRateThrottle().identity(Request(RequestFactory().get("/api/v1/integrations/", **meta)))
+
+    settings.P2P_TRUSTED_PROXIES = [ipaddress.ip_network("10.0.0.0/8")]
+    assert identity(REMOTE_ADDR="198.51.100.1", HTTP_X_FORWARDED_FOR="203.0.113.9") == "addr:198.51.100.1"
+    assert identity(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR="192.0.2.1, 203.0.113.9") == "addr:203.0.113.9"
 
 
 def test_a_check_name_is_held_to_the_rule_that_required_checks_use(world):

@@ -75,3 +75,43 @@ def test_the_default_sqlite_database_works_in_a_var_folder_that_does_not_exist_y
     result = manage("migrate", "--noinput", "-v", "0", env=env)
     assert result.returncode == 0, result.stderr
     assert (var_dir / "p2p_portal.sqlite3").stat().st_size > 0
+
+
+def settings_values(env: dict, *names: str) -> list[str]:
+    """The repr of each named setting, as a fresh process with this environment loads them."""
+    code = "from django.conf import settings; " + "; ".join(f"print(repr(settings.{name}))" for name in names)
+    result = manage("shell", "-c", code, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-len(names) :]
+
+
+def development_env(**overrides) -> dict:
+    """What `make run` and `make test` give the portal: none of its own variables."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "P2P_", "SECURE_")) and key not in ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS")
+    }
+    env.update(LOG_LEVEL="WARNING", **overrides)
+    return env
+
+
+def test_development_needs_no_configuration_and_uses_the_embedded_keys():
+    from p2p_portal.settings import development_key
+
+    debug, secret_key, fernet = settings_values(development_env(), "DEBUG", "SECRET_KEY", "P2P_FERNET_KEYS")
+    assert debug == "True"
+    assert secret_key == repr(development_key("secret-key"))
+    assert fernet == repr([development_key("fernet")])
+
+
+def test_session_hours_set_the_session_age_and_a_bad_value_stops_start_up_naming_it():
+    assert settings_values(development_env(), "SESSION_COOKIE_AGE") == [str(12 * 3600)]
+    assert settings_values(development_env(P2P_SESSION_HOURS="3"), "SESSION_COOKIE_AGE") == [str(3 * 3600)]
+    assert settings_values(production_env(P2P_SESSION_HOURS="8"), "SESSION_COOKIE_AGE") == [str(8 * 3600)]
+    for bad in ("0", "-1", "1.5", "twelve", "١٢"):
+        result = manage("check", env=development_env(P2P_SESSION_HOURS=bad))
+        assert result.returncode != 0, bad
+        assert f"ImproperlyConfigured: P2P_SESSION_HOURS is {bad!r}: expected a whole number greater than 0." in (
+            result.stderr
+        ), bad

@@ -132,11 +132,16 @@ def test_axes_locks_out_after_the_failure_limit_and_refuses_the_right_password(w
     locked = attacker.post(url, right)
     assert locked.status_code == 429
     assert "_auth_user_id" not in attacker.session
-    # The lockout is by user name as well as address: the user is locked out from anywhere.
-    elsewhere = client_for(None, REMOTE_ADDR="192.0.2.7")
-    assert elsewhere.post(url, right).status_code == 429
-    assert "_auth_user_id" not in elsewhere.session
-    # Another person at another address still signs in.
+    # Another person at the same address still signs in: the lockout is of the (user name, address) pair, see
+    # test_sign_in_lockout.py for the other addresses and proxies.
     other = User.objects.get(username="auditor")
-    bystander = client_for(None, REMOTE_ADDR="192.0.2.8")
-    assert bystander.post(url, {"username": other.username, "password": PASSWORD}).status_code == 302
+    assert attacker.post(url, {"username": other.username, "password": PASSWORD}).status_code == 302
+
+
+def test_a_sign_in_lasts_12_hours_by_default_not_two_weeks(world):
+    """With P2P_SESSION_HOURS unset, as here, the session cookie and the stored session both end after 12 hours."""
+    client = client_for(None)
+    response = client.post(reverse("login"), {"username": "viewer", "password": PASSWORD})
+    assert response.status_code == 302 and "_auth_user_id" in client.session
+    assert response.cookies["sessionid"]["max-age"] == 12 * 3600
+    assert client.session.get_expiry_age() == 12 * 3600
