@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import unicodedata
 from datetime import date, datetime, time, timedelta
 
 from django import forms
@@ -13,24 +12,21 @@ from django.core.cache import cache
 from django.core.validators import MaxLengthValidator
 from django.utils import timezone
 
+from ci_integrations.input_rules import control_character, control_character_problem
 from ci_integrations.models import ApiToken, Integration, validate_tag
 from ci_integrations.selectors import AuditFilters, environment_names
 
 MAX_TEXT = 2000
 FORM_ONCE_SECONDS = 24 * 3600  # how long a sent token form is remembered
-# Tabs and line breaks are text; other control characters (terminal escapes, NUL…) are not.
-TEXT_WHITESPACE = {"\t", "\n", "\r"}
 
 
 def validate_printable(value: str) -> None:
-    """Refuse control characters, naming the first one, so text shown, logged or exported stays inert."""
-    for char in value:
-        if char not in TEXT_WHITESPACE and char != "\x00" and unicodedata.category(char) == "Cc":
-            raise forms.ValidationError(
-                "Remove the control character U+%(code)04X; only printable text is allowed.",
-                code="control_character",
-                params={"code": ord(char)},
-            )
+    """Refuse control characters (input_rules.control_character), naming the first one, so text shown, logged or
+    exported stays inert. NUL is left to Django's own validator, which every CharField runs."""
+    char = control_character(value.replace("\x00", ""), multiline=True)
+    if char is not None:
+        problem = control_character_problem(char)
+        raise forms.ValidationError(f"{problem[0].upper()}{problem[1:]}.", code="control_character")
 
 
 class TextField(forms.CharField):

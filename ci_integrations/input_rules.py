@@ -21,14 +21,6 @@ MAX_URL_LENGTH = 1024
 TEXT_WHITESPACE = frozenset("\t\n\r")
 
 
-class InputRuleBroken(ValueError):
-    """A value breaks an input rule; `message` says which rule and what a good value looks like."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
 @dataclass(frozen=True)
 class InputRule:
     """One input word: what it is called, what a valid value looks like, and the test."""
@@ -45,12 +37,6 @@ class InputRule:
         """The sentence for a value that breaks the rule, e.g. "'x!' is not a valid tag: up to 128 …". `word` names
         what the value is where the general word is too vague ("environment" for a name)."""
         return self.sentence.format(value=value, word=word or self.word, explanation=self.explanation)
-
-    def check(self, value, *, word: str | None = None) -> str:
-        """`value` itself when valid; otherwise raise InputRuleBroken with problem()."""
-        if not self.is_valid(value):
-            raise InputRuleBroken(self.problem(value, word=word))
-        return value
 
 
 _NAME_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")

@@ -1,4 +1,5 @@
-"""The domain words of DESIGN.md as tables.
+"""The domain words (registry, integration, bucket, artifact, arrival, workflow, promotion, audit entry, token…) as
+tables.
 
 Models hold data, validation and small derived properties only; everything that changes state lives in services/.
 """
@@ -401,10 +402,6 @@ class Promotion(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.artifact.short_digest} → {self.to_bucket.env} ({self.state})"
-
-    @property
-    def is_open(self) -> bool:
-        return self.state in self.OPEN
 
     @property
     def is_cancellable(self) -> bool:

@@ -3,43 +3,38 @@ services check meaning (does the bucket exist, does policy allow it)."""
 
 from __future__ import annotations
 
-import re
-
 from rest_framework import serializers
 
+from ci_integrations.input_rules import DIGEST, NAME, TAG, InputRule, control_character, control_character_problem
 from ci_integrations.models import CheckResult, validate_check_name
-from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 
-SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]{1,63}$")
 LOG_TAIL_LINES = 50
 
 
 def no_control_characters(value: str) -> None:
-    """Refuse C0/C1 control characters in one-line fields (they corrupt logs, terminals and exports)."""
-    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
-        raise serializers.ValidationError("must not contain control characters")
+    """Refuse control characters in one-line fields (they corrupt logs, terminals and exports)."""
+    if (char := control_character(value)) is not None:
+        raise serializers.ValidationError(control_character_problem(char))
 
 
 def no_control_characters_multiline(value: str) -> None:
-    if any((ord(ch) < 32 and ch not in "\n\t\r") or 127 <= ord(ch) < 160 for ch in value):
-        raise serializers.ValidationError("must not contain control characters")
+    """Refuse control characters other than tabs and line breaks in multi-line text."""
+    if (char := control_character(value, multiline=True)) is not None:
+        raise serializers.ValidationError(control_character_problem(char))
 
 
-def valid_slug(value: str) -> None:
-    if not SLUG_RE.match(value):
-        raise serializers.ValidationError("must be 1 to 63 letters, digits, '-' or '_'")
+def _rule(rule: InputRule, word: str | None = None):
+    def validate(value: str) -> None:
+        if not rule.is_valid(value):
+            raise serializers.ValidationError(rule.problem(value, word=word))
+
+    return validate
 
 
-def valid_tag(value: str) -> None:
-    if not is_valid_tag(value):
-        raise serializers.ValidationError(
-            "not a valid tag: up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'"
-        )
-
-
-def valid_digest(value: str) -> None:
-    if not is_valid_digest(value):
-        raise serializers.ValidationError("not a digest: expected sha256: followed by 64 lowercase hex characters")
+valid_name = _rule(NAME)
+valid_environment = _rule(NAME, "environment")
+valid_tag = _rule(TAG)
+valid_digest = _rule(DIGEST)
 
 
 def Line(*, max_length: int, required: bool = True, validators=(), **kwargs) -> serializers.CharField:  # noqa: N802
@@ -69,7 +64,7 @@ class LabelsField(serializers.DictField):
         if len(value) > 50:
             raise serializers.ValidationError("at most 50 labels")
         for key in value:
-            if not key or len(key) > 63 or any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in key):
+            if not key or len(key) > 63 or control_character(key) is not None:
                 raise serializers.ValidationError(f"label name {key[:70]!r} must be 1 to 63 printable characters")
         return value
 
@@ -123,7 +118,7 @@ class IntegrationOut(serializers.Serializer):
 
 
 class RegisterIn(serializers.Serializer):
-    env = Line(max_length=63, validators=[valid_slug])
+    env = Line(max_length=63, validators=[valid_environment])
     tag = Line(max_length=128, validators=[valid_tag])
     digest = Line(max_length=71, required=False, allow_null=True, validators=[valid_digest])
     metadata = MetadataIn(required=False, allow_null=True)
@@ -175,7 +170,7 @@ class RegisterOut(serializers.Serializer):
 
 
 class ArtifactSearchIn(serializers.Serializer):
-    env = Line(max_length=63, required=False, validators=[valid_slug])
+    env = Line(max_length=63, required=False, validators=[valid_environment])
     tag = Line(max_length=128, required=False, validators=[valid_tag])
     digest = Line(max_length=71, required=False, validators=[valid_digest])
 
@@ -220,13 +215,13 @@ class CheckIn(serializers.Serializer):
 
 
 class PromotionIn(serializers.Serializer):
-    integration = Line(max_length=63, validators=[valid_slug])
+    integration = Line(max_length=63, validators=[valid_name])
     artifact = Line(max_length=128, help_text="artifact id, digest (sha256:…) or tag")
-    to_env = Line(max_length=63, validators=[valid_slug])
+    to_env = Line(max_length=63, validators=[valid_environment])
     from_env = Line(
         max_length=63,
         required=False,
-        validators=[valid_slug],
+        validators=[valid_environment],
         help_text="where to look the tag up (corectl's source stage)",
     )
     tag = Line(
@@ -288,14 +283,14 @@ class CommentIn(serializers.Serializer):
 
 
 class RollbackIn(serializers.Serializer):
-    env = Line(max_length=63, validators=[valid_slug])
+    env = Line(max_length=63, validators=[valid_environment])
     to = Line(max_length=71, help_text="artifact id or digest to return the bucket to")
     reason = Line(max_length=2000)
     freeze_override_reason = Text(help_text="roll back through an active freeze window (needs override_freezewindow)")
 
 
 class PushCredentialsIn(serializers.Serializer):
-    env = Line(max_length=63, validators=[valid_slug])
+    env = Line(max_length=63, validators=[valid_environment])
 
 
 class PushCredentialsOut(serializers.Serializer):
@@ -311,8 +306,8 @@ class PushCredentialsOut(serializers.Serializer):
 
 
 class AuditQueryIn(serializers.Serializer):
-    integration = Line(max_length=63, required=False, validators=[valid_slug])
-    environment = Line(max_length=63, required=False, validators=[valid_slug])
+    integration = Line(max_length=63, required=False, validators=[valid_name])
+    environment = Line(max_length=63, required=False, validators=[valid_environment])
     actor = Line(max_length=150, required=False)
     action = Line(max_length=64, required=False)
     since = serializers.DateTimeField(required=False)

@@ -7,12 +7,12 @@ audit, rows.
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from ci_integrations.input_rules import DIGEST, TAG, control_character, is_http_url
 from ci_integrations.models import (
     Arrival,
     Artifact,
@@ -26,7 +26,6 @@ from ci_integrations.models import (
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.registry import resolve_manifest
 from ci_integrations.registry.client import MAX_MANIFEST_BYTES
-from ci_integrations.registry.refs import is_valid_digest, is_valid_tag
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_audit, arrival_insert, immutable_tag_conflict
 from ci_integrations.services.audit import audit_record, audit_records
@@ -61,16 +60,11 @@ def clean_metadata(metadata: dict | None) -> dict:
     for key in ("git_sha", "branch"):
         value = metadata.get(key) or ""
         limit = 64 if key == "git_sha" else 255
-        if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
+        if not isinstance(value, str) or len(value) > limit or control_character(value) is not None:
             raise InvalidInput(f"metadata {key} must be text of at most {limit} characters", details={key: "invalid"})
         cleaned[key] = value
     build_url = metadata.get("build_url") or ""
-    if build_url and (
-        not isinstance(build_url, str)
-        or urlsplit(build_url).scheme not in ("http", "https")
-        or not urlsplit(build_url).netloc
-        or len(build_url) > 1024
-    ):
+    if build_url and not is_http_url(build_url):
         raise InvalidInput("metadata build_url must be an http(s) URL", details={"build_url": "invalid"})
     cleaned["build_url"] = build_url
     labels = metadata.get("labels") or {}
@@ -106,15 +100,10 @@ def artifact_register(
     Idempotent for the same tag and digest: returns created=False and writes nothing. In an immutable_tags bucket the
     same tag with another digest is refused.
     """
-    if not is_valid_tag(tag or ""):
-        raise InvalidInput(
-            f"invalid tag {tag!r}: up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
-            details={"tag": "invalid"},
-        )
-    if digest is not None and not is_valid_digest(digest):
-        raise InvalidInput(
-            f"invalid digest {digest!r}: expected sha256:<64 lowercase hex>", details={"digest": "invalid"}
-        )
+    if not TAG.is_valid(tag):
+        raise InvalidInput(TAG.problem(tag), details={"tag": "invalid"})
+    if digest is not None and not DIGEST.is_valid(digest):
+        raise InvalidInput(DIGEST.problem(digest), details={"digest": "invalid"})
     cleaned = clean_metadata(metadata)
     bucket, latest = _bucket_with_latest_arrival(integration, env, tag)
     info = _resolve(bucket, tag)
@@ -270,7 +259,7 @@ def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", a
         raise InvalidInput(
             f"check status must be one of {CheckResult.Status.values}, not {status!r}", details={"status": "invalid"}
         )
-    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc or len(url) > 1024):
+    if url and not is_http_url(url):
         raise InvalidInput("check url must be an http(s) URL", details={"url": "invalid"})
     with transaction.atomic():
         if status == CheckResult.Status.PASSED:

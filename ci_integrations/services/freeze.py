@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 from django.db import transaction
 from django.utils import timezone
 
+from ci_integrations.input_rules import NAME
 from ci_integrations.models import FreezeWindow
-from ci_integrations.registry.refs import is_valid_tag
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
@@ -41,8 +41,8 @@ def freeze_window_create(
         errors["name"] = "give a name of 1 to 120 characters"
     if not environments or not isinstance(environments, list | tuple):
         errors["environments"] = "name at least one environment"
-    elif not all(isinstance(e, str) and is_valid_tag(e) for e in environments):
-        errors["environments"] = "environment names are slugs such as 'prod'"
+    elif bad := [e for e in environments if not NAME.is_valid(e)]:
+        errors["environments"] = NAME.problem(bad[0], word="environment")
     if not starts_at or not ends_at or timezone.is_naive(starts_at) or timezone.is_naive(ends_at):
         errors["starts_at"] = "give timezone-aware start and end times"
     elif ends_at <= starts_at:

@@ -16,10 +16,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from ci_integrations.encryption import decrypt_json, encrypt_json
+from ci_integrations.input_rules import TAG
 from ci_integrations.models import Arrival, Bucket, ImportJob, Integration
 from ci_integrations.registry import ImageLocation, RegistrySpec, copy_image, resolve_manifest
 from ci_integrations.registry import errors as registry_errors
-from ci_integrations.registry.refs import is_valid_tag, parse_reference
+from ci_integrations.registry.refs import parse_reference
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import immutable_tag_holder
 from ci_integrations.services.artifacts import artifact_register, clean_metadata, no_bucket
@@ -77,8 +78,8 @@ def artifact_import(
         raise InvalidInput(
             "give a tag for the imported image (the source is pinned by digest only)", details={"tag": "required"}
         )
-    if not is_valid_tag(tag):
-        raise InvalidInput(f"invalid tag {tag!r}", details={"tag": "invalid"})
+    if not TAG.is_valid(tag):
+        raise InvalidInput(TAG.problem(tag), details={"tag": "invalid"})
     cleaned = clean_metadata(metadata)
     if source_credentials is not None and not (
         isinstance(source_credentials, dict) and all(isinstance(v, str) for v in source_credentials.values())

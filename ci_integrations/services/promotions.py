@@ -18,7 +18,7 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from ci_integrations.input_rules import TAG, InputRuleBroken
+from ci_integrations.input_rules import TAG
 from ci_integrations.models import Approval, Arrival, Artifact, Bucket, Promotion, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import atomic_keeping_refusals, audit_record, audit_refusal
@@ -126,11 +126,8 @@ def promotion_request(
 
 
 def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, rollback) -> Promotion:
-    if tag is not None:
-        try:
-            TAG.check(tag)
-        except InputRuleBroken as exc:
-            raise InvalidInput(exc.message, details={"tag": "invalid"}) from None
+    if tag is not None and not TAG.is_valid(tag):
+        raise InvalidInput(TAG.problem(tag), details={"tag": "invalid"})
     if actor.is_ci_token and freeze_override_reason:
         raise NotAllowed("CI tokens cannot override freeze windows")
     with atomic_keeping_refusals():

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from ci_integrations.input_rules import control_character
 from ci_integrations.models import ApiToken
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
@@ -138,7 +139,7 @@ def token_create(
     if kind not in ApiToken.Kind.values:
         raise InvalidInput(f"unknown token kind {kind!r}", details={"kind": "use ci or personal"})
     name = (name or "").strip()
-    if not name or len(name) > 120 or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if not name or len(name) > 120 or control_character(name) is not None:
         raise InvalidInput("a token needs a name of 1 to 120 printable characters", details={"name": "invalid"})
     integrations = list(integrations)
     if kind == ApiToken.Kind.CI:

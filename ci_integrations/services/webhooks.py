@@ -21,6 +21,7 @@ from django.db.models import F
 from django.utils import timezone
 from rq import Retry
 
+from ci_integrations.input_rules import is_http_url
 from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
 from ci_integrations.registry.errors import redact
 from ci_integrations.services.actors import Actor
@@ -61,8 +62,7 @@ def webhook_sign(secret: str, body: bytes) -> str:
 
 
 def _check_url(url: str) -> str:
-    parts = urlsplit(url or "")
-    if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 1024:
+    if not is_http_url(url):
         raise InvalidInput("webhook URL must be an http(s) URL", details={"url": "invalid"})
     return url
 
