@@ -1,6 +1,7 @@
 """Typed registry errors. Callers branch on the class; `.retryable` says whether trying later may help.
 
-Messages keep the registry's own words (from the OCI error JSON) but never carry credentials or tokens.
+Messages keep the registry's own words (from the OCI error JSON) but never carry credentials or tokens, and never
+grow past MAX_MESSAGE_LENGTH characters: a hostile registry cannot fill a log line, a row or an audit entry.
 """
 
 from __future__ import annotations
@@ -10,6 +11,21 @@ import re
 import threading
 from collections import OrderedDict
 
+MAX_MESSAGE_LENGTH = 2000
+CUT_MARK = " (cut)"
+
+
+def cut(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
+    """`text` capped at `limit` characters, ending in " (cut)" when something was cut off.
+
+    The result is never longer than `limit`, so it fits a column or field of that size.
+    """
+    if len(text) <= limit:
+        return text
+    if limit <= len(CUT_MARK):
+        return text[:limit]
+    return text[: limit - len(CUT_MARK)] + CUT_MARK
+
 
 class RegistryError(Exception):
     """Base of every error the registry package raises."""
@@ -17,7 +33,8 @@ class RegistryError(Exception):
     retryable = False
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        message = redact(message)
+        # Redacted before it is cut: cutting first could leave a secret's prefix that redact() no longer recognises.
+        message = cut(redact(message))
         super().__init__(message)
         self.message = message
         self.status = status
@@ -70,6 +87,12 @@ class ProtocolError(RegistryError):
     """The registry answered something this client cannot use (bad JSON, unsupported media type, missing header)."""
 
 
+class IndexTooLarge(ProtocolError):
+    """An image index (with the indexes nested in it) names more distinct manifests than the client will copy."""
+
+
+# The registry's own words inside a message; the rest of the message (what was asked, the status) stays readable.
+MAX_DETAIL_LENGTH = 1000
 _NOT_FOUND_CODES = {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN", "BLOB_UPLOAD_UNKNOWN", "NOT_FOUND"}
 _SECRET_PATTERNS = [
     # Authorization headers and bearer tokens, JWT-looking strings, password/token query or form fields.
@@ -145,9 +168,11 @@ def error_for_response(
     """Map an HTTP status and OCI error JSON to a typed error, keeping the registry's message."""
     errors = registry_errors(body)
     code = str(errors[0].get("code", "")).upper() if errors else ""
-    detail = "; ".join(
-        filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors))
-    ) or _short_text(body)
+    detail = cut(
+        "; ".join(filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)))
+        or _short_text(body),
+        MAX_DETAIL_LENGTH,
+    )
     message = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
     kwargs = {"status": status, "code": code or None}
     if status == 401 or code == "UNAUTHORIZED":

@@ -18,10 +18,10 @@ from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 
 from .auth import Authenticator, merge_scopes, parse_www_authenticate
+from .bodies import READ_FAILURES, read_capped, read_up_to
 from .errors import (
     AccessDenied,
     AuthenticationError,
@@ -37,6 +37,8 @@ USER_AGENT = "p2p-portal-registry/1.0"
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
+# The largest body the client buffers: the OCI guidance for manifests; tag pages and the like are far smaller.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -200,13 +202,13 @@ class Transport:
         scopes: tuple[str, ...] = (),
         headers: dict | None = None,
         data=None,
-        stream: bool = False,
         replayable: bool = True,
         follow_redirects: bool = True,
     ) -> requests.Response:
         """One logical request: auth challenge answered (bodies must be replayable for that), redirects followed.
 
-        Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry.
+        Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry. The
+        response is always streamed: read its body with `read_bounded` or `read_capped`, never `.content`.
         """
         scopes = merge_scopes(scopes)
         # Credentials belong to the registry host: an upload Location or pagination link on another host (storage,
@@ -218,11 +220,11 @@ class Transport:
             request_headers = dict(headers or {})
             if sent:
                 request_headers["Authorization"] = sent
-            response = self._send(method, url, request_headers, data, stream)
+            response = self._send(method, url, request_headers, data)
             if response.status_code != 401:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
-            body = response.content
+            body = read_capped(response)
             response.close()
             if not challenge or auth_round == 2 or not own_host:
                 raise error_for_response(401, body, what=f"{method} {_path(url)}")
@@ -244,10 +246,10 @@ class Transport:
             if not replayable:
                 raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: needed auth first"))
         if follow_redirects and response.status_code in REDIRECT_STATUS and method in ("GET", "HEAD"):
-            response = self._follow(method, response, headers or {}, stream, sent)
+            response = self._follow(method, response, headers or {}, sent)
         if response.status_code in RETRYABLE_STATUS:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            body = response.content if not stream or method != "GET" else response.raw.read(4096)
+            body = read_capped(response)
             response.close()
             error = error_for_response(
                 response.status_code, body, what=f"{method} {_path(url)}", retry_after=retry_after
@@ -263,29 +265,30 @@ class Transport:
         except TransientError as exc:  # the token service had a hiccup: retry like any other request
             raise RetryableFailure(exc, exc.retry_after) from None
 
-    def _send(self, method: str, url: str, headers: dict, data, stream: bool) -> requests.Response:
+    def _send(self, method: str, url: str, headers: dict, data) -> requests.Response:
         try:
             return self.session(urlsplit(url).netloc).request(
                 method,
                 url,
                 headers=headers,
                 data=data,
-                stream=stream,
+                # Always streamed, whatever the caller reads later: requests would otherwise read a body of any size
+                # (an error page, a hostile answer) into memory before we see the status.
+                stream=True,
                 timeout=self.timeouts.pair,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise RetryableFailure(TransientError(f"{method} {_path(url)}: {describe_exception(exc)}")) from None
 
-    def _follow(
-        self, method: str, response: requests.Response, headers: dict, stream: bool, sent: str | None
-    ) -> requests.Response:
+    def _follow(self, method: str, response: requests.Response, headers: dict, sent: str | None) -> requests.Response:
         what = f"{method} {_path(response.url)}"
         for _ in range(MAX_REDIRECTS):
             location = response.headers.get("Location")
             if not location:
                 return response
             target = urljoin(response.url, location)  # relative Locations resolve against the request; query kept
+            read_capped(response)  # a short redirect body read to its end keeps the connection for reuse
             response.close()
             scheme = urlsplit(target).scheme.lower()
             if scheme not in ("http", "https"):
@@ -296,7 +299,7 @@ class Transport:
             # does the registry's own host over plain HTTP when the registry itself is HTTPS.
             if sent and self._same_origin(target):
                 request_headers["Authorization"] = sent
-            response = self._send(method, target, request_headers, None, stream)
+            response = self._send(method, target, request_headers, None)
             if response.status_code not in REDIRECT_STATUS:
                 return response
         response.close()
@@ -322,26 +325,29 @@ class Transport:
     ) -> requests.Response:
         """A replayable request with retries; returns the response when its status is in ok+allow, else raises.
 
-        With `max_bytes`, a body in `ok` is read into `response.content` only up to that size; a larger one is
-        refused with ProtocolError without reading more than the limit.
+        A body in `ok` is read into `response.content` up to `max_bytes` (MAX_BODY_BYTES by default); a larger one
+        is refused with ProtocolError without reading more than the limit. With `stream`, the caller reads it. Bodies
+        of other statuses are read only up to MAX_ERROR_BODY_BYTES.
         """
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         label = what or f"{method} {_path(url)}"
 
         def attempt(_: int) -> requests.Response:
-            response = self.send_once(
-                method, url, scopes=scopes, headers=headers, data=data, stream=stream or max_bytes is not None
-            )
-            if max_bytes is not None and method != "HEAD" and response.status_code in ok:
-                read_bounded(response, max_bytes, what=label)
+            response = self.send_once(method, url, scopes=scopes, headers=headers, data=data)
+            if response.status_code in ok and not stream:
+                if method == "HEAD":  # its Content-Length is the size of what a GET would send, not of this body
+                    read_capped(response)
+                else:
+                    read_bounded(response, max_bytes or MAX_BODY_BYTES, what=label)
+            elif response.status_code not in ok:
+                read_capped(response)
             return response
 
         response = with_retries(attempt, policy=self.policy, what=label)
         if response.status_code in ok or response.status_code in allow:
             return response
-        body = response.content if method != "HEAD" else b""
         response.close()
-        raise error_for_response(response.status_code, body, what=label)
+        raise error_for_response(response.status_code, response.content, what=label)
 
 
 def read_bounded(response: requests.Response, limit: int, *, what: str) -> bytes:
@@ -354,22 +360,14 @@ def read_bounded(response: requests.Response, limit: int, *, what: str) -> bytes
     if declared.isdigit() and int(declared) > limit:
         response.close()
         raise ProtocolError(f"{what}: {int(declared)} bytes, over the limit of {limit} bytes ({_mib(limit)})")
-    body = bytearray()
     try:
-        while len(body) <= limit:
-            chunk = response.raw.read(min(64 * 1024, limit + 1 - len(body)), decode_content=True)
-            if not chunk:
-                break
-            body += chunk
-    except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+        body, longer = read_up_to(response, limit)
+    except READ_FAILURES as exc:
         response.close()
         raise RetryableFailure(TransientError(f"{what}: {describe_exception(exc)}")) from None
-    if len(body) > limit:
-        response.close()
+    if longer:
         raise ProtocolError(f"{what}: more than {limit} bytes, over the limit of {limit} bytes ({_mib(limit)})")
-    response._content = bytes(body)  # what requests itself stores once a body is read
-    response._content_consumed = True
-    return response._content
+    return body
 
 
 def _mib(size: int) -> str:
