@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .bodies import READ_FAILURES, read_capped, read_up_to
-from .errors import AuthenticationError, ProtocolError, TransientError, cut, error_for_response, remember_secret
+from .bodies import READ_FAILURES, read_up_to, response_error
+from .errors import AuthenticationError, ProtocolError, TransientError, cut, remember_secret
 
 # A token answer is a few KiB of JSON (a JWT and its lifetime); anything longer is refused unread.
 MAX_TOKEN_BODY_BYTES = 64 * 1024
@@ -186,9 +186,7 @@ def fetch_docker_token(
 def token_answer(response: requests.Response, *, what: str) -> dict:
     """The JSON object a token service answered, read only up to MAX_TOKEN_BODY_BYTES; typed errors otherwise."""
     if response.status_code != 200:
-        body = read_capped(response)
-        response.close()
-        raise error_for_response(response.status_code, body, what=what)
+        raise response_error(response, what=what)
     try:
         body, longer = read_up_to(response, MAX_TOKEN_BODY_BYTES)
     except READ_FAILURES:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import requests
 import urllib3
 
+from .errors import RegistryError, error_for_response
+
 # Error bodies are only ever mined for OCI error JSON (a few hundred bytes); the rest is never read.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 _CHUNK = 64 * 1024
@@ -50,3 +52,16 @@ def read_capped(response: requests.Response, limit: int = MAX_ERROR_BODY_BYTES) 
         response.close()
         return b""
     return body
+
+
+def response_error(response: requests.Response, *, what: str, retry_after: float | None = None) -> RegistryError:
+    """The typed error for a refused request: its body read only up to MAX_ERROR_BODY_BYTES, then closed."""
+    body = read_capped(response)
+    response.close()
+    return error_for_response(
+        response.status_code,
+        body,
+        what=what,
+        retry_after=retry_after,
+        content_type=response.headers.get("Content-Type"),
+    )

@@ -15,8 +15,9 @@ from urllib.parse import quote, urljoin
 import requests
 
 from .auth import Authenticator, repository_scope
-from .bodies import read_capped
-from .errors import DigestMismatch, IndexTooLarge, ProtocolError, error_for_response
+from .bodies import read_capped, response_error
+from .destinations import Guard
+from .errors import DigestMismatch, IndexTooLarge, ProtocolError
 from .transport import RetryPolicy, Timeouts, Transport
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -156,6 +157,7 @@ class RegistryClient:
         policy: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         pool_size: int = 16,
+        guard: Guard | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.transport = Transport(
@@ -165,6 +167,7 @@ class RegistryClient:
             timeouts=timeouts,
             pool_size=pool_size,
             verify=endpoint.verify,
+            guard=guard,
         )
 
     @property
@@ -336,9 +339,7 @@ class RegistryClient:
         url = self.transport.url(f"/v2/{repository}/blobs/{digest}")
         response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),))
         if response.status_code != 200:
-            body = read_capped(response)
-            response.close()
-            raise error_for_response(response.status_code, body, what=f"GET blob {repository}@{digest}")
+            raise response_error(response, what=f"GET blob {repository}@{digest}")
         return response
 
     def start_upload(

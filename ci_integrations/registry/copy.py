@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
-from .bodies import read_capped
+from .bodies import read_capped, response_error
 from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, hasher_for
 from .client_cache import shared_client
 from .errors import (
@@ -32,7 +32,6 @@ from .errors import (
     TagConflict,
     TransientError,
     cut,
-    error_for_response,
     redact,
 )
 from .providers import provider_for
@@ -421,16 +420,16 @@ class ImageCopier:
                     DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
                 ) from None
             status = response.status_code
-            body = read_capped(response)
             stored = response.headers.get("Docker-Content-Digest")
-            response.close()
             if status not in (201, 204):
-                error = error_for_response(status, body, what=f"upload {blob.digest}")
+                error = response_error(response, what=f"upload {blob.digest}")
                 if isinstance(error, DigestMismatch | NotFound):  # upload session lost or bytes mangled en route
                     raise RetryableFailure(error)
                 raise error
+            read_capped(response)  # an empty body, read so the connection is reused
+            response.close()
             if stored and stored != blob.digest:
-                raise ProtocolError(f"registry stored {blob.digest} as {stored}")
+                raise ProtocolError(f"registry stored {blob.digest} as {cut(stored, 200)}")
             return sent
         except BaseException:
             tracker.bytes(-sent)  # that attempt's bytes will be sent again (or never)

@@ -87,6 +87,11 @@ class ProtocolError(RegistryError):
     """The registry answered something this client cannot use (bad JSON, unsupported media type, missing header)."""
 
 
+class DestinationRefused(RegistryError):
+    """The client refused to connect: the destination guard said no (an internal address, say), or a token realm is
+    neither https nor on the registry's own host. Not retryable: asking again gets the same answer."""
+
+
 class IndexTooLarge(ProtocolError):
     """An image index (with the indexes nested in it) names more distinct manifests than the client will copy."""
 
@@ -163,16 +168,31 @@ def registry_errors(body: bytes | str | None) -> list[dict]:
 
 
 def error_for_response(
-    status: int, body: bytes | str | None, *, what: str, retry_after: float | None = None
+    status: int,
+    body: bytes | str | None,
+    *,
+    what: str,
+    retry_after: float | None = None,
+    content_type: str | None = None,
 ) -> RegistryError:
-    """Map an HTTP status and OCI error JSON to a typed error, keeping the registry's message."""
+    """Map an HTTP status and OCI error JSON to a typed error, keeping the registry's codes and messages.
+
+    A body that is not OCI error JSON is never quoted (an HTML page from an internal host, a proxy's error page):
+    the message names only the status and the body's content type.
+    """
     errors = registry_errors(body)
     code = str(errors[0].get("code", "")).upper() if errors else ""
     detail = cut(
-        "; ".join(filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)))
-        or _short_text(body),
+        " ".join(
+            "; ".join(
+                filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors))
+            ).split()
+        ),
         MAX_DETAIL_LENGTH,
     )
+    if not detail and body:
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        detail = f"{cut(media_type, 100) or 'untyped'} body, not registry error JSON"
     message = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
     kwargs = {"status": status, "code": code or None}
     if status == 401 or code == "UNAUTHORIZED":
@@ -196,12 +216,3 @@ def error_for_response(
 
 def _mentions_immutability(detail: str) -> bool:
     return bool(re.search(r"(?i)immutab|already exists|cannot be overwritten|overwrit", detail))
-
-
-def _short_text(body: bytes | str | None) -> str:
-    if not body:
-        return ""
-    if isinstance(body, bytes):
-        body = body[:300].decode("utf-8", "replace")
-    text = " ".join(body.split())
-    return text[:200]

@@ -21,14 +21,14 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .auth import Authenticator, merge_scopes, parse_www_authenticate
-from .bodies import READ_FAILURES, read_capped, read_up_to
+from .bodies import READ_FAILURES, read_capped, read_up_to, response_error
+from .destinations import Guard, check_destination, check_realm, origin
 from .errors import (
     AccessDenied,
     AuthenticationError,
     ProtocolError,
     RegistryError,
     TransientError,
-    error_for_response,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,22 @@ def describe_exception(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class GuardedAdapter(HTTPAdapter):
+    """An adapter that asks the destination guard before each request goes out: requests' own redirect hops (in
+    token requests) pass through here too, so no connection escapes the guard."""
+
+    def __init__(self, guard: Guard | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.guard = guard
+
+    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
+        try:
+            check_destination(self.guard, request.url)
+        except OSError as exc:  # the guard could not resolve the host: the connection would have failed the same way
+            raise requests.ConnectionError(f"cannot resolve {origin(request.url)[1]}: {exc}") from None
+        return super().send(request, **kwargs)
+
+
 class Transport:
     """HTTP to one registry host: a pooled session with auth, plus plain sessions for redirect targets."""
 
@@ -151,6 +167,7 @@ class Transport:
         timeouts: Timeouts | None = None,
         pool_size: int = 16,
         verify: bool | str = True,
+        guard: Guard | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.scheme = urlsplit(self.base_url).scheme or "https"
@@ -159,6 +176,7 @@ class Transport:
         self.policy = policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.verify = verify
+        self.guard = guard
         self._pool_size = pool_size
         self._sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
@@ -169,7 +187,7 @@ class Transport:
             session = self._sessions.get(netloc)
             if session is None:
                 session = requests.Session()
-                adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
+                adapter = GuardedAdapter(self.guard, pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 # Transparent decompression would break digests; we always want the bytes as stored.
@@ -224,18 +242,16 @@ class Transport:
             if response.status_code != 401:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
-            body = read_capped(response)
-            response.close()
+            refusal = response_error(response, what=f"{method} {_path(url)}")
             if not challenge or auth_round == 2 or not own_host:
-                raise error_for_response(401, body, what=f"{method} {_path(url)}")
+                raise refusal
             if sent and _insufficient_scope(challenge):
                 raise AccessDenied(f"{method} {_path(url)}: the token lacks the needed scope ({', '.join(scopes)})")
             if refreshed:
                 # Re-authenticated once (expired token, rotated credentials) and still refused: asking the token
                 # service again would only repeat that, once per blob.
-                error = error_for_response(401, body, what=f"{method} {_path(url)}")
                 raise AuthenticationError(
-                    f"{error.message}: refused again right after re-authenticating", status=401, code=error.code
+                    f"{refusal.message}: refused again right after re-authenticating", status=401, code=refusal.code
                 )
             if not replayable and sent:
                 # A streamed body cannot be sent again; the caller restarts the whole operation.
@@ -249,17 +265,17 @@ class Transport:
             response = self._follow(method, response, headers or {}, sent)
         if response.status_code in RETRYABLE_STATUS:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            body = read_capped(response)
-            response.close()
-            error = error_for_response(
-                response.status_code, body, what=f"{method} {_path(url)}", retry_after=retry_after
-            )
+            error = response_error(response, what=f"{method} {_path(url)}", retry_after=retry_after)
             if not isinstance(error, TransientError):
                 error = TransientError(error.message, status=response.status_code, retry_after=retry_after)
             raise RetryableFailure(error, retry_after)
         return response
 
     def _answer(self, challenge: str, scopes: tuple[str, ...], sent: str | None) -> str:
+        bearer = next((c for c in parse_www_authenticate(challenge) if c.scheme == "bearer"), None)
+        if bearer is not None and "realm" in bearer.params:
+            # The token request carries the registry's credentials: never to plain HTTP elsewhere.
+            check_realm(bearer.params["realm"], self.base_url)
         try:
             return self.auth.answer(challenge, scopes, self.session(), self.timeouts.pair, sent=sent)
         except TransientError as exc:  # the token service had a hiccup: retry like any other request
@@ -339,15 +355,14 @@ class Transport:
                     read_capped(response)
                 else:
                     read_bounded(response, max_bytes or MAX_BODY_BYTES, what=label)
-            elif response.status_code not in ok:
+            elif response.status_code in allow:
                 read_capped(response)
             return response
 
         response = with_retries(attempt, policy=self.policy, what=label)
         if response.status_code in ok or response.status_code in allow:
             return response
-        response.close()
-        raise error_for_response(response.status_code, response.content, what=label)
+        raise response_error(response, what=label)
 
 
 def read_bounded(response: requests.Response, limit: int, *, what: str) -> bytes:

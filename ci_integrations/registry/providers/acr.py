@@ -16,6 +16,7 @@ import requests
 
 from ..auth import BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token, token_answer
 from ..client import Manifest
+from ..destinations import check_destination
 from ..errors import (
     AuthenticationError,
     ProtocolError,
@@ -108,8 +109,10 @@ class AcrProvider(Provider):
         tenant = creds.get("tenant_id") or spec.options.get("tenant_id")
         if tenant:
             data["tenant"] = tenant
+        exchange = f"{endpoint.base_url}/oauth2/exchange"
+        check_destination(spec.guard, exchange)  # sent outside the transport, so asked here
         try:
-            response = requests.post(f"{endpoint.base_url}/oauth2/exchange", data=data, timeout=(10, 60), stream=True)
+            response = requests.post(exchange, data=data, timeout=(10, 60), stream=True, allow_redirects=False)
         except requests.RequestException as exc:
             raise TransientError(f"ACR token exchange failed: {type(exc).__name__}") from None
         try:
