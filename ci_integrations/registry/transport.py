@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from .auth import Authenticator, merge_scopes, parse_www_authenticate
 from .bodies import READ_FAILURES, read_capped, read_up_to, response_error
-from .destinations import Guard, check_destination, check_realm, origin
+from .destinations import Guard, check_destination, check_realm, origin, same_origin
 from .errors import (
     AccessDenied,
     AuthenticationError,
@@ -170,7 +170,6 @@ class Transport:
         guard: Guard | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.scheme = urlsplit(self.base_url).scheme or "https"
         self.host = urlsplit(self.base_url).netloc
         self.auth = authenticator
         self.policy = policy or RetryPolicy()
@@ -229,10 +228,11 @@ class Transport:
         response is always streamed: read its body with `read_bounded` or `read_capped`, never `.content`.
         """
         scopes = merge_scopes(scopes)
-        # Credentials belong to the registry host: an upload Location or pagination link on another host (storage,
-        # a CDN) gets no Authorization, and its challenges are not answered with the registry's credentials.
-        own_host = urlsplit(url).netloc == self.host
-        sent = self.auth.header(scopes) if own_host else None
+        # Credentials belong to the registry's own scheme, host and port: an upload Location or pagination link
+        # elsewhere (storage, a CDN, the same host over plain HTTP) gets no Authorization, and its challenges are
+        # not answered with the registry's credentials.
+        own_origin = same_origin(url, self.base_url)
+        sent = self.auth.header(scopes) if own_origin else None
         refreshed = False  # whether `sent` is a re-authentication after refused credentials
         for auth_round in range(3):
             request_headers = dict(headers or {})
@@ -243,7 +243,7 @@ class Transport:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
             refusal = response_error(response, what=f"{method} {_path(url)}")
-            if not challenge or auth_round == 2 or not own_host:
+            if not challenge or auth_round == 2 or not own_origin:
                 raise refusal
             if sent and _insufficient_scope(challenge):
                 raise AccessDenied(f"{method} {_path(url)}: the token lacks the needed scope ({', '.join(scopes)})")
@@ -311,19 +311,14 @@ class Transport:
                 # Named by scheme only: the rest of a storage URL may be a presigned credential.
                 raise ProtocolError(f"{what}: redirected to a {scheme or 'scheme-less'}: URL, which cannot be fetched")
             request_headers = dict(headers)
-            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials; nor
-            # does the registry's own host over plain HTTP when the registry itself is HTTPS.
-            if sent and self._same_origin(target):
+            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials.
+            if sent and same_origin(target, self.base_url):
                 request_headers["Authorization"] = sent
             response = self._send(method, target, request_headers, None)
             if response.status_code not in REDIRECT_STATUS:
                 return response
         response.close()
         raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects (a redirect loop)")
-
-    def _same_origin(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return parts.netloc == self.host and (parts.scheme or self.scheme) == self.scheme
 
     def request(
         self,
