@@ -11,17 +11,21 @@ from .copy import (
     push_credentials,
     resolve_manifest,
 )
+from .destinations import AddressGuard, address_guard
 from .errors import (
     AccessDenied,
     AuthenticationError,
+    DestinationRefused,
     DigestMismatch,
     ImageMismatch,
+    IndexTooLarge,
     InvalidReference,
     NotFound,
     ProtocolError,
     RegistryError,
     TagConflict,
     TransientError,
+    cut,
 )
 from .refs import (
     ImageLocation,
@@ -35,14 +39,17 @@ from .refs import (
 
 __all__ = [
     "AccessDenied",
+    "AddressGuard",
     "AuthenticationError",
     "CopyPlan",
     "CopyProgress",
     "CopySummary",
+    "DestinationRefused",
     "DigestMismatch",
     "ImageLocation",
     "ImageMismatch",
     "ImageReference",
+    "IndexTooLarge",
     "InvalidReference",
     "ManifestInfo",
     "NotFound",
@@ -51,8 +58,10 @@ __all__ = [
     "RegistrySpec",
     "TagConflict",
     "TransientError",
+    "address_guard",
     "check_access",
     "copy_image",
+    "cut",
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",

@@ -9,14 +9,20 @@ the same scopes attach the cached token up front, so the 401 round trip happens 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 
-from .errors import AuthenticationError, ProtocolError, error_for_response, remember_secret
+from .bodies import READ_FAILURES, read_up_to, response_error
+from .errors import AuthenticationError, ProtocolError, TransientError, cut, remember_secret
+
+# A token answer is a few KiB of JSON (a JWT and its lifetime); anything longer is refused unread.
+MAX_TOKEN_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -164,23 +170,43 @@ def fetch_docker_token(
         params.append(("service", service))
     params.extend(("scope", scope) for scope in scopes)
     auth = (credentials.username, credentials.password) if credentials else None
+    what = f"token request to {describe_url(realm)}"
     try:
-        response = session.get(realm, params=params, auth=auth, timeout=timeout, allow_redirects=True)
+        response = session.get(realm, params=params, auth=auth, timeout=timeout, allow_redirects=True, stream=True)
     except requests.RequestException as exc:
-        from .errors import TransientError
-
-        raise TransientError(f"token request to {realm} failed: {type(exc).__name__}") from None
-    if response.status_code != 200:
-        raise error_for_response(response.status_code, response.content, what=f"token request to {realm}")
-    try:
-        body = response.json()
-    except ValueError:
-        raise ProtocolError(f"token endpoint {realm} did not answer JSON") from None
+        raise TransientError(f"{what} failed: {type(exc).__name__}") from None
+    body = token_answer(response, what=what)
     token = body.get("token") or body.get("access_token")
     if not token:
-        raise ProtocolError(f"token endpoint {realm} answered no token")
+        raise ProtocolError(f"{what}: the answer holds no token")
     expires_in = body.get("expires_in") or 60  # the spec's default
     return token, float(expires_in)
+
+
+def token_answer(response: requests.Response, *, what: str) -> dict:
+    """The JSON object a token service answered, read only up to MAX_TOKEN_BODY_BYTES; typed errors otherwise."""
+    if response.status_code != 200:
+        raise response_error(response, what=what)
+    try:
+        body, longer = read_up_to(response, MAX_TOKEN_BODY_BYTES)
+    except READ_FAILURES:
+        response.close()
+        raise TransientError(f"{what}: the connection broke mid-answer") from None
+    if longer:
+        raise ProtocolError(f"{what}: the answer is longer than {MAX_TOKEN_BODY_BYTES} bytes; refusing it")
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"{what}: the answer is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise ProtocolError(f"{what}: the answer is not a JSON object")
+    return parsed
+
+
+def describe_url(url: str) -> str:
+    """scheme://host/path of a registry-provided URL, for messages: no query (it may carry state or a signature)."""
+    parts = urlsplit(url)
+    return cut(f"{parts.scheme}://{parts.netloc}{parts.path}", 200)
 
 
 def token_ttl(expires_in: float) -> float:

@@ -15,7 +15,9 @@ from urllib.parse import quote, urljoin
 import requests
 
 from .auth import Authenticator, repository_scope
-from .errors import DigestMismatch, ProtocolError, error_for_response
+from .bodies import read_capped, response_error
+from .destinations import Guard
+from .errors import DigestMismatch, IndexTooLarge, ProtocolError
 from .transport import RetryPolicy, Timeouts, Transport
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -28,6 +30,9 @@ MANIFEST_ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFE
 # OCI distribution guidance: registries and clients should accept manifests up to at least 4 MiB; larger ones are
 # refused before they are read, so a hostile registry cannot make a worker hold an arbitrarily large body.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Real indexes name a handful of platforms plus their attestations. An index is copied child by child, so a hostile
+# one naming thousands (or one child thousands of times) would otherwise cost a fetch and memory for each.
+MAX_INDEX_CHILDREN = 1000
 SCHEMA1_TYPES = {
     "application/vnd.docker.distribution.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
@@ -86,8 +91,22 @@ class Manifest:
         return body
 
     def children(self) -> list[Descriptor]:
-        """The manifests an index or manifest list points at."""
-        return [_descriptor(d, self.digest) for d in self.parsed().get("manifests") or []]
+        """The distinct manifests an index or manifest list points at, in order; a digest named twice counts once.
+
+        Raises IndexTooLarge past MAX_INDEX_CHILDREN distinct manifests.
+        """
+        entries = self.parsed().get("manifests") or []
+        if not isinstance(entries, list):
+            raise ProtocolError(f"manifest {self.digest} has a malformed manifests list")
+        distinct: dict[str, Descriptor] = {}
+        for entry in entries:
+            descriptor = _descriptor(entry, self.digest)
+            distinct.setdefault(descriptor.digest, descriptor)
+            if len(distinct) > MAX_INDEX_CHILDREN:
+                raise IndexTooLarge(
+                    f"index {self.digest} names more than {MAX_INDEX_CHILDREN} distinct manifests; refusing to copy it"
+                )
+        return list(distinct.values())
 
     def blobs(self) -> list[Descriptor]:
         """Config and layers of an image manifest (empty for an index)."""
@@ -138,6 +157,7 @@ class RegistryClient:
         policy: RetryPolicy | None = None,
         timeouts: Timeouts | None = None,
         pool_size: int = 16,
+        guard: Guard | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.transport = Transport(
@@ -147,6 +167,7 @@ class RegistryClient:
             timeouts=timeouts,
             pool_size=pool_size,
             verify=endpoint.verify,
+            guard=guard,
         )
 
     @property
@@ -316,11 +337,9 @@ class RegistryClient:
         One attempt only: the caller retries the whole transfer.
         """
         url = self.transport.url(f"/v2/{repository}/blobs/{digest}")
-        response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),), stream=True)
+        response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),))
         if response.status_code != 200:
-            body = response.raw.read(4096) if response.raw else b""
-            response.close()
-            raise error_for_response(response.status_code, body, what=f"GET blob {repository}@{digest}")
+            raise response_error(response, what=f"GET blob {repository}@{digest}")
         return response
 
     def start_upload(
@@ -353,12 +372,19 @@ class RegistryClient:
 
     def cancel_upload(self, location: str, repository: str) -> None:
         try:
-            self.transport.send_once("DELETE", location, scopes=(repository_scope(repository, "pull", "push"),)).close()
+            response = self.transport.send_once(
+                "DELETE", location, scopes=(repository_scope(repository, "pull", "push"),)
+            )
+            read_capped(response)
+            response.close()
         except Exception:  # best effort: an abandoned session is purged by the registry anyway
             pass
 
     def finish_upload(self, location: str, repository: str, digest: str, body, length: int) -> requests.Response:
-        """Monolithic PUT <location>&digest=… with a streamed body of known length; one attempt (not replayable)."""
+        """Monolithic PUT <location>&digest=… with a streamed body of known length; one attempt (not replayable).
+
+        The answer is streamed: read its body with `read_capped`.
+        """
         separator = "&" if "?" in location else "?"
         url = f"{location}{separator}digest={quote(digest, safe=':')}"
         return self.transport.send_once(

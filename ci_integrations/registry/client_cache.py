@@ -38,9 +38,17 @@ def credentials_identity(credentials: dict | None) -> str:
     return hmac.new(_IDENTITY_KEY, canonical.encode(), hashlib.sha256).hexdigest()
 
 
-def client_key(spec: RegistrySpec) -> tuple[str, str, str, str]:
+def client_key(spec: RegistrySpec) -> tuple:
+    """Provider, URL, options, credentials identity and destination guard: specs differing in any get their own
+    client (a client built with one guard must never serve a spec with another, or with none)."""
     options = json.dumps(spec.options or {}, sort_keys=True, separators=(",", ":"), default=str)
-    return ((spec.provider or "generic").lower(), spec.url, options, credentials_identity(spec.credentials))
+    return (
+        (spec.provider or "generic").lower(),
+        spec.url,
+        options,
+        credentials_identity(spec.credentials),
+        spec.guard,
+    )
 
 
 class ClientCache:

@@ -18,18 +18,20 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
-from .client import Descriptor, Manifest, ManifestInfo, hasher_for
+from .bodies import read_capped, response_error
+from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, hasher_for
 from .client_cache import shared_client
 from .errors import (
     AccessDenied,
     DigestMismatch,
     ImageMismatch,
+    IndexTooLarge,
     NotFound,
     ProtocolError,
     RegistryError,
     TagConflict,
     TransientError,
-    error_for_response,
+    cut,
     redact,
 )
 from .providers import provider_for
@@ -211,7 +213,7 @@ class ImageCopier:
         except (TagConflict, ImageMismatch):
             raise
         except Exception as exc:  # fast paths are an optimisation; the plain path always works
-            log.warning("%s fast path failed (%s); using the plain OCI path", provider.name, redact(str(exc))[:300])
+            log.warning("%s fast path failed (%s); using the plain OCI path", provider.name, cut(redact(str(exc)), 300))
             return None
         if name:
             self._verify_destination(top)
@@ -235,9 +237,9 @@ class ImageCopier:
         ordered = sorted(blobs.values(), key=lambda d: d.size, reverse=True)
         self.tracker = _Tracker(self.progress_callback, len(ordered), sum(d.size for d in ordered))
         self._parallel(self._copy_blob, ordered)
-        # Image manifests first; nested indexes after them (and after their own children, found first).
+        # Image manifests first; nested indexes after them, each after the indexes it names.
         self._parallel(self._put_child, [c for c in missing_children if not c.is_index])
-        for nested in (c for c in missing_children if c.is_index):
+        for nested in _children_first([c for c in missing_children if c.is_index]):
             self._put_child(nested)
         self._put_top(top)
         summary.manifests = len(missing_children) + 1
@@ -247,13 +249,28 @@ class ImageCopier:
         summary.bytes_transferred = self.tracker.bytes_transferred
 
     def _fetch_children(self, index: Manifest) -> list[Manifest]:
-        found: list[Manifest] = []
-        for child in self._parallel(
-            lambda d: self.src_client.get_manifest(self.src.repository, d.digest), index.children()
-        ):
-            found.extend(self._fetch_children(child) if child.is_index else [])
-            found.append(child)
-        return found
+        """Every manifest under an index, nested indexes included, each distinct digest fetched once.
+
+        Level by level rather than recursively, so a deep chain of indexes cannot exhaust the stack; at most
+        MAX_INDEX_CHILDREN distinct manifests in the whole tree (IndexTooLarge beyond).
+        """
+        found: dict[str, Manifest] = {}
+        level = index.children()
+        seen = {d.digest for d in level}
+        while level:
+            fetched = self._parallel(lambda d: self.src_client.get_manifest(self.src.repository, d.digest), level)
+            found.update((m.digest, m) for m in fetched)
+            # Keyed by digest: two nested indexes may name the same child.
+            level = list(
+                {d.digest: d for m in fetched if m.is_index for d in m.children() if d.digest not in seen}.values()
+            )
+            seen.update(d.digest for d in level)
+            if len(seen) > MAX_INDEX_CHILDREN:
+                raise IndexTooLarge(
+                    f"index {index.digest} and the indexes nested in it name more than {MAX_INDEX_CHILDREN} distinct"
+                    " manifests; refusing to copy it"
+                )
+        return list(found.values())
 
     def _parallel(self, work: Callable, items: list) -> list:
         """Run work(item) for each item on up to `parallelism` threads; the first failure aborts the rest."""
@@ -403,16 +420,16 @@ class ImageCopier:
                     DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
                 ) from None
             status = response.status_code
-            body = response.content
             stored = response.headers.get("Docker-Content-Digest")
-            response.close()
             if status not in (201, 204):
-                error = error_for_response(status, body, what=f"upload {blob.digest}")
+                error = response_error(response, what=f"upload {blob.digest}")
                 if isinstance(error, DigestMismatch | NotFound):  # upload session lost or bytes mangled en route
                     raise RetryableFailure(error)
                 raise error
+            read_capped(response)  # an empty body, read so the connection is reused
+            response.close()
             if stored and stored != blob.digest:
-                raise ProtocolError(f"registry stored {blob.digest} as {stored}")
+                raise ProtocolError(f"registry stored {blob.digest} as {cut(stored, 200)}")
             return sent
         except BaseException:
             tracker.bytes(-sent)  # that attempt's bytes will be sent again (or never)
@@ -483,6 +500,22 @@ class ImageCopier:
 
 class _CorruptSource(Exception):
     pass
+
+
+def _children_first(indexes: list[Manifest]) -> list[Manifest]:
+    """Indexes ordered so that each comes after every index in the list that it names (registries refuse an index
+    whose children are not there yet)."""
+    names = {index.digest: {d.digest for d in index.children()} for index in indexes}
+    pending = {index.digest: index for index in indexes}
+    ordered: list[Manifest] = []
+    while pending:
+        ready = [index for digest, index in pending.items() if not names[digest] & pending.keys()]
+        if not ready:  # cannot happen with verified digests (an index cannot name itself), but never loop forever
+            raise ProtocolError("nested indexes name each other in a cycle")
+        for index in ready:
+            del pending[index.digest]
+        ordered.extend(ready)
+    return ordered
 
 
 def _raw_reader(response) -> Callable[[memoryview], memoryview]:

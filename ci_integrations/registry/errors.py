@@ -1,6 +1,7 @@
 """Typed registry errors. Callers branch on the class; `.retryable` says whether trying later may help.
 
-Messages keep the registry's own words (from the OCI error JSON) but never carry credentials or tokens.
+Messages keep the registry's own words (from the OCI error JSON) but never carry credentials or tokens, and never
+grow past MAX_MESSAGE_LENGTH characters: a hostile registry cannot fill a log line, a row or an audit entry.
 """
 
 from __future__ import annotations
@@ -10,6 +11,21 @@ import re
 import threading
 from collections import OrderedDict
 
+MAX_MESSAGE_LENGTH = 2000
+CUT_MARK = " (cut)"
+
+
+def cut(text: str, limit: int = MAX_MESSAGE_LENGTH) -> str:
+    """`text` capped at `limit` characters, ending in " (cut)" when something was cut off.
+
+    The result is never longer than `limit`, so it fits a column or field of that size.
+    """
+    if len(text) <= limit:
+        return text
+    if limit <= len(CUT_MARK):
+        return text[:limit]
+    return text[: limit - len(CUT_MARK)] + CUT_MARK
+
 
 class RegistryError(Exception):
     """Base of every error the registry package raises."""
@@ -17,7 +33,8 @@ class RegistryError(Exception):
     retryable = False
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
-        message = redact(message)
+        # Redacted before it is cut: cutting first could leave a secret's prefix that redact() no longer recognises.
+        message = cut(redact(message))
         super().__init__(message)
         self.message = message
         self.status = status
@@ -70,6 +87,17 @@ class ProtocolError(RegistryError):
     """The registry answered something this client cannot use (bad JSON, unsupported media type, missing header)."""
 
 
+class DestinationRefused(RegistryError):
+    """The client refused to connect: the destination guard said no (an internal address, say), or a token realm is
+    neither https nor on the registry's own host. Not retryable: asking again gets the same answer."""
+
+
+class IndexTooLarge(ProtocolError):
+    """An image index (with the indexes nested in it) names more distinct manifests than the client will copy."""
+
+
+# The registry's own words inside a message; the rest of the message (what was asked, the status) stays readable.
+MAX_DETAIL_LENGTH = 1000
 _NOT_FOUND_CODES = {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN", "BLOB_UPLOAD_UNKNOWN", "NOT_FOUND"}
 _SECRET_PATTERNS = [
     # Authorization headers and bearer tokens, JWT-looking strings, password/token query or form fields.
@@ -140,14 +168,31 @@ def registry_errors(body: bytes | str | None) -> list[dict]:
 
 
 def error_for_response(
-    status: int, body: bytes | str | None, *, what: str, retry_after: float | None = None
+    status: int,
+    body: bytes | str | None,
+    *,
+    what: str,
+    retry_after: float | None = None,
+    content_type: str | None = None,
 ) -> RegistryError:
-    """Map an HTTP status and OCI error JSON to a typed error, keeping the registry's message."""
+    """Map an HTTP status and OCI error JSON to a typed error, keeping the registry's codes and messages.
+
+    A body that is not OCI error JSON is never quoted (an HTML page from an internal host, a proxy's error page):
+    the message names only the status and the body's content type.
+    """
     errors = registry_errors(body)
     code = str(errors[0].get("code", "")).upper() if errors else ""
-    detail = "; ".join(
-        filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors))
-    ) or _short_text(body)
+    detail = cut(
+        " ".join(
+            "; ".join(
+                filter(None, (f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors))
+            ).split()
+        ),
+        MAX_DETAIL_LENGTH,
+    )
+    if not detail and body:
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        detail = f"{cut(media_type, 100) or 'untyped'} body, not registry error JSON"
     message = f"{what}: HTTP {status}" + (f" ({detail})" if detail else "")
     kwargs = {"status": status, "code": code or None}
     if status == 401 or code == "UNAUTHORIZED":
@@ -171,12 +216,3 @@ def error_for_response(
 
 def _mentions_immutability(detail: str) -> bool:
     return bool(re.search(r"(?i)immutab|already exists|cannot be overwritten|overwrit", detail))
-
-
-def _short_text(body: bytes | str | None) -> str:
-    if not body:
-        return ""
-    if isinstance(body, bytes):
-        body = body[:300].decode("utf-8", "replace")
-    text = " ".join(body.split())
-    return text[:200]

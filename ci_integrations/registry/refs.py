@@ -7,6 +7,7 @@ wrong, because these messages reach people typing references into CI configs and
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import InvalidReference
@@ -163,12 +164,16 @@ class RegistrySpec:
     cloud's default chain, or anonymous for generic); else {"username", "password"} or provider-specific keys.
     options: provider settings (region, project, location, tenant_id, subscription_id, resource_group, …) and
     transport tuning (connect_timeout, read_timeout, retry_attempts, retry_base_delay, verify_tls, ca_bundle).
+    guard: called as guard(scheme, host, port) before every request the client sends for this registry (the first,
+    each redirect hop, each token request); it raises DestinationRefused to refuse. None connects anywhere. See
+    `destinations.address_guard`.
     """
 
     provider: str
     url: str
     options: dict = field(default_factory=dict)
     credentials: dict | None = field(default=None, repr=False)
+    guard: Callable[[str, str, int], None] | None = field(default=None, repr=False)
 
     def __hash__(self) -> int:  # options/credentials are dicts; identity of a registry is provider + url
         return hash((self.provider, self.url))

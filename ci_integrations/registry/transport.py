@@ -18,17 +18,17 @@ from typing import TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 
 from .auth import Authenticator, merge_scopes, parse_www_authenticate
+from .bodies import READ_FAILURES, read_capped, read_up_to, response_error
+from .destinations import Guard, check_destination, check_realm, origin, same_origin
 from .errors import (
     AccessDenied,
     AuthenticationError,
     ProtocolError,
     RegistryError,
     TransientError,
-    error_for_response,
 )
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ USER_AGENT = "p2p-portal-registry/1.0"
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
+# The largest body the client buffers: the OCI guidance for manifests; tag pages and the like are far smaller.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 T = TypeVar("T")
 
 
@@ -137,6 +139,22 @@ def describe_exception(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+class GuardedAdapter(HTTPAdapter):
+    """An adapter that asks the destination guard before each request goes out: requests' own redirect hops (in
+    token requests) pass through here too, so no connection escapes the guard."""
+
+    def __init__(self, guard: Guard | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.guard = guard
+
+    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
+        try:
+            check_destination(self.guard, request.url)
+        except OSError as exc:  # the guard could not resolve the host: the connection would have failed the same way
+            raise requests.ConnectionError(f"cannot resolve {origin(request.url)[1]}: {exc}") from None
+        return super().send(request, **kwargs)
+
+
 class Transport:
     """HTTP to one registry host: a pooled session with auth, plus plain sessions for redirect targets."""
 
@@ -149,14 +167,15 @@ class Transport:
         timeouts: Timeouts | None = None,
         pool_size: int = 16,
         verify: bool | str = True,
+        guard: Guard | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.scheme = urlsplit(self.base_url).scheme or "https"
         self.host = urlsplit(self.base_url).netloc
         self.auth = authenticator
         self.policy = policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         self.verify = verify
+        self.guard = guard
         self._pool_size = pool_size
         self._sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
@@ -167,7 +186,7 @@ class Transport:
             session = self._sessions.get(netloc)
             if session is None:
                 session = requests.Session()
-                adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
+                adapter = GuardedAdapter(self.guard, pool_connections=2, pool_maxsize=self._pool_size, max_retries=0)
                 session.mount("http://", adapter)
                 session.mount("https://", adapter)
                 # Transparent decompression would break digests; we always want the bytes as stored.
@@ -200,40 +219,39 @@ class Transport:
         scopes: tuple[str, ...] = (),
         headers: dict | None = None,
         data=None,
-        stream: bool = False,
         replayable: bool = True,
         follow_redirects: bool = True,
     ) -> requests.Response:
         """One logical request: auth challenge answered (bodies must be replayable for that), redirects followed.
 
-        Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry.
+        Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry. The
+        response is always streamed: read its body with `read_bounded` or `read_capped`, never `.content`.
         """
         scopes = merge_scopes(scopes)
-        # Credentials belong to the registry host: an upload Location or pagination link on another host (storage,
-        # a CDN) gets no Authorization, and its challenges are not answered with the registry's credentials.
-        own_host = urlsplit(url).netloc == self.host
-        sent = self.auth.header(scopes) if own_host else None
+        # Credentials belong to the registry's own scheme, host and port: an upload Location or pagination link
+        # elsewhere (storage, a CDN, the same host over plain HTTP) gets no Authorization, and its challenges are
+        # not answered with the registry's credentials.
+        own_origin = same_origin(url, self.base_url)
+        sent = self.auth.header(scopes) if own_origin else None
         refreshed = False  # whether `sent` is a re-authentication after refused credentials
         for auth_round in range(3):
             request_headers = dict(headers or {})
             if sent:
                 request_headers["Authorization"] = sent
-            response = self._send(method, url, request_headers, data, stream)
+            response = self._send(method, url, request_headers, data)
             if response.status_code != 401:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
-            body = response.content
-            response.close()
-            if not challenge or auth_round == 2 or not own_host:
-                raise error_for_response(401, body, what=f"{method} {_path(url)}")
+            refusal = response_error(response, what=f"{method} {_path(url)}")
+            if not challenge or auth_round == 2 or not own_origin:
+                raise refusal
             if sent and _insufficient_scope(challenge):
                 raise AccessDenied(f"{method} {_path(url)}: the token lacks the needed scope ({', '.join(scopes)})")
             if refreshed:
                 # Re-authenticated once (expired token, rotated credentials) and still refused: asking the token
                 # service again would only repeat that, once per blob.
-                error = error_for_response(401, body, what=f"{method} {_path(url)}")
                 raise AuthenticationError(
-                    f"{error.message}: refused again right after re-authenticating", status=401, code=error.code
+                    f"{refusal.message}: refused again right after re-authenticating", status=401, code=refusal.code
                 )
             if not replayable and sent:
                 # A streamed body cannot be sent again; the caller restarts the whole operation.
@@ -244,67 +262,63 @@ class Transport:
             if not replayable:
                 raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: needed auth first"))
         if follow_redirects and response.status_code in REDIRECT_STATUS and method in ("GET", "HEAD"):
-            response = self._follow(method, response, headers or {}, stream, sent)
+            response = self._follow(method, response, headers or {}, sent)
         if response.status_code in RETRYABLE_STATUS:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            body = response.content if not stream or method != "GET" else response.raw.read(4096)
-            response.close()
-            error = error_for_response(
-                response.status_code, body, what=f"{method} {_path(url)}", retry_after=retry_after
-            )
+            error = response_error(response, what=f"{method} {_path(url)}", retry_after=retry_after)
             if not isinstance(error, TransientError):
                 error = TransientError(error.message, status=response.status_code, retry_after=retry_after)
             raise RetryableFailure(error, retry_after)
         return response
 
     def _answer(self, challenge: str, scopes: tuple[str, ...], sent: str | None) -> str:
+        bearer = next((c for c in parse_www_authenticate(challenge) if c.scheme == "bearer"), None)
+        if bearer is not None and "realm" in bearer.params:
+            # The token request carries the registry's credentials: never to plain HTTP elsewhere.
+            check_realm(bearer.params["realm"], self.base_url)
         try:
             return self.auth.answer(challenge, scopes, self.session(), self.timeouts.pair, sent=sent)
         except TransientError as exc:  # the token service had a hiccup: retry like any other request
             raise RetryableFailure(exc, exc.retry_after) from None
 
-    def _send(self, method: str, url: str, headers: dict, data, stream: bool) -> requests.Response:
+    def _send(self, method: str, url: str, headers: dict, data) -> requests.Response:
         try:
             return self.session(urlsplit(url).netloc).request(
                 method,
                 url,
                 headers=headers,
                 data=data,
-                stream=stream,
+                # Always streamed, whatever the caller reads later: requests would otherwise read a body of any size
+                # (an error page, a hostile answer) into memory before we see the status.
+                stream=True,
                 timeout=self.timeouts.pair,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise RetryableFailure(TransientError(f"{method} {_path(url)}: {describe_exception(exc)}")) from None
 
-    def _follow(
-        self, method: str, response: requests.Response, headers: dict, stream: bool, sent: str | None
-    ) -> requests.Response:
+    def _follow(self, method: str, response: requests.Response, headers: dict, sent: str | None) -> requests.Response:
         what = f"{method} {_path(response.url)}"
         for _ in range(MAX_REDIRECTS):
             location = response.headers.get("Location")
             if not location:
                 return response
             target = urljoin(response.url, location)  # relative Locations resolve against the request; query kept
+            read_capped(response)  # a short redirect body read to its end keeps the connection for reuse
             response.close()
             scheme = urlsplit(target).scheme.lower()
             if scheme not in ("http", "https"):
                 # Named by scheme only: the rest of a storage URL may be a presigned credential.
                 raise ProtocolError(f"{what}: redirected to a {scheme or 'scheme-less'}: URL, which cannot be fetched")
             request_headers = dict(headers)
-            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials; nor
-            # does the registry's own host over plain HTTP when the registry itself is HTTPS.
-            if sent and self._same_origin(target):
+            # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials.
+            if sent and same_origin(target, self.base_url):
                 request_headers["Authorization"] = sent
-            response = self._send(method, target, request_headers, None, stream)
+            response = self._send(method, target, request_headers, None)
             if response.status_code not in REDIRECT_STATUS:
                 return response
         response.close()
         raise ProtocolError(f"{what}: more than {MAX_REDIRECTS} redirects (a redirect loop)")
-
-    def _same_origin(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return parts.netloc == self.host and (parts.scheme or self.scheme) == self.scheme
 
     def request(
         self,
@@ -322,26 +336,28 @@ class Transport:
     ) -> requests.Response:
         """A replayable request with retries; returns the response when its status is in ok+allow, else raises.
 
-        With `max_bytes`, a body in `ok` is read into `response.content` only up to that size; a larger one is
-        refused with ProtocolError without reading more than the limit.
+        A body in `ok` is read into `response.content` up to `max_bytes` (MAX_BODY_BYTES by default); a larger one
+        is refused with ProtocolError without reading more than the limit. With `stream`, the caller reads it. Bodies
+        of other statuses are read only up to MAX_ERROR_BODY_BYTES.
         """
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         label = what or f"{method} {_path(url)}"
 
         def attempt(_: int) -> requests.Response:
-            response = self.send_once(
-                method, url, scopes=scopes, headers=headers, data=data, stream=stream or max_bytes is not None
-            )
-            if max_bytes is not None and method != "HEAD" and response.status_code in ok:
-                read_bounded(response, max_bytes, what=label)
+            response = self.send_once(method, url, scopes=scopes, headers=headers, data=data)
+            if response.status_code in ok and not stream:
+                if method == "HEAD":  # its Content-Length is the size of what a GET would send, not of this body
+                    read_capped(response)
+                else:
+                    read_bounded(response, max_bytes or MAX_BODY_BYTES, what=label)
+            elif response.status_code in allow:
+                read_capped(response)
             return response
 
         response = with_retries(attempt, policy=self.policy, what=label)
         if response.status_code in ok or response.status_code in allow:
             return response
-        body = response.content if method != "HEAD" else b""
-        response.close()
-        raise error_for_response(response.status_code, body, what=label)
+        raise response_error(response, what=label)
 
 
 def read_bounded(response: requests.Response, limit: int, *, what: str) -> bytes:
@@ -354,22 +370,14 @@ def read_bounded(response: requests.Response, limit: int, *, what: str) -> bytes
     if declared.isdigit() and int(declared) > limit:
         response.close()
         raise ProtocolError(f"{what}: {int(declared)} bytes, over the limit of {limit} bytes ({_mib(limit)})")
-    body = bytearray()
     try:
-        while len(body) <= limit:
-            chunk = response.raw.read(min(64 * 1024, limit + 1 - len(body)), decode_content=True)
-            if not chunk:
-                break
-            body += chunk
-    except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+        body, longer = read_up_to(response, limit)
+    except READ_FAILURES as exc:
         response.close()
         raise RetryableFailure(TransientError(f"{what}: {describe_exception(exc)}")) from None
-    if len(body) > limit:
-        response.close()
+    if longer:
         raise ProtocolError(f"{what}: more than {limit} bytes, over the limit of {limit} bytes ({_mib(limit)})")
-    response._content = bytes(body)  # what requests itself stores once a body is read
-    response._content_consumed = True
-    return response._content
+    return body
 
 
 def _mib(size: int) -> str:

@@ -51,8 +51,8 @@ def proxy_factory():
         proxy.stop()
 
 
-def spec(url: str, provider: str = "generic", credentials: dict | None = None, **options) -> RegistrySpec:
-    return RegistrySpec(provider=provider, url=url, options={**FAST, **options}, credentials=credentials)
+def spec(url: str, provider: str = "generic", credentials: dict | None = None, guard=None, **options) -> RegistrySpec:
+    return RegistrySpec(provider=provider, url=url, options={**FAST, **options}, credentials=credentials, guard=guard)
 
 
 def location(url_or_spec, repository: str, reference: str, **kwargs) -> ImageLocation:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ci_integrations.registry import AuthenticationError, resolve_manifest
+from ci_integrations.registry import AuthenticationError, address_guard, resolve_manifest
 from ci_integrations.registry.client_cache import CLIENTS, ClientCache, client_key, shared_client
 from tests.registry.conftest import location, spec
 from tests.support.images import push_random_image
@@ -112,3 +112,12 @@ def test_concurrent_first_use_builds_one_client(registry):
         thread.join()
 
     assert len({id(client) for client in seen}) == 1
+
+
+def test_specs_with_different_destination_guards_never_share_a_client(registry):
+    guarded = shared_client(spec(registry.url, guard=address_guard({"127.0.0.1:1"})))
+
+    # A client built without a guard (or with another allowance) must not serve a guarded spec, nor the reverse.
+    assert shared_client(spec(registry.url)) is not guarded
+    assert shared_client(spec(registry.url, guard=address_guard({"127.0.0.1:2"}))) is not guarded
+    assert shared_client(spec(registry.url, guard=address_guard({"127.0.0.1:1"}))) is guarded

@@ -72,6 +72,7 @@ class Provider:
             policy=retry_policy(spec.options),
             timeouts=timeouts(spec.options),
             pool_size=pool_size,
+            guard=spec.guard,
         )
 
     def same_registry(self, a: RegistrySpec, b: RegistrySpec) -> bool:

@@ -14,14 +14,16 @@ import time
 
 import requests
 
-from ..auth import BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token
+from ..auth import BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token, token_answer
 from ..client import Manifest
+from ..destinations import check_destination
 from ..errors import (
     AuthenticationError,
     ProtocolError,
+    RegistryError,
     TagConflict,
     TransientError,
-    error_for_response,
+    cut,
     remember_secret,
 )
 from ..refs import ImageLocation, RegistrySpec
@@ -70,12 +72,10 @@ def fetch_acr_token(
     data = {"grant_type": "refresh_token", "service": service, "scope": " ".join(scopes)}
     data["refresh_token"] = credentials.password
     try:
-        response = session.post(realm, data=data, timeout=timeout)
+        response = session.post(realm, data=data, timeout=timeout, stream=True)
     except requests.RequestException as exc:
         raise TransientError(f"ACR token request failed: {type(exc).__name__}") from None
-    if response.status_code != 200:
-        raise error_for_response(response.status_code, response.content, what="ACR /oauth2/token")
-    token = response.json().get("access_token")
+    token = token_answer(response, what="ACR /oauth2/token").get("access_token")
     if not token:
         raise ProtocolError("ACR /oauth2/token answered no access_token")
     remember_secret(token)
@@ -109,14 +109,18 @@ class AcrProvider(Provider):
         tenant = creds.get("tenant_id") or spec.options.get("tenant_id")
         if tenant:
             data["tenant"] = tenant
+        exchange = f"{endpoint.base_url}/oauth2/exchange"
+        check_destination(spec.guard, exchange)  # sent outside the transport, so asked here
         try:
-            response = requests.post(f"{endpoint.base_url}/oauth2/exchange", data=data, timeout=(10, 60))
+            response = requests.post(exchange, data=data, timeout=(10, 60), stream=True, allow_redirects=False)
         except requests.RequestException as exc:
             raise TransientError(f"ACR token exchange failed: {type(exc).__name__}") from None
-        if response.status_code != 200:
-            error = error_for_response(response.status_code, response.content, what="ACR /oauth2/exchange")
-            raise AuthenticationError(error.message, status=error.status) if error.status in (400, 401) else error
-        token = response.json().get("refresh_token")
+        try:
+            token = token_answer(response, what="ACR /oauth2/exchange").get("refresh_token")
+        except RegistryError as error:
+            if error.status in (400, 401) and not isinstance(error, AuthenticationError):
+                raise AuthenticationError(error.message, status=error.status) from None
+            raise
         if not token:
             raise ProtocolError("ACR /oauth2/exchange answered no refresh_token")
         remember_secret(token)
@@ -188,6 +192,6 @@ class AcrProvider(Provider):
         except Exception as exc:
             text = str(getattr(exc, "message", "") or exc)
             if "locked" in text.lower() or "write" in text.lower() and "disabled" in text.lower():
-                raise TagConflict(f"{dst} is locked in ACR and cannot be moved: {text[:200]}") from None
+                raise TagConflict(f"{dst} is locked in ACR and cannot be moved: {cut(text, 200)}") from None
             raise
         return "acr-import"
