@@ -41,6 +41,7 @@ from ci_integrations.models import (
 )
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
+from ci_integrations.services.tokens import token_revoke
 
 # Columns whose values are secret (or derived from one): their changes are recorded as "stored"/"ambient" at most.
 SECRET_FIELDS = {"credentials_encrypted", "secret_encrypted", "secret_hash", "pepper_id", "password"}
@@ -339,8 +340,6 @@ class ApiTokenAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Revoke selected tokens", permissions=["change"])
     def revoke_tokens(self, request, queryset):
-        from ci_integrations.services.tokens import token_revoke
-
         actor = Actor.from_request(request)
         revoked = 0
         with transaction.atomic():

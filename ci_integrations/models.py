@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from ci_integrations.encryption import decrypt_json, encrypt_json
 from ci_integrations.input_rules import CHECK_NAME, DIGEST, NAME, TAG, InputRule
+from ci_integrations.registry import ImageLocation, RegistrySpec
 from ci_integrations.registry.refs import is_valid_host, is_valid_repository
 
 
@@ -104,8 +105,6 @@ class Registry(models.Model):
 
     def spec(self):
         """This registry as the registry package describes it (the package knows nothing of Django)."""
-        from ci_integrations.registry import RegistrySpec
-
         return RegistrySpec(
             provider=self.provider,
             url=self.url.rstrip("/"),
@@ -230,8 +229,6 @@ class Bucket(models.Model):
 
     def location(self, reference: str):
         """Where an image with this tag or digest lives, for the registry package."""
-        from ci_integrations.registry import ImageLocation
-
         return ImageLocation(registry=self.registry.spec(), repository=self.repository, reference=reference)
 
     @property

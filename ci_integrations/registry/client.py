@@ -185,10 +185,6 @@ class RegistryClient:
 
     # --- base ----------------------------------------------------------------------------------------------------
 
-    def ping(self, scopes: tuple[str, ...] = ()) -> None:
-        """GET /v2/: proves the endpoint speaks the API and the credentials are accepted."""
-        self.transport.request("GET", "/v2/", scopes=scopes, what=f"ping {self.host}")
-
     # --- manifests -----------------------------------------------------------------------------------------------
 
     def head_manifest(self, repository: str, reference: str) -> ManifestInfo | None:
@@ -265,15 +261,6 @@ class RegistryClient:
             what=f"PUT manifest {repository}:{reference}",
         )
         return response.headers.get("Docker-Content-Digest") or manifest.digest
-
-    def delete_manifest(self, repository: str, digest: str) -> None:
-        self.transport.request(
-            "DELETE",
-            f"/v2/{repository}/manifests/{digest}",
-            scopes=(repository_scope(repository, "delete"),),
-            ok=(200, 202),
-            allow=(404,),
-        )
 
     def tags(self, repository: str) -> list[str]:
         """Every tag, following `Link: <…>; rel="next"` pages (relative or absolute)."""

@@ -5,10 +5,9 @@ from __future__ import annotations
 import getpass
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from ci_integrations.models import ApiToken
+from ci_integrations.models import ApiToken
 
 
 @dataclass(frozen=True)
@@ -67,8 +66,6 @@ class Actor:
         """The actor behind a Django or DRF request (session user or API token)."""
         request_id = getattr(request, "request_id", "")
         token = getattr(request, "auth", None)
-        from ci_integrations.models import ApiToken
-
         if isinstance(token, ApiToken):
             return cls.for_token(token, request_id=request_id)
         return cls.for_user(request.user, request_id=request_id)

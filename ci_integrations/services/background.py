@@ -15,8 +15,11 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+import django_rq
 from django.db import transaction
 from django.db.models import QuerySet
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +30,6 @@ LIVE_JOB_STATUSES = {"created", "queued", "scheduled", "deferred", "started", "r
 
 
 def get_queue(name: str):
-    import django_rq  # its import reads Django settings; keep it out of module import time
-
     return django_rq.get_queue(name)
 
 
@@ -60,9 +61,6 @@ class Task:
         made)."""
         if not job_id:
             return None
-        from rq.exceptions import NoSuchJobError
-        from rq.job import Job
-
         try:
             job = Job.fetch(job_id, connection=get_queue(self.queue).connection)
             status = job.get_status(refresh=False)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 
+import django_rq
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection
+from rq import SimpleWorker, Worker
 
 from ci_integrations.services.reconciler import reconcile
 
@@ -43,9 +45,6 @@ class Command(BaseCommand):
         parser.add_argument("--name", default=None)
 
     def handle(self, *args, **options):
-        import django_rq
-        from rq import SimpleWorker, Worker
-
         queues = [django_rq.get_queue(name) for name in options["queues"]]
         # The worker's main process must not hold a database connection a forked job would inherit.
         connection.close()

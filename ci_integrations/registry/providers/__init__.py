@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import importlib
 import threading
-from typing import TYPE_CHECKING
 
 from ..auth import Authenticator, BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token
 from ..client import Endpoint, Manifest, RegistryClient
 from ..errors import InvalidReference
 from ..refs import ImageLocation, RegistrySpec
 from ..transport import RetryPolicy, Timeouts
-
-if TYPE_CHECKING:
-    pass
 
 PROVIDERS = {
     "generic": "ci_integrations.registry.providers.generic.GenericProvider",
