@@ -57,8 +57,8 @@ ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 @dataclass
 class ConfigSpecs:
-    """What a file asks for, each kind keyed by name, in the field names of the models; `problems` lists every
-    "path: what is wrong" found, and the specs may be written only when it is empty."""
+    """What a file asks for, each kind keyed by name, as plain dicts in the shape the applier writes; `problems`
+    lists every "path: what is wrong" found, and the specs may be written only when it is empty."""
 
     registries: dict[str, dict]
     workflows: dict[str, dict]
