@@ -1,6 +1,7 @@
 """Config as code: apply_config is idempotent, --check changes nothing, errors name file and path, all or nothing."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -339,3 +340,19 @@ def test_a_value_that_should_be_a_list_but_is_not_gives_one_must_be_a_list_error
     err, _ = failing("apply_config", path)
     assert err.splitlines() == [f"{path}: {where}: must be a list"]
     assert not Integration.objects.exists() and not Workflow.objects.exists()
+
+
+@pytest.mark.parametrize("url", ["https://", "hooks.example.com/p2p", "https://hooks.example.com/\x1b[31m"])
+def test_a_webhook_url_must_be_an_http_url_with_a_host_and_printable(db, config_file, url):
+    path = config_file(f"integrations: [{{name: app, webhooks: [{{url: {json.dumps(url)}, secret: s}}]}}]")
+    err, _ = failing("apply_config", path)
+    assert err.splitlines() == [f"{path}: integrations[0].webhooks[0].url: {url!r} is not an http(s) URL"]
+    assert not Integration.objects.exists()
+
+
+def test_a_name_is_checked_whole_so_a_trailing_line_break_is_refused_with_its_path(db, config_file):
+    path = config_file('workflows: [{name: "wf\\n", steps: []}]')
+    err, _ = failing("apply_config", path)
+    rule = "must be lowercase letters, digits and '-', at most 63 characters"
+    assert err.splitlines() == [f"{path}: workflows[0].name: name 'wf\\n' {rule}"]
+    assert not Workflow.objects.exists()
