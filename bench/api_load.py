@@ -283,7 +283,7 @@ def main() -> None:
         integration = Integration.objects.create(name=f"bench-{suffix}")
         Bucket.objects.create(integration=integration, env="dev", registry=registry, repository=repository)
         _, token = token_create(
-            name=f"bench-{suffix}", kind="ci", integrations=[integration], actor=Actor.system("bench")
+            name=f"bench-{suffix}", kind="ci", integrations=[integration], actor=Actor.system("bench"), system=True
         )
 
         # One image, then N manifests over the same blobs with distinct annotations: distinct digests, one PUT each.

@@ -367,6 +367,11 @@ class Promotion(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     requested_by_label = models.CharField(max_length=150, blank=True, default="")
+    # The person a CI token's request counts as (its owner, or the maker of a system token): four-eyes bars them
+    # from approving, as it bars `requested_by`.
+    on_behalf_of = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     reason = models.TextField(blank=True, default="")
     freeze_override_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -516,7 +521,10 @@ class AuditEntry(models.Model):
 class ApiToken(models.Model):
     """A CI token (scoped to integrations) or a personal token (acting as its user).
 
-    Only a peppered HMAC of the secret is stored; see services/tokens.py for the format.
+    A CI token has an owner, the person who answers for it: it never has more rights than its owner has now, it stops
+    working when its owner is deactivated, and its owner counts as the requester of what it requests. A system token
+    has no owner; what it requests needs two approvers where four-eyes applies. Only a peppered HMAC of the secret is
+    stored; see services/tokens.py for the format.
     """
 
     class Kind(models.TextChoices):
@@ -528,6 +536,13 @@ class ApiToken(models.Model):
     kind = models.CharField(max_length=10, choices=Kind.choices)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="owned_ci_tokens"
+    )
+    # The person who made the token in the portal; None when a management command made it.
+    made_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     integrations = models.ManyToManyField(Integration, blank=True, related_name="tokens")
     scopes = models.JSONField(default=list)
@@ -542,8 +557,10 @@ class ApiToken(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [
-            models.CheckConstraint(condition=Q(kind="ci") | Q(user__isnull=False), name="personal_token_has_user")
+            models.CheckConstraint(condition=Q(kind="ci") | Q(user__isnull=False), name="personal_token_has_user"),
+            models.CheckConstraint(condition=Q(kind="ci") | Q(owner__isnull=True), name="personal_token_has_no_owner"),
         ]
+        permissions = [("add_ci_token", "Can create CI tokens (platform admins by default)")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind}, p2p_{self.key_id}…)"

@@ -428,13 +428,13 @@ def audit_filter_choices() -> dict[str, list[str]]:
 
 
 def tokens_visible_to(user, *, limit: int = 200) -> list[ApiToken]:
-    """A user's personal tokens and the CI tokens they created; platform admins see every CI token."""
-    mine = Q(user=user) | Q(kind=ApiToken.Kind.CI, created_by=user.get_username())
+    """A user's personal tokens and the CI tokens they own or made; platform admins see every CI token."""
+    mine = Q(user=user) | Q(kind=ApiToken.Kind.CI, owner=user) | Q(kind=ApiToken.Kind.CI, made_by=user)
     if user.has_perm("ci_integrations.change_apitoken"):
         mine |= Q(kind=ApiToken.Kind.CI)
     return list(
         ApiToken.objects.filter(mine)
-        .select_related("user")
+        .select_related("user", "owner")
         .prefetch_related(Prefetch("integrations", queryset=Integration.objects.only("id", "name")))
         .order_by("-created_at")[:limit]
     )

@@ -44,7 +44,7 @@ REQUEST = "ci_integrations.request_promotion"
 APPROVE = "ci_integrations.approve_promotion"
 AUDIT = "ci_integrations.export_auditentry"
 FREEZE = "ci_integrations.add_freezewindow"
-CI_TOKENS = "ci_integrations.add_apitoken"
+CI_TOKENS = "ci_integrations.add_ci_token"
 # htmx stops polling when a response has this status (https://htmx.org/attributes/hx-trigger/).
 HTMX_STOP_POLLING = 286
 
@@ -476,6 +476,8 @@ def tokens(request: HttpRequest) -> HttpResponse:
                 kind=kind,
                 actor=Actor.from_request(request),
                 user=request.user if kind == ApiToken.Kind.PERSONAL else None,
+                # A CI token made here answers for the person who made it: never more rights than they have.
+                owner=request.user if kind == ApiToken.Kind.CI else None,
                 integrations=form.cleaned_data["integrations"] if kind == ApiToken.Kind.CI else (),
                 scopes=form.cleaned_data["scopes"],
                 expires_at=form.expires_at,

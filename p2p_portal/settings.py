@@ -154,6 +154,8 @@ RQ_QUEUES = {
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
+# CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
+P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
 
 # Shared cache (API rate limits are counted here, so every web replica counts together).
 CACHES = {

@@ -13,6 +13,7 @@ from rest_framework.permissions import BasePermission
 
 from ci_integrations.models import ApiToken
 from ci_integrations.services.errors import NotAllowed
+from ci_integrations.services.policy import ci_token_owner_refusal
 from ci_integrations.services.tokens import (
     SCOPE_ARTIFACTS_WRITE,
     SCOPE_CHECKS_WRITE,
@@ -48,6 +49,9 @@ def check_scope(request, scope: str, *, permission: str | None = None) -> None:
     if token is not None and token.is_ci:
         if permission is not None:
             raise NotAllowed("CI tokens cannot do this; use a personal token.", details={"required": permission})
+        needed = SCOPE_PERMISSIONS.get(scope)
+        if needed and (refusal := ci_token_owner_refusal(token, needed)):
+            raise NotAllowed(refusal, details={"required_permission": needed})
         return
     for needed in (SCOPE_PERMISSIONS.get(scope), permission):
         if needed and not request.user.has_perm(needed):

@@ -36,6 +36,23 @@ class Actor:
             return None
         return self.user
 
+    @property
+    def requesting_person(self):
+        """The person who counts as the requester of what this actor requests, or None.
+
+        A person acting (signed in, or through a personal token) is themself; a CI token counts as its owner, or, for
+        a system token that no person owns, as the person who made it (if a person did). Four-eyes bars this person
+        from approving what they requested.
+        """
+        if self.is_ci_token:
+            return self.token.owner if self.token.owner_id else (self.token.made_by if self.token.made_by_id else None)
+        return self.person
+
+    @property
+    def is_system_token(self) -> bool:
+        """A CI token that no person owns: what it requests needs two approvers where four-eyes applies."""
+        return self.is_ci_token and self.token.owner_id is None
+
     @classmethod
     def for_user(cls, user, *, request_id: str = "") -> Actor:
         return cls(label=user.get_username(), user=user, request_id=request_id)

@@ -165,7 +165,7 @@ def artifact_register(
             arrival_audit(arrival=arrival, previous=previous, actor=actor),
         )
         if auto_promote:  # rare; it audits its own requests, which belong after this registration's entries
-            promotions_auto_request(artifact=artifact, from_bucket=bucket)
+            promotions_auto_request(artifact=artifact, from_bucket=bucket, cause=actor.requesting_person)
     return artifact, arrival, True
 
 
@@ -282,5 +282,7 @@ def check_report(*, artifact: Artifact, name: str, status: str, url: str = "", a
         )
         if status == CheckResult.Status.PASSED:
             for bucket_id in set(Arrival.objects.filter(artifact=artifact).values_list("bucket_id", flat=True)):
-                promotions_auto_request(artifact=artifact, from_bucket=Bucket.objects.get(pk=bucket_id))
+                promotions_auto_request(
+                    artifact=artifact, from_bucket=Bucket.objects.get(pk=bucket_id), cause=actor.requesting_person
+                )
     return result

@@ -288,7 +288,9 @@ def _finish_succeeded(p: Promotion, summary) -> None:
             )
         webhooks_notify(promotion=current, event="rolled_back" if rollback else "succeeded", actor=WORKER)
         if not rollback:
-            promotions_auto_request(artifact=current.artifact, from_bucket=current.to_bucket)
+            # The next step counts as asked for by whoever asked for this one.
+            cause = current.on_behalf_of if current.on_behalf_of_id else current.requested_by
+            promotions_auto_request(artifact=current.artifact, from_bucket=current.to_bucket, cause=cause)
 
 
 def _finish_failed(p: Promotion, message: str) -> None:

@@ -75,6 +75,8 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
             return False, f"the CI token {token.name!r} lacks the {REQUEST_SCOPE!r} scope"
         if not token.integrations.filter(pk=integration.pk).exists():
             return False, f"the CI token {token.name!r} is not scoped to integration {integration.name!r}"
+        if refusal := ci_token_owner_refusal(token, "ci_integrations.request_promotion"):
+            return False, refusal
         return True, f"CI token {token.name!r} has the {REQUEST_SCOPE!r} scope"
     if token is not None and token.kind == "personal" and token.scopes and REQUEST_SCOPE not in token.scopes:
         return False, f"the personal token {token.name!r} lacks the {REQUEST_SCOPE!r} scope"
@@ -88,6 +90,22 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
     if user.has_perm("ci_integrations.request_promotion"):
         return True, f"{user.get_username()} may request promotions"
     return False, f"{user.get_username()} may not request promotions (needs the request_promotion permission)"
+
+
+def ci_token_owner_refusal(token, permission: str) -> str | None:
+    """Why a CI token may not use `permission` now because of its owner, or None: a token never has more rights than
+    its owner has at the time of use (a system token, which no person owns, has its scopes only)."""
+    if not token.owner_id:
+        return None
+    owner = token.owner
+    if not owner.is_active:
+        return f"the owner of CI token {token.name!r}, {owner.get_username()}, is inactive"
+    if not owner.has_perm(permission):
+        return (
+            f"the CI token {token.name!r} acts for {owner.get_username()}, who may not do this "
+            f"(needs the {permission.split('.')[-1]} permission)"
+        )
+    return None
 
 
 def may_override_freeze(actor: Actor) -> bool:

@@ -32,13 +32,14 @@ from ci_integrations.services.errors import (
 )
 from ci_integrations.services.freeze import freeze_windows_active
 from ci_integrations.services.locks import artifact_locked
-from ci_integrations.services.policy import REQUEST_SCOPE, promotion_evaluate
+from ci_integrations.services.policy import FREEZE, REQUEST_SCOPE, ci_token_owner_refusal, promotion_evaluate
 from ci_integrations.services.webhooks import webhooks_notify
 
 logger = logging.getLogger(__name__)
 
 State = Promotion.State
 AUTO = Actor.system("auto-promote")
+SYSTEM_TOKEN_APPROVALS = 2  # what a request by a token that no person owns needs, where four-eyes applies
 
 
 def promotion_snapshot(p: Promotion) -> dict:
@@ -125,7 +126,9 @@ def promotion_request(
     )
 
 
-def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, rollback) -> Promotion:
+def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, rollback, on_behalf_of=None) -> Promotion:
+    """Shared by requests, rollbacks and auto-promotions. `on_behalf_of` is the person an auto-promotion counts as
+    requested by (whoever caused it); otherwise the actor's requesting person (a CI token's owner)."""
     if tag is not None and not TAG.is_valid(tag):
         raise InvalidInput(TAG.problem(tag), details={"tag": "invalid"})
     if actor.is_ci_token and freeze_override_reason:
@@ -166,8 +169,9 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
             to_bucket=ev.to_bucket,
             source_tag=ev.source_tag,
             tag=ev.tag,
-            required_approvals=ev.required_approvals,
-            requested_by=actor.user,
+            required_approvals=_approvals_needed(ev, actor),
+            requested_by=actor.person,
+            on_behalf_of=on_behalf_of if on_behalf_of is not None else _on_behalf_of(actor),
             requested_by_label=actor.label,
             reason=reason or "",
             freeze_override_reason=freeze_override_reason.strip() if ev.freeze_overridden else "",
@@ -180,6 +184,7 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
             after={
                 **promotion_snapshot(p),
                 "required_approvals": p.required_approvals,
+                "on_behalf_of": p.on_behalf_of.get_username() if p.on_behalf_of_id else None,
                 "conditions": [c.message for c in ev.conditions],
             },
             reason=reason or "",
@@ -207,8 +212,26 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
     return p
 
 
-def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket) -> list[Promotion]:
-    """Steps marked auto_promote request themselves once the artifact is in their source bucket and passes policy."""
+def _on_behalf_of(actor: Actor):
+    """The person a request by `actor` counts as besides `requested_by`: a CI token's owner, or the maker of a system
+    token. None for people themselves (they are `requested_by`) and for the system."""
+    return actor.requesting_person if actor.is_ci_token else None
+
+
+def _approvals_needed(ev, actor: Actor) -> int:
+    """The step's approvals; a system token's request needs two where four-eyes applies, since no single person
+    answers for it."""
+    needed = ev.required_approvals
+    four_eyes = needed >= 1 and not (ev.step is not None and ev.step.self_approval)
+    return max(needed, SYSTEM_TOKEN_APPROVALS) if four_eyes and actor.is_system_token else needed
+
+
+def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket, cause=None) -> list[Promotion]:
+    """Steps marked auto_promote request themselves once the artifact is in their source bucket and passes policy.
+
+    `cause` is the person whose action led here (the registration, the check report, the promotion that arrived):
+    the auto-promotion counts as requested by them, so they may not approve it where four-eyes applies.
+    """
     integration = artifact.integration
     if not integration.workflow_id:
         return []
@@ -233,6 +256,7 @@ def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket) -> list[
                         reason=f"auto-promotion after arrival in {from_bucket.env}",
                         freeze_override_reason="",
                         rollback=False,
+                        on_behalf_of=cause,
                     )
                 )
         except ServiceError as exc:
@@ -313,10 +337,11 @@ def _block(p: Promotion, actor: Actor, decision: str) -> ApprovalBlock | None:
         )
     if (
         decision == Approval.Decision.APPROVE
-        and p.requested_by_id == user.pk
+        and user.pk in (p.requested_by_id, p.on_behalf_of_id)
         and not (p.step_id and p.step.self_approval)
     ):
-        return ApprovalBlock("forbidden", "four-eyes: you requested this promotion, so someone else must approve it")
+        how = "requested this promotion" if p.requested_by_id == user.pk else "own the CI token that requested it"
+        return ApprovalBlock("forbidden", f"four-eyes: you {how}, so someone else must approve it")
     if Approval.objects.filter(promotion=p, user=user).exists():
         return ApprovalBlock("state", f"{user.get_username()} has already decided on promotion #{p.pk}")
     return None
@@ -434,7 +459,11 @@ def _may_manage(p: Promotion, actor: Actor) -> bool:
     """The requester, approvers and admins may cancel; requesters and approvers may retry."""
     if actor.is_ci_token:
         token = actor.token
-        return REQUEST_SCOPE in (token.scopes or []) and token.integrations.filter(pk=p.integration_id).exists()
+        return (
+            REQUEST_SCOPE in (token.scopes or [])
+            and token.integrations.filter(pk=p.integration_id).exists()
+            and ci_token_owner_refusal(token, "ci_integrations.request_promotion") is None
+        )
     if actor.user is None:
         return actor.token is None  # the system itself
     user = actor.person
@@ -478,14 +507,16 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
         # The lock promotion_request holds for its own check: a request or another retry of this artifact either
         # sees this one open or is seen by it, never neither.
         artifact_locked(p.artifact_id)
-        unmet = _frozen(p)
-        other = (
-            Promotion.objects.filter(artifact=p.artifact, to_bucket=p.to_bucket, state__in=Promotion.OPEN)
-            .exclude(pk=p.pk)
-            .first()
+        # The policy again, as at the request (a required check may have failed since), for whoever asked then.
+        ev = promotion_evaluate(
+            artifact=p.artifact,
+            to_env=p.to_bucket.env,
+            actor=AUTO,
+            rollback=p.kind == Promotion.Kind.ROLLBACK,
+            tag=p.tag,
+            exclude_promotion_id=p.pk,
         )
-        if other:
-            unmet.append(f"open promotion: promotion #{other.pk} of this artifact into {p.to_bucket.env} is open")
+        unmet = [reason for reason in ev.unmet if not reason.startswith(f"{FREEZE}:")] + _frozen(p)
         if unmet:
             raise PolicyViolation(unmet)
         before = {"state": p.state, "error": p.error}
@@ -507,7 +538,12 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
                 "updated_at",
             ]
         )
+        person = actor.requesting_person
         audit_record(
-            actor=actor, action="promotion.retried", obj=p, before=before, after={"state": p.state, "job_id": p.job_id}
+            actor=actor,
+            action="promotion.retried",
+            obj=p,
+            before=before,
+            after={"state": p.state, "job_id": p.job_id, "by": person.get_username() if person else None},
         )
     return p

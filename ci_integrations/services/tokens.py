@@ -31,7 +31,7 @@ from ci_integrations.input_rules import control_character
 from ci_integrations.models import ApiToken
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.errors import InvalidInput, StateConflict
+from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
 from ci_integrations.services.rows import columns, fetch_one, table
 
 PREFIX = "p2p"
@@ -127,14 +127,19 @@ def token_create(
     kind: str,
     actor: Actor,
     user=None,
+    owner=None,
+    system: bool = False,
     integrations=(),
     scopes=(),
     expires_at: datetime | None = None,
 ) -> tuple[ApiToken, str]:
     """Create a token and return it with its plain text, which is never stored and cannot be shown again.
 
-    CI tokens need at least one integration and take scopes from CI_SCOPES (all of them when none are given);
-    personal tokens need a user, act with that user's permissions, and may also carry promotions:approve.
+    CI tokens need at least one integration and take scopes from CI_SCOPES (all of them when none are given). Each
+    has an `owner`, the person it answers for, unless it is made as a `system` token that no person owns. A person
+    needs the add_ci_token permission to make one. CI tokens expire: by default, and at the latest, after
+    P2P_CI_TOKEN_MAX_AGE. Personal tokens need a user, act with that user's permissions, and may also carry
+    promotions:approve.
     """
     if kind not in ApiToken.Kind.values:
         raise InvalidInput(f"unknown token kind {kind!r}", details={"kind": "use ci or personal"})
@@ -143,14 +148,14 @@ def token_create(
         raise InvalidInput("a token needs a name of 1 to 120 printable characters", details={"name": "invalid"})
     integrations = list(integrations)
     if kind == ApiToken.Kind.CI:
-        if user is not None:
-            raise InvalidInput("a CI token acts for integrations, not for a user", details={"user": "not allowed"})
-        if not integrations:
-            raise InvalidInput("a CI token needs at least one integration", details={"integrations": "required"})
+        _check_ci_token(actor=actor, user=user, owner=owner, system=system, integrations=integrations)
+        expires_at = _ci_token_expiry(expires_at)
     elif user is None:
         raise InvalidInput("a personal token needs a user", details={"user": "required"})
     elif integrations:
         raise InvalidInput("a personal token sees what its user sees", details={"integrations": "not allowed"})
+    elif owner is not None or system:
+        raise InvalidInput("a personal token acts as its user; only CI tokens have owners", details={"owner": "no"})
     scopes = _check_scopes(kind, scopes)
     if expires_at is not None and expires_at <= timezone.now():
         raise InvalidInput("the expiry is in the past", details={"expires_at": "must be in the future"})
@@ -166,6 +171,8 @@ def token_create(
             scopes=scopes,
             secret_hash=_secret_hash(pepper, secret),
             pepper_id=pepper.id,
+            owner=owner,
+            made_by=actor.person,
             created_by=actor.label,
             expires_at=expires_at,
         )
@@ -180,6 +187,8 @@ def token_create(
                 "name": token.name,
                 "kind": token.kind,
                 "user": user.get_username() if user else None,
+                "owner": owner.get_username() if owner else None,
+                "system": kind == ApiToken.Kind.CI and owner is None,
                 "integrations": sorted(i.name for i in integrations),
                 "scopes": scopes,
                 "expires_at": expires_at,
@@ -187,6 +196,44 @@ def token_create(
             integration=integrations[0].name if len(integrations) == 1 else "",
         )
     return token, token_format(token.key_id, secret)
+
+
+def _check_ci_token(*, actor: Actor, user, owner, system: bool, integrations: list) -> None:
+    """Who may make a CI token, and for whom: a person needs add_ci_token; a token answers for an active owner,
+    unless it is a system token."""
+    if actor.is_ci_token or (actor.user is not None and actor.person is None):
+        raise NotAllowed(f"{actor.label} may not create CI tokens")
+    if actor.person is not None and not actor.person.has_perm("ci_integrations.add_ci_token"):
+        raise NotAllowed(
+            f"{actor.person.get_username()} may not create CI tokens (needs the add_ci_token permission)",
+            details={"required_permission": "ci_integrations.add_ci_token"},
+        )
+    if user is not None:
+        raise InvalidInput("a CI token acts for integrations, not for a user", details={"user": "not allowed"})
+    if not integrations:
+        raise InvalidInput("a CI token needs at least one integration", details={"integrations": "required"})
+    if system and owner is not None:
+        raise InvalidInput("a system token has no owner", details={"owner": "not allowed"})
+    if not system and owner is None:
+        raise InvalidInput(
+            "a CI token needs an owner, the person it answers for (or make a system token, which no person owns)",
+            details={"owner": "required"},
+        )
+    if owner is not None and not owner.is_active:
+        raise InvalidInput(f"{owner.get_username()} is inactive and cannot own a token", details={"owner": "inactive"})
+
+
+def _ci_token_expiry(expires_at: datetime | None) -> datetime:
+    """CI tokens expire: after P2P_CI_TOKEN_MAX_AGE by default, and never later."""
+    latest = timezone.now() + settings.P2P_CI_TOKEN_MAX_AGE
+    if expires_at is None:
+        return latest
+    if expires_at > latest + timedelta(minutes=1):  # a minute's slack for the time the request took
+        raise InvalidInput(
+            f"CI tokens live at most {settings.P2P_CI_TOKEN_MAX_AGE.days} days (P2P_CI_TOKEN_MAX_AGE)",
+            details={"expires_at": "too far"},
+        )
+    return expires_at
 
 
 def token_authenticate(raw: str) -> ApiToken:
@@ -206,23 +253,28 @@ def token_authenticate(raw: str) -> ApiToken:
         raise TokenInvalid(f"token {token.key_id} expired at {token.expires_at:%Y-%m-%d %H:%M} UTC")
     if token.user_id is not None and not token.user.is_active:
         raise TokenInvalid(f"the user of token {token.key_id} is inactive")
+    if token.owner_id is not None and not token.owner.is_active:
+        raise TokenInvalid(f"the owner of token {token.key_id} is inactive")
     _token_touch(token, now)
     return token
 
 
 def _token_with_user(key_id: str) -> ApiToken | None:
-    """The token row with its user (None for CI tokens) joined: every API request runs this, so plain SQL."""
+    """The token row with its user (personal tokens) and its owner (CI tokens) joined: every API request runs this,
+    so plain SQL."""
     user_model = get_user_model()
+    pk = user_model._meta.pk.column
     found = fetch_one(
-        f"SELECT {columns(ApiToken, 't')}, {columns(user_model, 'u')} FROM {table(ApiToken)} t "
-        f"LEFT JOIN {table(user_model)} u ON u.{user_model._meta.pk.column} = t.user_id WHERE t.key_id = %s",
+        f"SELECT {columns(ApiToken, 't')}, {columns(user_model, 'u')}, {columns(user_model, 'o')} "
+        f"FROM {table(ApiToken)} t LEFT JOIN {table(user_model)} u ON u.{pk} = t.user_id "
+        f"LEFT JOIN {table(user_model)} o ON o.{pk} = t.owner_id WHERE t.key_id = %s",
         [key_id],
-        [(ApiToken, "t"), (user_model, "u")],
+        [(ApiToken, "t"), (user_model, "u"), (user_model, "o")],
     )
     if found is None:
         return None
-    token, user = found
-    token.user = user
+    token, user, owner = found
+    token.user, token.owner = user, owner
     return token
 
 

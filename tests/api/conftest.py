@@ -140,10 +140,12 @@ def make_world(registry_url: str) -> World:
     def add(name: str, **kwargs):
         tokens[name], plain[name] = token_create(name=name, actor=SYSTEM, **kwargs)
 
-    add("ci_own", kind="ci", integrations=[shop])
-    add("ci_other", kind="ci", integrations=[other])
-    add("revoked", kind="ci", integrations=[shop])
-    add("expired", kind="ci", integrations=[shop], expires_at=timezone.now() + timedelta(hours=1))
+    # CI tokens answer for the platform admin, who is not among the prod approvers (release managers).
+    owner = users["admin"]
+    add("ci_own", kind="ci", integrations=[shop], owner=owner)
+    add("ci_other", kind="ci", integrations=[other], owner=owner)
+    add("revoked", kind="ci", integrations=[shop], owner=owner)
+    add("expired", kind="ci", integrations=[shop], owner=owner, expires_at=timezone.now() + timedelta(hours=1))
     for role in users:
         add(role, kind="personal", user=users[role])
     ApiToken.objects.filter(pk=tokens["revoked"].pk).update(revoked_at=timezone.now())

@@ -63,7 +63,7 @@ def test_old_tokens_keep_working_after_a_new_pepper_is_prepended(world, settings
     old_plain = world.plain["ci_own"]
     settings.P2P_TOKEN_PEPPERS = ["2026=a-brand-new-pepper-value", *settings.P2P_TOKEN_PEPPERS]
     assert token_authenticate(old_plain).pk == world.tokens["ci_own"].pk
-    token, plain = token_create(name="after rotation", kind="ci", actor=SYSTEM, integrations=[world.shop])
+    token, plain = token_create(name="after rotation", kind="ci", actor=SYSTEM, integrations=[world.shop], system=True)
     assert token.pepper_id == "2026"
     assert token_authenticate(plain).pk == token.pk
     # Once the old pepper is removed, tokens made with it stop working; the new ones do not.
@@ -117,7 +117,9 @@ def test_last_used_is_written_at_most_once_a_minute(world):
 
 def test_ci_tokens_cannot_carry_the_approve_scope_and_need_an_integration(world):
     with pytest.raises(InvalidInput, match="promotions:approve"):
-        token_create(name="x", kind="ci", actor=SYSTEM, integrations=[world.shop], scopes=["promotions:approve"])
+        token_create(
+            name="x", kind="ci", actor=SYSTEM, integrations=[world.shop], system=True, scopes=["promotions:approve"]
+        )
     with pytest.raises(InvalidInput, match="integration"):
         token_create(name="x", kind="ci", actor=SYSTEM)
     with pytest.raises(InvalidInput, match="user"):
@@ -132,6 +134,8 @@ def test_create_token_prints_the_token_last_and_revoke_token_revokes_it(world):
         "ci-shop",
         "--integration",
         world.shop.name,
+        "--owner",
+        world.users["admin"].username,
         "--scopes",
         "read,checks:write",
         "--expires",

@@ -210,7 +210,9 @@ def test_token_admin_shows_no_secret_and_revokes_with_an_audit_entry(admin_clien
     from ci_integrations.services.tokens import token_create
 
     integration = Integration.objects.create(name="app")
-    token, plain = token_create(name="ci", kind="ci", actor=Actor.for_user(admin_user), integrations=[integration])
+    token, plain = token_create(
+        name="ci", kind="ci", actor=Actor.for_user(admin_user), owner=admin_user, integrations=[integration]
+    )
     page = admin_client.get(reverse("admin:ci_integrations_apitoken_change", args=[token.pk])).content.decode()
     assert token.secret_hash not in page and plain not in page
     response = admin_client.post(

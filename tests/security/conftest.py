@@ -75,7 +75,7 @@ class World:
     pending: Promotion  # qa → staging, waiting for one approval, requested by `requester`
     failed: Promotion  # a failed copy, retryable
     rollback_to: Arrival  # an earlier arrival in staging
-    token: ApiToken  # a CI token the release manager created
+    token: ApiToken  # a CI token a platform admin made for the release manager, who owns it
     freeze: FreezeWindow  # active, on prod only
     audit_entry: AuditEntry
 
@@ -152,7 +152,8 @@ def build_world(registry_url: str) -> World:
     token, _ = token_create(
         name="shop-ci",
         kind=ApiToken.Kind.CI,
-        actor=Actor.for_user(users["release_manager"]),
+        actor=Actor.for_user(users["platform_admin"]),
+        owner=users["release_manager"],
         integrations=[integration],
     )
     freeze = freeze_window_create(

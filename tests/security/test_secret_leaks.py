@@ -168,7 +168,7 @@ def pipeline(source_url: str, target_url: str, *, target_credentials: dict | Non
 
 def ci_token(integration: Integration) -> str:
     _, plain = token_create(
-        name=f"ci-{uuid.uuid4().hex[:6]}", kind=ApiToken.Kind.CI, actor=ADMIN, integrations=[integration]
+        name=f"ci-{uuid.uuid4().hex[:6]}", kind=ApiToken.Kind.CI, actor=ADMIN, integrations=[integration], system=True
     )
     return plain
 
@@ -405,7 +405,7 @@ def test_wrong_forged_and_revoked_api_tokens_are_not_echoed_in_answers_or_logs(p
     key_id, secret = token_parse(token)
     forged = token[:-8] + ("A" if token[-8] != "A" else "B") + token[-7:]
     revoked_row, revoked = token_create(
-        name="soon-revoked", kind=ApiToken.Kind.CI, actor=ADMIN, integrations=[integration]
+        name="soon-revoked", kind=ApiToken.Kind.CI, actor=ADMIN, integrations=[integration], system=True
     )
     token_revoke(token=revoked_row, actor=ADMIN)
     garbage = "p2p_" + "x" * 40 + " trailing"
@@ -471,7 +471,7 @@ def p2p(live_server, token: str, *args: str, **env) -> subprocess.CompletedProce
 def test_the_cli_with_json_prints_no_token_or_password_on_errors(plain_registry, live_server, logs):
     integration, _, _ = pipeline(plain_registry.url, plain_registry.url)
     revoked_row, revoked = token_create(
-        name="cli-revoked", kind=ApiToken.Kind.CI, actor=ADMIN, integrations=[integration]
+        name="cli-revoked", kind=ApiToken.Kind.CI, actor=ADMIN, integrations=[integration], system=True
     )
     token_revoke(token=revoked_row, actor=ADMIN)
     refused = p2p(live_server, revoked, "status", "1", "--json")

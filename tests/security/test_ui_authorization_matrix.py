@@ -167,11 +167,11 @@ MATRIX: dict[str, Row] = {
         effect=lambda w, c: bool(django_rq.get_connection("default").exists(RUNNING_KEY)),
         reset=forget_audit_verification,
     ),
-    # --- tokens: personal ones for everyone, CI tokens for release managers and admins ---------------------------
+    # --- tokens: personal ones for everyone, CI tokens for platform admins only (add_ci_token) --------------------
     "tokens/": Row(
         lambda w: reverse("tokens"),
         get=signed_in(OK),
-        post=only(*MANAGERS, then=DONE, others=REFUSED),
+        post=only("platform_admin", then=DONE, others=REFUSED),
         data=lambda w: {
             "name": "shop-ci-2",
             "kind": "ci",
@@ -180,7 +180,8 @@ MATRIX: dict[str, Row] = {
         },
         effect=lambda w, c: ApiToken.objects.filter(name="shop-ci-2").count(),
     ),
-    # The release manager created the token; platform admins manage every CI token; others do not even see it.
+    # The release manager owns the token (a platform admin made it for them); platform admins manage every CI token;
+    # others do not even see it.
     "tokens/<int:pk>/revoke/": Row(
         lambda w: reverse("token_revoke", args=[w.token.pk]),
         get=everyone(NO_SUCH_METHOD),
