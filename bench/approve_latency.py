@@ -35,9 +35,10 @@ from rq import Worker  # noqa: E402
 
 from ci_integrations.models import Bucket, Integration, Promotion, Registry, Workflow, WorkflowStep  # noqa: E402
 from ci_integrations.services.actors import Actor  # noqa: E402
+from ci_integrations.services.approvals import promotion_approve  # noqa: E402
 from ci_integrations.services.artifacts import artifact_register  # noqa: E402
 from ci_integrations.services.background import get_queue  # noqa: E402
-from ci_integrations.services.promotions import promotion_approve, promotion_request  # noqa: E402
+from ci_integrations.services.promotions import promotion_request  # noqa: E402
 from tests.support.images import push_random_image  # noqa: E402
 from tests.support.registry_server import start_registry  # noqa: E402
 

@@ -30,6 +30,7 @@ from ci_integrations.forms import (
     TokenCreateForm,
 )
 from ci_integrations.models import ApiToken, Arrival, Artifact, Bucket, FreezeWindow, Integration, Promotion
+from ci_integrations.services import approvals as approval_service
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
@@ -157,7 +158,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
         evaluation_error = ""
     block = None
     if request.user.has_perm(APPROVE):
-        block = promotion_service.promotion_approval_block(promotion=promotion, user=request.user)
+        block = approval_service.promotion_approval_block(promotion=promotion, user=request.user)
     return {
         "promotion": promotion,
         "evaluation": evaluation,
@@ -338,13 +339,13 @@ def _decision(request: HttpRequest, pk: int, action: Callable[..., object], done
 @require_POST
 @permission(APPROVE)
 def promotion_approve(request: HttpRequest, pk: int) -> HttpResponse:
-    return _decision(request, pk, promotion_service.promotion_approve, "Approved #{pk}.")
+    return _decision(request, pk, approval_service.promotion_approve, "Approved #{pk}.")
 
 
 @require_POST
 @permission(APPROVE)
 def promotion_reject(request: HttpRequest, pk: int) -> HttpResponse:
-    return _decision(request, pk, promotion_service.promotion_reject, "Rejected #{pk}.")
+    return _decision(request, pk, approval_service.promotion_reject, "Rejected #{pk}.")
 
 
 @require_POST

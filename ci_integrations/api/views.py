@@ -27,19 +27,13 @@ from ci_integrations.api.throttling import TokenRateThrottle
 from ci_integrations.models import Artifact, Bucket, CheckResult, Integration, Promotion
 from ci_integrations.selectors import AuditFilters
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approve, promotion_reject
 from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
 from ci_integrations.services.credentials import bucket_push_credentials
 from ci_integrations.services.errors import NotFound
 from ci_integrations.services.imports import artifact_import
-from ci_integrations.services.promotions import (
-    bucket_rollback,
-    promotion_approve,
-    promotion_cancel,
-    promotion_reject,
-    promotion_request,
-    promotion_retry,
-)
+from ci_integrations.services.promotions import bucket_rollback, promotion_cancel, promotion_request, promotion_retry
 from ci_integrations.services.tokens import (
     SCOPE_ARTIFACTS_WRITE,
     SCOPE_CHECKS_WRITE,

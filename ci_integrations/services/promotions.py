@@ -1,7 +1,8 @@
-"""Promotions: request, decide (approve or reject), cancel, retry and roll back.
+"""Promotions: request, cancel, retry and roll back; the record keeping every stage of a promotion shares.
 
 Every state change is a conditional update or happens under a row lock (services/locks.py gives the order), and
-writes its audit entry in the same transaction. A promotion that may go ahead is queued: its copy job
+writes its audit entry in the same transaction. Deciding (approve, reject) is in services/approvals.py. A promotion
+that may go ahead is queued: its copy job
 (services/copying.py) is enqueued after commit with the promotion id only, and the reconciler (services/reconciler.py)
 re-enqueues whatever Redis lost.
 
@@ -11,7 +12,6 @@ May import: models, policy, arrivals, locks, audit, freeze, webhooks, background
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from django.db import transaction
 from django.db.models import F, Value
@@ -19,7 +19,7 @@ from django.db.models.functions import Concat
 from django.utils import timezone
 
 from ci_integrations.input_rules import TAG
-from ci_integrations.models import Approval, Arrival, Artifact, Bucket, Promotion, WorkflowStep
+from ci_integrations.models import Arrival, Artifact, Bucket, Promotion, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import atomic_keeping_refusals, audit_record, audit_refusal
 from ci_integrations.services.background import RUN_PROMOTION
@@ -64,7 +64,7 @@ def promotion_log_append(pk: int, text: str, **fields) -> int:
     return Promotion.objects.filter(pk=pk).update(log=Concat(F("log"), Value(log_line(text))), **fields)
 
 
-def _queue(p: Promotion) -> None:
+def promotion_queue(p: Promotion) -> None:
     """Mark `p` queued with a fresh job id and enqueue its copy once the transaction commits."""
     p.state = State.QUEUED
     p.queued_at = timezone.now()
@@ -72,7 +72,7 @@ def _queue(p: Promotion) -> None:
     RUN_PROMOTION.enqueue_on_commit(p.pk, job_id=p.job_id)
 
 
-def _end(p: Promotion, state: str, log_text: str) -> None:
+def promotion_end(p: Promotion, state: str, log_text: str) -> None:
     """Move a locked promotion to a final state by a person's decision, with a log line."""
     p.state = state
     p.finished_at = timezone.now()
@@ -80,7 +80,7 @@ def _end(p: Promotion, state: str, log_text: str) -> None:
     p.save(update_fields=["state", "finished_at", "log", "updated_at"])
 
 
-def _locked(promotion: Promotion) -> Promotion:
+def promotion_locked(promotion: Promotion) -> Promotion:
     return (
         Promotion.objects.select_for_update(of=("self",))
         .select_related("step", "step__approver_group", "to_bucket", "from_bucket", "artifact", "integration")
@@ -199,7 +199,7 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
             )
         webhooks_notify(promotion=p, event="requested", actor=actor)
         if p.required_approvals == 0:
-            _queue(p)
+            promotion_queue(p)
             p.save(update_fields=["state", "queued_at", "job_id"])
             audit_record(
                 actor=actor,
@@ -292,62 +292,7 @@ def bucket_rollback(
     )
 
 
-# ---- deciding --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ApprovalBlock:
-    """Why a person may not decide on a promotion now.
-
-    `kind` is "forbidden" (who they are), "state" (the promotion is past deciding, or they decided already) or
-    "freeze" (a freeze window holds the approval that would queue the copy: rejecting is still possible).
-    """
-
-    kind: str
-    message: str
-
-    def error(self) -> ServiceError:
-        if self.kind == "state":
-            return StateConflict(self.message)
-        if self.kind == "freeze":
-            return PolicyViolation([self.message])
-        return NotAllowed(self.message)
-
-
-def _block(p: Promotion, actor: Actor, decision: str) -> ApprovalBlock | None:
-    """Why `actor` may not decide on `p` (who they are, or its state), or None."""
-    verb = "approve" if decision == Approval.Decision.APPROVE else "reject"
-    if actor.is_ci_token:
-        return ApprovalBlock("forbidden", f"CI tokens cannot {verb} promotions")
-    user = actor.person
-    if user is None:
-        return ApprovalBlock("forbidden", f"only signed-in people can {verb} promotions")
-    if p.state != State.PENDING_APPROVAL:
-        done = "approved" if decision == Approval.Decision.APPROVE else "rejected"
-        return ApprovalBlock("state", f"promotion #{p.pk} is {p.state}; only promotions pending approval can be {done}")
-    group = p.step.approver_group if p.step_id else None
-    if group is not None:
-        if not user.groups.filter(pk=group.pk).exists():
-            return ApprovalBlock(
-                "forbidden", f"only members of {group.name!r} may {verb} promotions into {p.to_bucket.env}"
-            )
-    elif not user.has_perm("ci_integrations.approve_promotion"):
-        return ApprovalBlock(
-            "forbidden", f"{user.get_username()} may not {verb} promotions (needs the approve_promotion permission)"
-        )
-    if (
-        decision == Approval.Decision.APPROVE
-        and user.pk in (p.requested_by_id, p.on_behalf_of_id)
-        and not (p.step_id and p.step.self_approval)
-    ):
-        how = "requested this promotion" if p.requested_by_id == user.pk else "own the CI token that requested it"
-        return ApprovalBlock("forbidden", f"four-eyes: you {how}, so someone else must approve it")
-    if Approval.objects.filter(promotion=p, user=user).exists():
-        return ApprovalBlock("state", f"{user.get_username()} has already decided on promotion #{p.pk}")
-    return None
-
-
-def _frozen(p: Promotion) -> list[str]:
+def promotion_frozen(p: Promotion) -> list[str]:
     """Why `p` may not be queued now: its target is frozen and its request did not override the freeze."""
     if p.freeze_override_reason:
         return []
@@ -356,100 +301,6 @@ def _frozen(p: Promotion) -> list[str]:
         return []
     names = ", ".join(repr(w.name) for w in windows)
     return [f"freeze window: {p.to_bucket.env} is frozen ({names}); a platform admin may override with a reason"]
-
-
-def _approval_block(p: Promotion, actor: Actor) -> ApprovalBlock | None:
-    """_block for approving, plus the freeze window that holds the approval completing the quorum (and so queueing
-    the copy): a freeze that began after the request."""
-    blocked = _block(p, actor, Approval.Decision.APPROVE)
-    if blocked is not None:
-        return blocked
-    unmet = _frozen(p)
-    if unmet and p.approvals_given + 1 >= p.required_approvals:
-        return ApprovalBlock("freeze", unmet[0])
-    return None
-
-
-def promotion_approval_block(*, promotion: Promotion, user) -> ApprovalBlock | None:
-    """Why `user` cannot approve `promotion` now, or None if they can (for the UI to show or hide the button)."""
-    return _approval_block(promotion, Actor.for_user(user))
-
-
-def promotion_approve(*, promotion: Promotion, actor: Actor, comment: str = "") -> Promotion:
-    """Approve for the promotion's digest. The approval that completes the quorum queues the copy job.
-
-    Refusals (CI token, approver group, four-eyes, a freeze) raise and are audited as promotion.approve_refused;
-    a promotion already decided raises StateConflict.
-    """
-    return _decide(promotion, actor, comment, Approval.Decision.APPROVE)
-
-
-def promotion_reject(*, promotion: Promotion, actor: Actor, comment: str = "") -> Promotion:
-    """Reject: the request ends. Same rights as approving (four-eyes does not apply to saying no)."""
-    return _decide(promotion, actor, comment, Approval.Decision.REJECT)
-
-
-def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> Promotion:
-    verb = "approve" if decision == Approval.Decision.APPROVE else "reject"
-    comment = (comment or "").strip()
-    with atomic_keeping_refusals():
-        # The row lock serialises decisions: concurrent clicks give one state change, one job, one audit entry.
-        p = _locked(promotion)
-        if decision == Approval.Decision.APPROVE:
-            blocked = _approval_block(p, actor)
-        else:
-            blocked = _block(p, actor, decision)
-        if blocked is not None and blocked.kind == "state":
-            raise blocked.error()
-        if blocked is not None:
-            audit_refusal(
-                blocked.error(),
-                actor=actor,
-                action=f"promotion.{verb}_refused",
-                obj=p,
-                reason=blocked.message,
-                after={"state": p.state, "digest": p.digest, "comment": comment},
-            )
-        Approval.objects.create(promotion=p, user=actor.user, decision=decision, digest=p.digest, comment=comment)
-        before = {"state": p.state}
-        if decision == Approval.Decision.REJECT:
-            _end(p, State.REJECTED, f"rejected by {actor.label}")
-            audit_record(
-                actor=actor,
-                action="promotion.rejected",
-                obj=p,
-                before=before,
-                after={"state": p.state, "digest": p.digest},
-                reason=comment,
-            )
-            webhooks_notify(promotion=p, event="rejected", actor=actor, comment=comment)
-            return p
-        given = p.approvals_given
-        progress = {"approvals": given, "required": p.required_approvals, "digest": p.digest}
-        if given >= p.required_approvals:
-            _queue(p)
-            p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals}); queued")
-            p.save(update_fields=["state", "queued_at", "job_id", "log", "updated_at"])
-            audit_record(
-                actor=actor,
-                action="promotion.approved",
-                obj=p,
-                before=before,
-                after={"state": p.state, "job_id": p.job_id, **progress},
-                reason=comment,
-            )
-            webhooks_notify(promotion=p, event="approved", actor=actor, comment=comment)
-        else:
-            p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals})")
-            p.save(update_fields=["log", "updated_at"])
-            audit_record(
-                actor=actor,
-                action="promotion.approval_recorded",
-                obj=p,
-                after={"state": p.state, **progress},
-                reason=comment,
-            )
-    return p
 
 
 # ---- cancelling and retrying -----------------------------------------------------------------------------------
@@ -478,13 +329,13 @@ def _may_manage(p: Promotion, actor: Actor) -> bool:
 def promotion_cancel(*, promotion: Promotion, actor: Actor, reason: str = "") -> Promotion:
     """Cancel a promotion that has not started copying (pending approval or queued). Audited."""
     with transaction.atomic():
-        p = _locked(promotion)
+        p = promotion_locked(promotion)
         if not _may_manage(p, actor):
             raise NotAllowed(f"{actor.label} may not cancel promotion #{p.pk}")
         if not p.is_cancellable:
             raise StateConflict(f"promotion #{p.pk} is {p.state}; only promotions not yet running can be cancelled")
         before = {"state": p.state}
-        _end(p, State.CANCELLED, f"cancelled by {actor.label}")
+        promotion_end(p, State.CANCELLED, f"cancelled by {actor.label}")
         audit_record(
             actor=actor,
             action="promotion.cancelled",
@@ -499,7 +350,7 @@ def promotion_cancel(*, promotion: Promotion, actor: Actor, reason: str = "") ->
 def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
     """Queue a failed promotion again (same digest, same approvals). Audited."""
     with transaction.atomic():
-        p = _locked(promotion)
+        p = promotion_locked(promotion)
         if not _may_manage(p, actor):
             raise NotAllowed(f"{actor.label} may not retry promotion #{p.pk}")
         if p.state != State.FAILED:
@@ -516,11 +367,11 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
             tag=p.tag,
             exclude_promotion_id=p.pk,
         )
-        unmet = [reason for reason in ev.unmet if not reason.startswith(f"{FREEZE}:")] + _frozen(p)
+        unmet = [reason for reason in ev.unmet if not reason.startswith(f"{FREEZE}:")] + promotion_frozen(p)
         if unmet:
             raise PolicyViolation(unmet)
         before = {"state": p.state, "error": p.error}
-        _queue(p)
+        promotion_queue(p)
         p.error = ""
         p.finished_at = None
         p.blobs_done = p.bytes_done = 0

@@ -16,10 +16,11 @@ from django.utils import timezone
 
 from ci_integrations.models import ApiToken, AuditEntry, CheckResult, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.artifacts import check_report
 from ci_integrations.services.copying import promotion_execute
 from ci_integrations.services.errors import InvalidInput, NotAllowed, PolicyViolation
-from ci_integrations.services.promotions import promotion_approve, promotion_request, promotion_retry
+from ci_integrations.services.promotions import promotion_request, promotion_retry
 from ci_integrations.services.tokens import token_authenticate, token_create
 from tests.api.conftest import Caller
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+SERVICE_MODULE_MAX_LINES = 500
 
 
 def contracts() -> list[dict]:
@@ -49,3 +50,11 @@ def test_a_cycle_between_services_breaks_the_contracts(tmp_path):
     )
     assert result.returncode != 0
     assert "No cycles among ci_integrations modules BROKEN" in result.stdout
+
+
+def test_no_service_module_is_over_five_hundred_lines():
+    """Past that, a module wants splitting along its own sections (one room per stage of a promotion's life)."""
+    sizes = {
+        path.name: len(path.read_text().splitlines()) for path in (ROOT / "ci_integrations" / "services").glob("*.py")
+    }
+    assert {name: lines for name, lines in sizes.items() if lines > SERVICE_MODULE_MAX_LINES} == {}

@@ -8,15 +8,10 @@ from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Approval, AuditEntry, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approval_block, promotion_approve, promotion_reject
 from ci_integrations.services.errors import NotAllowed, PolicyViolation, StateConflict
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
-from ci_integrations.services.promotions import (
-    promotion_approval_block,
-    promotion_approve,
-    promotion_cancel,
-    promotion_reject,
-    promotion_request,
-)
+from ci_integrations.services.promotions import promotion_cancel, promotion_request
 from tests.promotions.conftest import place
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

@@ -13,12 +13,13 @@ from ci_integrations.models import Arrival, Artifact, AuditEntry, Bucket, Import
 from ci_integrations.registry.client import MAX_MANIFEST_BYTES, OCI_MANIFEST
 from ci_integrations.services import background, copying, imports
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
 from ci_integrations.services.copying import promotion_execute, promotion_preflight
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, StateConflict
 from ci_integrations.services.imports import artifact_import
-from ci_integrations.services.promotions import bucket_rollback, promotion_approve, promotion_request, promotion_retry
+from ci_integrations.services.promotions import bucket_rollback, promotion_request, promotion_retry
 from ci_integrations.services.reconciler import reconcile
 from tests.support.images import get_manifest_digest, manifest_of_size, push_random_image
 from tests.support.registry_server import free_port

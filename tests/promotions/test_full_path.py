@@ -4,9 +4,10 @@ import pytest
 
 from ci_integrations.models import Arrival, AuditEntry, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.artifacts import artifact_register
 from ci_integrations.services.audit import audit_verify
-from ci_integrations.services.promotions import promotion_approve, promotion_request
+from ci_integrations.services.promotions import promotion_request
 from tests.support.images import get_manifest_digest
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

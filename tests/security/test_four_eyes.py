@@ -9,8 +9,9 @@ from django.urls import reverse
 
 from ci_integrations.models import ApiToken, Approval, AuditEntry, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.errors import NotAllowed
-from ci_integrations.services.promotions import promotion_approve, promotion_request
+from ci_integrations.services.promotions import promotion_request
 from ci_integrations.services.tokens import token_create
 from tests.security.conftest import client_for, make_user
 

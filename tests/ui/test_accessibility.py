@@ -17,7 +17,8 @@ from playwright.sync_api import expect
 
 from ci_integrations.models import FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.promotions import promotion_approve, promotion_request
+from ci_integrations.services.approvals import promotion_approve
+from ci_integrations.services.promotions import promotion_request
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 

@@ -17,10 +17,11 @@ from django.utils import timezone
 
 from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.arrivals import arrival_record
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.freeze import freeze_window_create
-from ci_integrations.services.promotions import promotion_approve, promotion_request
+from ci_integrations.services.promotions import promotion_request
 
 pytestmark = pytest.mark.django_db
 
@@ -260,7 +261,7 @@ def test_a_verification_result_of_another_chain_is_not_shown_as_this_ones(world,
 
 
 def test_the_promotion_page_counts_the_approvals_given_so_far(world):
-    from ci_integrations.services.promotions import promotion_approve
+    from ci_integrations.services.approvals import promotion_approve
 
     promotion = requested(world, world.place("staging", "2.0.0"), env="prod")
     client = client_for(world.users["release2"])
@@ -271,7 +272,7 @@ def test_the_promotion_page_counts_the_approvals_given_so_far(world):
 
 
 def test_a_promotion_leaves_my_waiting_lists_once_i_have_approved_it_though_it_still_waits(world):
-    from ci_integrations.services.promotions import promotion_approve
+    from ci_integrations.services.approvals import promotion_approve
 
     promotion = requested(world, world.place("staging", "2.0.0"), env="prod")  # two approvals needed
     client = client_for(world.users["release2"])
