@@ -64,6 +64,8 @@ class RollbackForm(forms.Form):
 
 class DecisionForm(forms.Form):
     comment = TextField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+    # Asked for when approving needs a fresh sign-in (see views.fresh_sign_in_needed).
+    password = forms.CharField(required=False, strip=False, widget=forms.PasswordInput)
 
 
 class CancelForm(forms.Form):

@@ -8,7 +8,7 @@ from ci_integrations.forms import SignInForm
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
-    path("login/", auth_views.LoginView.as_view(authentication_form=SignInForm), name="login"),
+    path("login/", views.SignInView.as_view(authentication_form=SignInForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
     path("integrations/<slug:name>/", views.integration_page, name="integration"),

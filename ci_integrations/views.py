@@ -7,9 +7,13 @@ the services then enforce policy (four-eyes, approver group, freeze windows) and
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import authenticate
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import connection
@@ -48,6 +52,53 @@ FREEZE = "ci_integrations.add_freezewindow"
 CI_TOKENS = "ci_integrations.add_ci_token"
 # htmx stops polling when a response has this status (https://htmx.org/attributes/hx-trigger/).
 HTMX_STOP_POLLING = 286
+# Where the session keeps the time of its last sign-in (or re-entered password), as an ISO timestamp.
+SIGNED_IN_AT = "p2p_signed_in_at"
+FRESH_SIGN_IN_FROM = 2  # approvals a step needs before approving into it asks for a recent sign-in
+
+
+class SignInView(auth_views.LoginView):
+    """Django's sign-in page, remembering when the person signed in: approving into high-stakes steps needs a
+    recent sign-in."""
+
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        self.request.session[SIGNED_IN_AT] = timezone.now().isoformat()
+        return response
+
+
+def fresh_sign_in_needed(request: HttpRequest, promotion: Promotion) -> str | None:
+    """Why approving `promotion` needs the password again, or None.
+
+    A step that needs two or more approvals guards something that matters (prod, usually); a session left open on a
+    shared screen must not approve into it. So the last sign-in must be at most P2P_REAUTH_MINUTES old.
+    """
+    if promotion.required_approvals < FRESH_SIGN_IN_FROM:
+        return None
+    limit = timedelta(minutes=settings.P2P_REAUTH_MINUTES)
+    try:
+        signed_in_at = datetime.fromisoformat(request.session.get(SIGNED_IN_AT, ""))
+    except (TypeError, ValueError):
+        signed_in_at = None
+    if signed_in_at is not None and timezone.now() - signed_in_at <= limit:
+        return None
+    return (
+        f"approving into {promotion.to_bucket.env} needs a sign-in from the last {settings.P2P_REAUTH_MINUTES} "
+        "minutes: enter your password again"
+    )
+
+
+def _confirm_sign_in(request: HttpRequest, form: DecisionForm, promotion: Promotion) -> bool:
+    """True when no fresh sign-in is needed, or the password just typed is right (which makes the sign-in fresh).
+    A wrong password counts as a failed sign-in for the lockout, like the sign-in page's."""
+    if fresh_sign_in_needed(request, promotion) is None:
+        return True
+    password = form.cleaned_data.get("password") or ""
+    if password and authenticate(request, username=request.user.get_username(), password=password) == request.user:
+        request.session[SIGNED_IN_AT] = timezone.now().isoformat()
+        return True
+    form.add_error("password", "That is not your password." if password else "Enter your password to approve.")
+    return False
 
 
 def permission(perm: str) -> Callable:
@@ -167,6 +218,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
         # A freeze holds only the approval that would queue the copy; saying no stays possible.
         "may_reject": request.user.has_perm(APPROVE) and block is not None and block.kind == "freeze",
         # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
+        "fresh_sign_in": fresh_sign_in_needed(request, promotion),
         "why_not": (block.message if block else None)
         if request.user.has_perm(APPROVE)
         else "You are not in a role that approves promotions.",
@@ -324,12 +376,13 @@ def _decision(request: HttpRequest, pk: int, action: Callable[..., object], done
     comes back with the comment as typed and what is wrong with it (a browser counts a line break as one character
     of the textarea's maxlength but sends two)."""
     form = DecisionForm(request.POST)
-    if form.is_valid():
-        return _promotion_action(request, pk, action, done, comment=form.cleaned_data["comment"])
     try:
         promotion = selectors.promotion_for_decision(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    approving = action is approval_service.promotion_approve
+    if form.is_valid() and (not approving or _confirm_sign_in(request, form, promotion)):
+        return _promotion_action(request, pk, action, done, comment=form.cleaned_data["comment"])
     context = _decision_context(request, promotion, form)
     context["next_url"] = reverse("approvals") if request.POST.get("next") == reverse("approvals") else ""
     context["partial"] = "ci_integrations/partials/approval_panel.html"

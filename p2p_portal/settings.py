@@ -189,6 +189,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Approving into a step that needs two or more approvals asks for the password again when the sign-in is older.
+P2P_REAUTH_MINUTES = env_whole_number("P2P_REAUTH_MINUTES", 15)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"

@@ -37,6 +37,7 @@ from ci_integrations.services.promotions import promotion_request
 from ci_integrations.services.tokens import token_create
 from tests.support.registry_server import start_registry
 from tests.support.roles import restore_roles
+from tests.support.sign_in import sign_in
 
 PASSWORD = "correct horse battery staple"
 ROLES = ["anonymous", "viewer", "auditor", "release_manager", "platform_admin"]
@@ -57,7 +58,7 @@ def make_user(name: str, *groups: str, staff: bool = False, superuser: bool = Fa
 def client_for(user: User | None, **kwargs) -> Client:
     client = Client(**kwargs)
     if user is not None:
-        client.force_login(user)
+        sign_in(client, user)
     return client
 
 

@@ -19,6 +19,7 @@ from ci_integrations.models import FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.promotions import promotion_request
+from tests.support.sign_in import sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.postgres]
 
@@ -258,7 +259,7 @@ def signed_in(browse, live_server, user):
     """A browser already signed in as `user` (the sign-in form itself is checked anonymously)."""
     session = browse()
     client = Client()
-    client.force_login(user)
+    sign_in(client, user)
     cookie = client.cookies[settings.SESSION_COOKIE_NAME]
     session.context.add_cookies([{"name": cookie.key, "value": cookie.value, "url": live_server.url}])
     return session

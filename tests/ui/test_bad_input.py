@@ -17,13 +17,14 @@ from ci_integrations.models import Approval, AuditEntry, FreezeWindow, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.promotions import promotion_cancel, promotion_request
+from tests.support.sign_in import sign_in
 
 pytestmark = pytest.mark.django_db
 
 
 def client_for(user) -> Client:
     client = Client()
-    client.force_login(user)
+    sign_in(client, user)
     return client
 
 

@@ -22,6 +22,7 @@ from ci_integrations.services.arrivals import arrival_record
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.freeze import freeze_window_create
 from ci_integrations.services.promotions import promotion_request
+from tests.support.sign_in import sign_in
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +31,7 @@ MAX_QUERIES = 12
 
 def client_for(user) -> Client:
     client = Client()
-    client.force_login(user)
+    sign_in(client, user)
     return client
 
 
@@ -137,7 +138,7 @@ def test_approving_by_get_is_impossible(world, pending):
 
 def test_a_post_without_its_csrf_token_is_refused(world, pending):
     client = Client(enforce_csrf_checks=True)
-    client.force_login(world.users["release2"])
+    sign_in(client, world.users["release2"])
     response = client.post(reverse("promotion_approve", args=[pending.pk]), {"comment": "no token"})
     assert response.status_code == 403
     assert client.post(reverse("promote", args=[pending.artifact_id, "staging"]), {}).status_code == 403
