@@ -23,11 +23,14 @@ from django.db.models import Model
 from django.utils import timezone
 
 from ci_integrations.models import AuditEntry
+from ci_integrations.registry.errors import cut
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.rows import insert, table
 
 GENESIS_HASH = "0" * 64
+# The longest reason, and the longest string value in before/after, an entry stores.
+MESSAGE_LIMIT = 2000
 # Any constant works; it names the one lock every audit append takes.
 AUDIT_ADVISORY_LOCK_ID = 0x50325041554449  # "P2PAUDI"
 EXPORT_FIELDS = [
@@ -53,13 +56,15 @@ def _plain(value):
     """JSON-safe plain data (dates, decimals and UUIDs as strings), so what we hash is what we store.
 
     NUL characters become U+FFFD and lone surrogates "?": PostgreSQL refuses both, and an append must not fail.
+    Every string value is capped (see `_capped`).
     """
     if value is None:
         return None
-    return _storable(json.loads(json.dumps(value, cls=DjangoJSONEncoder)))
+    return _capped(_storable(json.loads(json.dumps(value, cls=DjangoJSONEncoder))))
 
 
 def _storable(value):
+    """`value` with NUL characters and lone surrogates replaced, in every string, key and nested item."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, list):
@@ -69,9 +74,25 @@ def _storable(value):
     return value
 
 
+def _capped(value):
+    """`value` with every string in it cut to MESSAGE_LIMIT characters, ending " (cut)" where it was cut.
+
+    Entries cannot be deleted, so a registry's 5 MB error page recorded in one would stay in the table for ever.
+    Keys are cut too: labels and other metadata a caller sends can be keys.
+    """
+    if isinstance(value, str):
+        return cut(value, MESSAGE_LIMIT)
+    if isinstance(value, list):
+        return [_capped(item) for item in value]
+    if isinstance(value, dict):
+        return {cut(key, MESSAGE_LIMIT): _capped(item) for key, item in value.items()}
+    return value
+
+
 def _text(value: str, limit: int | None = None) -> str:
+    """`value` as storable text, cut to `limit` characters (columns) or, without one, capped like any message."""
     text = _storable(str(value))
-    return text[:limit] if limit else text
+    return text[:limit] if limit else cut(text, MESSAGE_LIMIT)
 
 
 def _timestamp_text(moment: datetime) -> str:
