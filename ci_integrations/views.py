@@ -33,6 +33,7 @@ from ci_integrations.models import ApiToken, Arrival, Artifact, Bucket, FreezeWi
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
+from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import ServiceError
@@ -381,6 +382,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         "query": _query_without(request, "before", "after"),
         "choices": selectors.audit_filter_choices(),
         "badge": _badge_context(),
+        "signing": audit_signing_status(),
     }
     return render(request, "ci_integrations/audit.html", context)
 

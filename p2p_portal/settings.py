@@ -151,6 +151,20 @@ RQ_QUEUES = {
     "promotions": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
+# Signed checkpoints of the audit chain's head (docs/configuration.md#audit-checkpoints). No signing key: off.
+# The private key (base64 of a 32-byte Ed25519 seed, or PEM) lives only in the environment, never in the database.
+P2P_AUDIT_SIGNING_KEY = os.environ.get("P2P_AUDIT_SIGNING_KEY", "")
+# Public keys (base64) of earlier signing keys, so checkpoints signed before a key rotation keep verifying.
+P2P_AUDIT_PUBLIC_KEYS = env_list("P2P_AUDIT_PUBLIC_KEYS")
+# Where each checkpoint is written as a new file (mount storage the database's users cannot change); empty: nowhere.
+P2P_AUDIT_CHECKPOINT_DIR = os.environ.get("P2P_AUDIT_CHECKPOINT_DIR", "")
+# A URL each checkpoint is POSTed to as JSON (a log archive, a transparency service); empty: none.
+P2P_AUDIT_CHECKPOINT_WEBHOOK = os.environ.get("P2P_AUDIT_CHECKPOINT_WEBHOOK", "")
+P2P_AUDIT_CHECKPOINT_SECONDS = env_whole_number("P2P_AUDIT_CHECKPOINT_SECONDS", 300)
+# The audit-verify API walks at most this many entries after the newest checkpoint; beyond that it answers with the
+# last background verification and queues a new one.
+P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 20000)
+
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
