@@ -125,25 +125,30 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'p2p_portal.sqlite3'}",
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
-    )
-}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
-    "DATABASE_PREPARED_STATEMENTS", default=True
-):
-    # Server-side parameters, and statements prepared on their second use in a connection: PostgreSQL then skips
-    # parsing and planning the queries every API request repeats (half its CPU on the register endpoint). Set
-    # DATABASE_PREPARED_STATEMENTS=0 behind a pooler that cannot keep prepared statements (PgBouncer in transaction
-    # mode before 1.21).
-    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # SQLite serialises writers; wait for the lock instead of failing when web and worker write together.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
-    # The database file's folder must exist before the first connection (var/ on a fresh clone, before `make`).
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+
+def database(url: str) -> dict:
+    """A DATABASES entry for `url`, with the options this portal runs PostgreSQL and SQLite with."""
+    config = dj_database_url.parse(url, conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")))
+    if config["ENGINE"] == "django.db.backends.postgresql" and env_bool("DATABASE_PREPARED_STATEMENTS", default=True):
+        # Server-side parameters, and statements prepared on their second use in a connection: PostgreSQL then skips
+        # parsing and planning the queries every API request repeats (half its CPU on the register endpoint). Set
+        # DATABASE_PREPARED_STATEMENTS=0 behind a pooler that cannot keep prepared statements (PgBouncer in
+        # transaction mode before 1.21).
+        config["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # SQLite serialises writers; wait for the lock instead of failing when web and worker write together.
+        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        # The database file's folder must exist before the first connection (var/ on a fresh clone, before `make`).
+        Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+DATABASES = {"default": database(os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'p2p_portal.sqlite3'}")}
+# Two roles on PostgreSQL (docs/configuration.md#the-database-roles): `manage.py migrate` connects as the tables'
+# owner from DATABASE_MIGRATE_URL, everything else as DATABASE_URL's role, which migrate grants P2P_APP_DB_ROLE's
+# privileges: SELECT and INSERT only on the audit log. Unset: one role for both, as in development.
+DATABASE_MIGRATE = database(os.environ["DATABASE_MIGRATE_URL"]) if os.environ.get("DATABASE_MIGRATE_URL") else None
+P2P_APP_DB_ROLE = os.environ.get("P2P_APP_DB_ROLE", "").strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
