@@ -36,10 +36,12 @@ class Command(BaseCommand):
                 raise CommandError(f"--public-key: {error}") from None
         else:
             report = audit_verify()
+        if not report.ok and report.broken_id is None:
+            raise CommandError(f"BROKEN: {report.problem}")  # a checkpoint file or key, before any entry was read
         if not report.ok:
-            where = f"BROKEN at entry {report.broken_id}" if report.broken_id else "BROKEN"
             raise CommandError(
-                f"{where}: {report.problem} ({report.entries} entries verified before it, last good hash {report.head})"
+                f"BROKEN at entry {report.broken_id}: {report.problem} "
+                f"({report.entries} entries verified before it, last good hash {report.head})"
             )
         line = f"OK {report.entries} entries, head {report.head}"
         if checkpoints:
