@@ -1,6 +1,11 @@
 # syntax=docker/dockerfile:1
 # P2P Portal image: one image for web (gunicorn) and worker (manage.py p2p_worker); configuration comes from the environment
 # (see docs/configuration.md).
+#
+# Database roles: run `python manage.py migrate` from this image once per release with DATABASE_MIGRATE_URL set to the
+# role that owns the tables and P2P_APP_DB_ROLE to the app's role; it migrates as the owner, then grants the app role
+# its privileges (SELECT and INSERT only on the audit log). Web and worker get only DATABASE_URL, as the app role, so
+# they can neither rewrite the audit log nor disable its trigger. docker-compose.yml shows the two roles.
 
 # --- builder: install the pinned runtime requirements (not requirements-dev.txt) into a virtualenv that the final stage copies whole ---
 FROM python:3.11-slim AS builder
@@ -36,8 +41,8 @@ RUN SECRET_KEY=collectstatic-at-build-time-only-this-value-never-serves-a-reques
     P2P_TOKEN_PEPPERS=build=build-time-placeholder \
     ALLOWED_HOSTS=localhost \
     python manage.py collectstatic --noinput \
- && mkdir -p /app/var \
- && chown p2p:p2p /app/var
+ && mkdir -p /app/var/audit-checkpoints \
+ && chown p2p:p2p /app/var /app/var/audit-checkpoints
 USER p2p
 EXPOSE 8000
 # /healthz is exempt from the HTTPS redirect; the Host header is the first ALLOWED_HOSTS entry so the request is

@@ -38,6 +38,7 @@ from ci_integrations.services import approvals as approval_service
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
+from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import ServiceError
@@ -435,6 +436,7 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         "query": _query_without(request, "before", "after"),
         "choices": selectors.audit_filter_choices(),
         "badge": _badge_context(),
+        "signing": audit_signing_status(),
     }
     return render(request, "ci_integrations/audit.html", context)
 

@@ -125,25 +125,30 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'p2p_portal.sqlite3'}",
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
-    )
-}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
-    "DATABASE_PREPARED_STATEMENTS", default=True
-):
-    # Server-side parameters, and statements prepared on their second use in a connection: PostgreSQL then skips
-    # parsing and planning the queries every API request repeats (half its CPU on the register endpoint). Set
-    # DATABASE_PREPARED_STATEMENTS=0 behind a pooler that cannot keep prepared statements (PgBouncer in transaction
-    # mode before 1.21).
-    DATABASES["default"]["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # SQLite serialises writers; wait for the lock instead of failing when web and worker write together.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
-    # The database file's folder must exist before the first connection (var/ on a fresh clone, before `make`).
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+
+def database(url: str) -> dict:
+    """A DATABASES entry for `url`, with the options this portal runs PostgreSQL and SQLite with."""
+    config = dj_database_url.parse(url, conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")))
+    if config["ENGINE"] == "django.db.backends.postgresql" and env_bool("DATABASE_PREPARED_STATEMENTS", default=True):
+        # Server-side parameters, and statements prepared on their second use in a connection: PostgreSQL then skips
+        # parsing and planning the queries every API request repeats (half its CPU on the register endpoint). Set
+        # DATABASE_PREPARED_STATEMENTS=0 behind a pooler that cannot keep prepared statements (PgBouncer in
+        # transaction mode before 1.21).
+        config["OPTIONS"] = {"server_side_binding": True, "prepare_threshold": 2}
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        # SQLite serialises writers; wait for the lock instead of failing when web and worker write together.
+        config["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+        # The database file's folder must exist before the first connection (var/ on a fresh clone, before `make`).
+        Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    return config
+
+
+DATABASES = {"default": database(os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'p2p_portal.sqlite3'}")}
+# Two roles on PostgreSQL (docs/configuration.md#the-database-roles): `manage.py migrate` connects as the tables'
+# owner from DATABASE_MIGRATE_URL, everything else as DATABASE_URL's role, which migrate grants P2P_APP_DB_ROLE's
+# privileges: SELECT and INSERT only on the audit log. Unset: one role for both, as in development.
+DATABASE_MIGRATE = database(os.environ["DATABASE_MIGRATE_URL"]) if os.environ.get("DATABASE_MIGRATE_URL") else None
+P2P_APP_DB_ROLE = os.environ.get("P2P_APP_DB_ROLE", "").strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -151,6 +156,20 @@ RQ_QUEUES = {
     "promotions": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
+# Signed checkpoints of the audit chain's head (docs/configuration.md#audit-checkpoints). No signing key: off.
+# The private key (base64 of a 32-byte Ed25519 seed, or PEM) lives only in the environment, never in the database.
+P2P_AUDIT_SIGNING_KEY = os.environ.get("P2P_AUDIT_SIGNING_KEY", "")
+# Public keys (base64) of earlier signing keys, so checkpoints signed before a key rotation keep verifying.
+P2P_AUDIT_PUBLIC_KEYS = env_list("P2P_AUDIT_PUBLIC_KEYS")
+# Where each checkpoint is written as a new file (mount storage the database's users cannot change); empty: nowhere.
+P2P_AUDIT_CHECKPOINT_DIR = os.environ.get("P2P_AUDIT_CHECKPOINT_DIR", "")
+# A URL each checkpoint is POSTed to as JSON (a log archive, a transparency service); empty: none.
+P2P_AUDIT_CHECKPOINT_WEBHOOK = os.environ.get("P2P_AUDIT_CHECKPOINT_WEBHOOK", "")
+P2P_AUDIT_CHECKPOINT_SECONDS = env_whole_number("P2P_AUDIT_CHECKPOINT_SECONDS", 300)
+# The audit-verify API walks at most this many entries after the newest checkpoint; beyond that it answers with the
+# last background verification and queues a new one.
+P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 20000)
+
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))

@@ -332,12 +332,32 @@ class AuditEntryOut(serializers.Serializer):
     hash = serializers.CharField()
 
 
-class AuditVerifyOut(serializers.Serializer):
-    ok = serializers.BooleanField()
+class AuditCheckpointOut(serializers.Serializer):
+    type = serializers.CharField()
+    version = serializers.IntegerField()
+    entry_id = serializers.IntegerField()
     entries = serializers.IntegerField()
     head = serializers.CharField()
+    signed_at = serializers.CharField()
+    key_id = serializers.CharField()
+    signature = serializers.CharField()
+
+
+class AuditVerifyOut(serializers.Serializer):
+    ok = serializers.BooleanField(allow_null=True, help_text="null: not verified yet (see scope and queued)")
+    entries = serializers.IntegerField(allow_null=True)
+    head = serializers.CharField(allow_null=True)
     broken_id = serializers.IntegerField(allow_null=True)
     problem = serializers.CharField()
+    scope = serializers.ChoiceField(
+        ["whole_chain", "since_checkpoint", "last_background_run"],
+        help_text="what ok describes: the whole chain walked now, the entries after `checkpoint` walked now, or the "
+        "last background run (the unverified tail was too long to walk in a request)",
+    )
+    checkpoint = AuditCheckpointOut(allow_null=True, help_text="the newest valid signed checkpoint the walk began at")
+    public_key = serializers.CharField(allow_null=True, help_text="the Ed25519 key checkpoints are signed with")
+    queued = serializers.BooleanField(help_text="a background verification of the whole chain was queued")
+    verified_at = serializers.CharField(allow_null=True, help_text="when the last background run finished")
 
 
 class ErrorBody(serializers.Serializer):

@@ -29,7 +29,7 @@ from ci_integrations.selectors import AuditFilters
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.approvals import promotion_approve, promotion_reject
 from ci_integrations.services.artifacts import artifact_register, check_report
-from ci_integrations.services.audit import audit_verify
+from ci_integrations.services.audit_verification import audit_verify_bounded
 from ci_integrations.services.credentials import bucket_push_credentials
 from ci_integrations.services.errors import NotFound
 from ci_integrations.services.imports import artifact_import
@@ -424,19 +424,22 @@ class AuditVerifyView(ApiView):
 
     @extend_schema(responses={200: s.AuditVerifyOut, **ERRORS}, operation_id="audit_verify")
     def get(self, request):
-        """Walk the whole hash chain: ok, how many entries, the head hash, and the first broken entry if any."""
-        report = audit_verify()
-        return Response(
-            s.AuditVerifyOut(
-                {
-                    "ok": report.ok,
-                    "entries": report.entries,
-                    "head": report.head,
-                    "broken_id": report.broken_id,
-                    "problem": report.problem,
-                }
-            ).data
-        )
+        """Verify the chain after its newest signed checkpoint (bounded), or answer with the last background run."""
+        answer = audit_verify_bounded()
+        report, last_run = answer.report, answer.last_background_run or {}
+        body = {
+            "ok": report.ok if report else last_run.get("ok"),
+            "entries": report.entries if report else last_run.get("entries"),
+            "head": report.head if report else last_run.get("head"),
+            "broken_id": report.broken_id if report else last_run.get("broken_id"),
+            "problem": report.problem if report else last_run.get("problem", ""),
+            "scope": answer.scope,
+            "checkpoint": answer.checkpoint.as_dict() if answer.checkpoint else None,
+            "public_key": answer.public_key,
+            "queued": answer.queued,
+            "verified_at": last_run.get("verified_at"),
+        }
+        return Response(s.AuditVerifyOut(body).data)
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import csv
 import hashlib
 import io
 import json
+from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
@@ -23,11 +25,23 @@ from django.db.models import Model
 from django.utils import timezone
 
 from ci_integrations.models import AuditEntry
+from ci_integrations.registry.errors import cut
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.audit_checkpoints import (
+    OFF_REASON,
+    Checkpoint,
+    checkpoint_files,
+    checkpoint_problem,
+    checkpoint_publish,
+    checkpoint_sign,
+    verification_keys,
+)
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.rows import insert, table
 
 GENESIS_HASH = "0" * 64
+# The longest reason, and the longest string value in before/after, an entry stores.
+MESSAGE_LIMIT = 2000
 # Any constant works; it names the one lock every audit append takes.
 AUDIT_ADVISORY_LOCK_ID = 0x50325041554449  # "P2PAUDI"
 EXPORT_FIELDS = [
@@ -53,13 +67,15 @@ def _plain(value):
     """JSON-safe plain data (dates, decimals and UUIDs as strings), so what we hash is what we store.
 
     NUL characters become U+FFFD and lone surrogates "?": PostgreSQL refuses both, and an append must not fail.
+    Every string value is capped (see `_capped`).
     """
     if value is None:
         return None
-    return _storable(json.loads(json.dumps(value, cls=DjangoJSONEncoder)))
+    return _capped(_storable(json.loads(json.dumps(value, cls=DjangoJSONEncoder))))
 
 
 def _storable(value):
+    """`value` with NUL characters and lone surrogates replaced, in every string, key and nested item."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, list):
@@ -69,9 +85,25 @@ def _storable(value):
     return value
 
 
+def _capped(value):
+    """`value` with every string in it cut to MESSAGE_LIMIT characters, ending " (cut)" where it was cut.
+
+    Entries cannot be deleted, so a registry's 5 MB error page recorded in one would stay in the table for ever.
+    Keys are cut too: labels and other metadata a caller sends can be keys.
+    """
+    if isinstance(value, str):
+        return cut(value, MESSAGE_LIMIT)
+    if isinstance(value, list):
+        return [_capped(item) for item in value]
+    if isinstance(value, dict):
+        return {cut(key, MESSAGE_LIMIT): _capped(item) for key, item in value.items()}
+    return value
+
+
 def _text(value: str, limit: int | None = None) -> str:
+    """`value` as storable text, cut to `limit` characters (columns) or, without one, capped like any message."""
     text = _storable(str(value))
-    return text[:limit] if limit else text
+    return text[:limit] if limit else cut(text, MESSAGE_LIMIT)
 
 
 def _timestamp_text(moment: datetime) -> str:
@@ -239,35 +271,101 @@ def atomic_keeping_refusals():
 
 @dataclass(frozen=True)
 class ChainReport:
-    """The outcome of verifying the chain: ok, how many entries, the head hash, and the first broken entry."""
+    """The outcome of verifying the chain: ok, how many entries, the head hash, and the first broken entry.
+
+    `checkpoints` counts the signed checkpoints the chain was found to match; `verified_from` is the entry after
+    which the walk started (0: the whole chain).
+    """
 
     ok: bool
     entries: int
     head: str
     broken_id: int | None = None
     problem: str = ""
+    checkpoints: int = 0
+    verified_from: int = 0
 
 
-def audit_verify(*, batch_size: int = 5000) -> ChainReport:
-    """Walk the whole chain in id order and name the first entry whose link or hash does not hold."""
-    previous = GENESIS_HASH
-    count = 0
-    last_id = 0
+def audit_verify(
+    *, batch_size: int = 5000, checkpoints: Iterable[Checkpoint] = (), start: Checkpoint | None = None
+) -> ChainReport:
+    """Walk the chain in id order and name the first entry whose link or hash does not hold.
+
+    Each of `checkpoints` (signatures already checked) must name an entry that is still there, with the hash and the
+    number of entries up to it that were signed; one beyond the end of the chain shows a truncated tail. With `start`
+    the walk begins after that checkpoint's entry instead of at the genesis, trusting the checkpoint for what precedes.
+    """
+    checkpoints = list(checkpoints)
+    previous, count, last_id = (start.head, start.entries, start.entry_id) if start else (GENESIS_HASH, 0, 0)
+    pending = deque(sorted((c for c in checkpoints if c.entry_id > last_id), key=lambda c: c.entry_id))
+    matched = 0
+
+    def broken(entry_id: int, problem: str) -> ChainReport:
+        return ChainReport(False, count, previous, entry_id, problem, matched, start.entry_id if start else 0)
+
     while True:
         batch = list(AuditEntry.objects.filter(id__gt=last_id).order_by("id")[:batch_size])
         if not batch:
             break
         for entry in batch:
+            if pending and pending[0].entry_id < entry.id:
+                checkpoint = pending[0]
+                return broken(checkpoint.entry_id, f"it is missing, yet checkpoint {checkpoint.label} names it")
             if entry.prev_hash != previous:
-                return ChainReport(
-                    False, count, previous, entry.id, "its previous-hash link does not match the entry before it"
-                )
+                return broken(entry.id, "its previous-hash link does not match the entry before it")
             if entry_hash(entry, previous) != entry.hash:
-                return ChainReport(False, count, previous, entry.id, "its content does not match its hash")
+                return broken(entry.id, "its content does not match its hash")
             previous = entry.hash
             count += 1
             last_id = entry.id
-    return ChainReport(True, count, previous)
+            while pending and pending[0].entry_id == entry.id:
+                checkpoint = pending.popleft()
+                if checkpoint.head != entry.hash:
+                    return broken(
+                        entry.id,
+                        f"its hash differs from the one checkpoint {checkpoint.label} holds: it, or an entry "
+                        f"after entry {_last_matched(checkpoints, entry.id, start)}, was rewritten",
+                    )
+                if checkpoint.entries != count:
+                    return broken(
+                        entry.id,
+                        f"checkpoint {checkpoint.label} counted {checkpoint.entries} entries up to it, the chain has "
+                        f"{count}: entries before it were removed or added",
+                    )
+                matched += 1
+    if pending:
+        checkpoint = pending[0]
+        return broken(
+            checkpoint.entry_id,
+            f"the chain ends at entry {last_id} ({count} entries), but checkpoint {checkpoint.label} names entry "
+            f"{checkpoint.entry_id} with {checkpoint.entries} entries: the tail was truncated",
+        )
+    return ChainReport(True, count, previous, None, "", matched, start.entry_id if start else 0)
+
+
+def _last_matched(checkpoints: Iterable[Checkpoint], before_id: int, start: Checkpoint | None) -> int:
+    """The newest checkpointed entry before `before_id` (or the start, or 0): the rewrite lies after it."""
+    earlier = [c.entry_id for c in checkpoints if c.entry_id < before_id]
+    return max(earlier + ([start.entry_id] if start else []), default=0)
+
+
+def audit_verify_checkpoints(*, directory: Path, public_keys: list[str] | None = None) -> ChainReport:
+    """Check every checkpoint file in `directory` against the public keys, then walk the chain against them all.
+
+    A file that cannot be read, or whose signature does not verify, fails the verification before any walk: a
+    checkpoint directory is append-only, so anything in it that is not a good checkpoint is itself a sign of tampering.
+    """
+    files = checkpoint_files(directory)
+    keys = verification_keys(public_keys)
+    if files and not keys:
+        return ChainReport(False, 0, GENESIS_HASH, None, f"no public key to check the checkpoints with ({OFF_REASON})")
+    checkpoints = []
+    for read in files:
+        problem = read.problem or checkpoint_problem(read.checkpoint, keys)
+        if problem:
+            return ChainReport(False, 0, GENESIS_HASH, None, problem)
+        checkpoints.append(read.checkpoint)
+    return audit_verify(checkpoints=checkpoints)
 
 
 def _chain_head() -> tuple[int, int, str]:
@@ -281,6 +379,21 @@ def _chain_head() -> tuple[int, int, str]:
     return head[0], AuditEntry.objects.filter(id__lte=head[0]).count(), head[1]
 
 
+def audit_checkpoint(*, unless_head: int | None = None) -> Checkpoint | None:
+    """Sign the chain's head and publish it outside the database; None when signing is off or the head is
+    `unless_head` (the worker skips a head it already published: an older checkpoint already covers it)."""
+    return _signed_head(unless_head=unless_head)[3]
+
+
+def _signed_head(*, unless_head: int | None = None) -> tuple[int, int, str, Checkpoint | None]:
+    """The head (id, count, hash) and, when signing is on, its checkpoint, published like every other."""
+    entry_id, entries, head = _chain_head()
+    checkpoint = None if entry_id == unless_head else checkpoint_sign(entry_id=entry_id, entries=entries, head=head)
+    if checkpoint:
+        checkpoint_publish(checkpoint)
+    return entry_id, entries, head, checkpoint
+
+
 def _export_row(entry: AuditEntry) -> dict:
     row = {field: getattr(entry, field) for field in EXPORT_FIELDS}
     row["timestamp"] = _timestamp_text(entry.timestamp)
@@ -288,16 +401,20 @@ def _export_row(entry: AuditEntry) -> dict:
 
 
 def audit_export_jsonl(entries: Iterable[AuditEntry]) -> Iterator[str]:
-    """JSON Lines, one entry a line, ending with a line that carries the chain's head hash.
+    """JSON Lines, one entry a line, ending with a line that carries the chain's head hash (and, when signing is
+    on, its signed `checkpoint`).
 
     Entries appended after the export started are left out, so the head line always describes what precedes it.
     """
-    head_id, count, head = _chain_head()
+    head_id, count, head, checkpoint = _signed_head()
     for entry in entries:
         if entry.id > head_id:
             continue
         yield json.dumps(_export_row(entry), ensure_ascii=False, sort_keys=True) + "\n"
-    yield json.dumps({"chain_head": head, "chain_entries": count}) + "\n"
+    trailer = {"chain_head": head, "chain_entries": count}
+    if checkpoint:
+        trailer["checkpoint"] = checkpoint.as_dict()
+    yield json.dumps(trailer) + "\n"
 
 
 def _csv_safe(value) -> str:
@@ -309,8 +426,9 @@ def _csv_safe(value) -> str:
 
 
 def audit_export_csv(entries: Iterable[AuditEntry]) -> Iterator[str]:
-    """CSV with a header row, ending with a `# chain_head` row carrying the chain's head hash (see the JSONL export)."""
-    head_id, count, head = _chain_head()
+    """CSV with a header row, ending with a `# chain_head` row carrying the chain's head hash (see the JSONL export)
+    and, when signing is on, a `# checkpoint` row with the signed checkpoint as JSON."""
+    head_id, count, head, checkpoint = _signed_head()
     buffer = io.StringIO()
     writer = csv.writer(buffer)
 
@@ -329,4 +447,6 @@ def audit_export_csv(entries: Iterable[AuditEntry]) -> Iterator[str]:
         writer.writerow([_csv_safe(row[field]) for field in EXPORT_FIELDS])
         yield flush()
     writer.writerow(["# chain_head", head, "chain_entries", count])
+    if checkpoint:
+        writer.writerow(["# checkpoint", json.dumps(checkpoint.as_dict(), sort_keys=True)])
     yield flush()

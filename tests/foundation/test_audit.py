@@ -17,6 +17,7 @@ from ci_integrations.models import AuditEntry
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import (
     GENESIS_HASH,
+    MESSAGE_LIMIT,
     audit_export_csv,
     audit_export_jsonl,
     audit_record,
@@ -241,3 +242,31 @@ def test_entries_appended_during_an_export_are_left_out_so_the_head_line_holds(d
     assert [row.get("id") for row in exported[:-1]] == [e.id for e in entries]
     assert late.id not in [row.get("id") for row in exported]
     assert exported[-1] == {"chain_head": entries[-1].hash, "chain_entries": 2}
+
+
+def test_a_five_megabyte_error_recorded_twice_is_stored_cut_to_the_message_limit(db):
+    huge = "registry said: " + "x" * (5 * 1024 * 1024)
+    for _ in range(2):
+        audit_record(
+            actor=Actor.system("tester"),
+            action="test.huge",
+            reason=huge,
+            before={"error": huge},
+            after={"errors": [huge, {"detail": huge}], huge: 1, "ok": "short"},
+        )
+    stored_entries = list(AuditEntry.objects.filter(action="test.huge"))
+    assert len(stored_entries) == 2
+    for stored in stored_entries:
+        assert len(stored.reason) == MESSAGE_LIMIT and stored.reason.endswith(" (cut)")
+        assert stored.reason.startswith("registry said: xxx")
+        assert stored.before == {"error": stored.reason}
+        assert stored.after["errors"] == [stored.reason, {"detail": stored.reason}]
+        assert stored.after[stored.reason] == 1 and stored.after["ok"] == "short"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT MAX(LENGTH(reason) + LENGTH(CAST(before AS text)) + LENGTH(CAST(after AS text))) "
+            "FROM ci_integrations_auditentry"
+        )
+        (longest,) = cursor.fetchone()
+    assert longest < 6 * MESSAGE_LIMIT + 200  # reason, before's one value, after's three values and their keys
+    assert audit_verify().ok

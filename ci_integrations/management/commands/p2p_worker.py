@@ -3,6 +3,9 @@
 The reconciler runs every minute in a thread of the worker's main process, so whatever Redis lost (a flush, a
 crash between commit and enqueue, a worker killed mid-copy) is put back on the queue from PostgreSQL. Running
 several workers runs several reconcilers; that is harmless because every re-enqueue is a conditional update.
+
+Another thread signs and publishes an audit checkpoint every few minutes when a signing key is configured. Several
+workers publish several checkpoints; each is a true statement of the head, so that is harmless too.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import logging
 import threading
 
 import django_rq
+from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import close_old_connections, connection
 from rq import SimpleWorker, Worker
 
+from ci_integrations.services.audit import audit_checkpoint
+from ci_integrations.services.audit_checkpoints import OFF_REASON, audit_signing_key
 from ci_integrations.services.reconciler import reconcile
 
 logger = logging.getLogger("ci_integrations.reconciler")
+checkpoint_logger = logging.getLogger("ci_integrations.audit")
 
 
 def reconcile_forever(stop: threading.Event, every: float) -> None:
@@ -33,6 +40,21 @@ def reconcile_forever(stop: threading.Event, every: float) -> None:
             connection.close()
 
 
+def checkpoint_forever(stop: threading.Event, every: float) -> None:
+    """Sign and publish the audit chain's head every `every` seconds, skipping a head already published."""
+    published = None
+    while not stop.wait(every):
+        try:
+            close_old_connections()
+            checkpoint = audit_checkpoint(unless_head=published)
+            if checkpoint:
+                published = checkpoint.entry_id
+        except Exception:  # noqa: BLE001 - keep checkpointing; the next pass may work
+            checkpoint_logger.exception("audit checkpoint failed")
+        finally:
+            connection.close()
+
+
 class Command(BaseCommand):
     help = "Run an RQ worker for the promotions and default queues, with the reconciler every minute."
 
@@ -41,6 +63,13 @@ class Command(BaseCommand):
         parser.add_argument("--burst", action="store_true", help="work until the queues are empty, then exit")
         parser.add_argument("--reconcile-every", type=float, default=60.0, help="seconds between reconciler passes")
         parser.add_argument("--no-reconciler", action="store_true")
+        parser.add_argument(
+            "--checkpoint-every",
+            type=float,
+            default=settings.P2P_AUDIT_CHECKPOINT_SECONDS,
+            help="seconds between signed audit checkpoints (default P2P_AUDIT_CHECKPOINT_SECONDS)",
+        )
+        parser.add_argument("--no-checkpoints", action="store_true")
         parser.add_argument("--simple", action="store_true", help="run jobs in this process instead of forking")
         parser.add_argument("--name", default=None)
 
@@ -54,6 +83,16 @@ class Command(BaseCommand):
                 target=reconcile_forever, args=(stop, options["reconcile_every"]), name="reconciler", daemon=True
             )
             thread.start()
+        if not options["no_checkpoints"]:
+            if audit_signing_key() is None:
+                checkpoint_logger.warning(OFF_REASON)
+            else:
+                threading.Thread(
+                    target=checkpoint_forever,
+                    args=(stop, options["checkpoint_every"]),
+                    name="audit-checkpoints",
+                    daemon=True,
+                ).start()
         worker_class = SimpleWorker if options["simple"] else Worker
         worker = worker_class(queues, connection=queues[0].connection, name=options["name"])
         try:
