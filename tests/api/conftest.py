@@ -144,6 +144,9 @@ def make_world(registry_url: str) -> World:
     owner = users["admin"]
     add("ci_own", kind="ci", integrations=[shop], owner=owner)
     add("ci_other", kind="ci", integrations=[other], owner=owner)
+    # A token a release manager owns has at most their rights; a system token has its scopes only.
+    add("ci_rm_owned", kind="ci", integrations=[shop], owner=users["rm"])
+    add("ci_system", kind="ci", integrations=[shop], system=True)
     add("revoked", kind="ci", integrations=[shop], owner=owner)
     add("expired", kind="ci", integrations=[shop], owner=owner, expires_at=timezone.now() + timedelta(hours=1))
     for role in users:

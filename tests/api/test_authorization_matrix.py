@@ -27,6 +27,8 @@ CALLERS = [
     "wrong_checksum",
     "ci_own",
     "ci_other",
+    "ci_rm_owned",
+    "ci_system",
     "viewer",
     "auditor",
     "rm",
@@ -44,7 +46,7 @@ def authed(**statuses) -> dict:
     return {**UNAUTHENTICATED, **statuses}
 
 
-READ_OWN = authed(ci_own=200, ci_other=404, viewer=200, auditor=200, rm=200, admin=200)
+READ_OWN = authed(ci_own=200, ci_other=404, ci_rm_owned=200, ci_system=200, viewer=200, auditor=200, rm=200, admin=200)
 
 
 @dataclass
@@ -101,9 +103,14 @@ def matrix(world) -> dict[str, Row]:
     )
     job = ImportJob.objects.create(integration=world.shop, arguments={"source": "x"})
     host = world.registry_url.split("://", 1)[1]
-    write = authed(ci_own=201, ci_other=404, viewer=403, auditor=403, rm=403, admin=201)
-    decide = authed(ci_own=403, ci_other=403, viewer=403, auditor=403, rm=200, admin=403)
-    manage = authed(ci_own=200, ci_other=404, viewer=403, auditor=403, rm=200, admin=200)
+    # ci_rm_owned may do what its owner, a release manager, may: request and manage, not register or report checks.
+    write = authed(ci_own=201, ci_other=404, ci_rm_owned=403, ci_system=201, viewer=403, auditor=403, rm=403, admin=201)
+    decide = authed(
+        ci_own=403, ci_other=403, ci_rm_owned=403, ci_system=403, viewer=403, auditor=403, rm=200, admin=403
+    )
+    manage = authed(
+        ci_own=200, ci_other=404, ci_rm_owned=200, ci_system=200, viewer=403, auditor=403, rm=200, admin=200
+    )
     return {
         "api-schema": Row("GET", "/api/schema/", {**everyone(200), **BAD_TOKENS}),
         "api-docs": Row("GET", "/api/docs/", {**everyone(200), **BAD_TOKENS}),
@@ -118,19 +125,19 @@ def matrix(world) -> dict[str, Row]:
         "api-imports": Row(
             "POST",
             f"/api/v1/integrations/{shop}/imports/",
-            {**write, "ci_own": 202, "admin": 202},
+            {**write, "ci_own": 202, "ci_system": 202, "admin": 202},
             {"source": f"{host}/elsewhere/app:1"},
         ),
         "api-rollback": Row(
             "POST",
             f"/api/v1/integrations/{shop}/rollback/",
-            {**write, "rm": 201},
+            {**write, "rm": 201, "ci_rm_owned": 201},
             {"env": "staging", "to": a.digest, "reason": "v2 is broken"},
         ),
         "api-push-credentials": Row(
             "POST",
             f"/api/v1/integrations/{shop}/push-credentials/",
-            {**write, "ci_own": 200, "admin": 200},
+            {**write, "ci_own": 200, "ci_system": 200, "admin": 200},
             {"env": "dev"},
         ),
         "api-artifact": Row("GET", f"/api/v1/artifacts/{a.pk}/", READ_OWN),
@@ -139,7 +146,7 @@ def matrix(world) -> dict[str, Row]:
         "api-promotions": Row(
             "POST",
             "/api/v1/promotions/",
-            {**write, "rm": 201},
+            {**write, "rm": 201, "ci_rm_owned": 201},
             {"integration": shop, "artifact": c.digest, "to_env": "staging"},
         ),
         "api-promotion": Row("GET", f"/api/v1/promotions/{pending.pk}/", READ_OWN),
@@ -148,10 +155,18 @@ def matrix(world) -> dict[str, Row]:
         "api-promotion-cancel": Row("POST", f"/api/v1/promotions/{pending.pk}/cancel/", manage, {"comment": "x"}),
         "api-promotion-retry": Row("POST", f"/api/v1/promotions/{failed.pk}/retry/", manage, {}),
         "api-audit": Row(
-            "GET", "/api/v1/audit/", authed(ci_own=200, ci_other=200, viewer=403, auditor=200, rm=200, admin=200)
+            "GET",
+            "/api/v1/audit/",
+            authed(
+                ci_own=200, ci_other=200, ci_rm_owned=200, ci_system=200, viewer=403, auditor=200, rm=200, admin=200
+            ),
         ),
         "api-audit-verify": Row(
-            "GET", "/api/v1/audit/verify/", authed(ci_own=403, ci_other=403, viewer=403, auditor=200, rm=403, admin=200)
+            "GET",
+            "/api/v1/audit/verify/",
+            authed(
+                ci_own=403, ci_other=403, ci_rm_owned=403, ci_system=403, viewer=403, auditor=200, rm=403, admin=200
+            ),
         ),
     }
 
