@@ -617,6 +617,9 @@ class ImportJob(models.Model):
     result = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
     job_id = models.CharField(max_length=64, blank=True, default="")
+    # Runs started (each claim by a worker counts one); the reconciler fails the import once P2P_IMPORT_MAX_ATTEMPTS
+    # runs have died, instead of running it again.
+    attempts = models.PositiveIntegerField(default=0)
     created_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

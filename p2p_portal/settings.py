@@ -10,6 +10,7 @@ import os
 from base64 import urlsafe_b64encode
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -39,6 +40,24 @@ def env_whole_number(name: str, default: int) -> int:
     if not (value.isascii() and value.isdigit() and int(value) > 0):
         raise ImproperlyConfigured(f"{name} is {value!r}: expected a whole number greater than 0.")
     return int(value)
+
+
+def env_host_patterns(name: str) -> list[str]:
+    """Comma-separated host names from the environment, each optionally `*.`-prefixed (any subdomain) and with an
+    optional `:port` (without one, any port); lower-cased. An entry that is not a host stops start-up naming it."""
+    patterns = []
+    for entry in env_list(name):
+        parts = urlsplit(f"//{entry}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        host = (parts.hostname or "") if parts else ""
+        bare = host[2:] if host.startswith("*.") else host
+        if not bare or parts.path or parts.username or not all(c.isalnum() or c in ".-:" for c in bare):
+            raise ImproperlyConfigured(f"{name}: {entry!r} is not a host name, `*.domain` or host:port.")
+        patterns.append(entry.strip().lower())
+    return patterns
 
 
 def development_key(purpose: str) -> str:
@@ -152,9 +171,19 @@ P2P_APP_DB_ROLE = os.environ.get("P2P_APP_DB_ROLE", "").strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Imports stop themselves after this many seconds and end failed. Each import job gets RQ's job_timeout from it plus
+# a grace (services/background.py); the imports queue's default below, with the same grace, only matters for a job
+# enqueued some other way.
+P2P_IMPORT_TIMEOUT = env_whole_number("P2P_IMPORT_TIMEOUT", 1800)
+# Runs of one import (each worker death or kill costs one); the reconciler fails an import whose runs are spent.
+P2P_IMPORT_MAX_ATTEMPTS = env_whole_number("P2P_IMPORT_MAX_ATTEMPTS", 3)
+P2P_IMPORT_ALLOWED_HOSTS = env_host_patterns("P2P_IMPORT_ALLOWED_HOSTS")
+# Imports have a queue of their own, served by a worker of their own (Procfile), so a slow outside registry can never
+# hold up a promotion or a rollback.
 RQ_QUEUES = {
     "promotions": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    "imports": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": P2P_IMPORT_TIMEOUT + 60},
 }
 # Signed checkpoints of the audit chain's head (docs/configuration.md#audit-checkpoints). No signing key: off.
 # The private key (base64 of a 32-byte Ed25519 seed, or PEM) lives only in the environment, never in the database.

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import django_rq
+from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from rq.exceptions import NoSuchJobError
@@ -25,6 +27,12 @@ logger = logging.getLogger(__name__)
 
 PROMOTIONS_QUEUE = "promotions"
 DEFAULT_QUEUE = "default"
+# Imports read from outside registries, which may be slow or hostile: their own queue and their own worker keep them
+# from ever standing between a promotion and a worker.
+IMPORTS_QUEUE = "imports"
+# Seconds RQ gives an import beyond P2P_IMPORT_TIMEOUT: the job stops itself at that limit and records its failure,
+# so RQ's kill (which would leave the row running) is only the backstop.
+IMPORT_TIMEOUT_GRACE = 60
 # RQ statuses of a job that will still run, or is running.
 LIVE_JOB_STATUSES = {"created", "queued", "scheduled", "deferred", "started", "rate_limited"}
 
@@ -35,11 +43,13 @@ def get_queue(name: str):
 
 @dataclass(frozen=True)
 class Task:
-    """One kind of background work: the prefix of its job ids, its entry point in jobs.py and its queue."""
+    """One kind of background work: the prefix of its job ids, its entry point in jobs.py, its queue and, when it has
+    one of its own, a function giving its RQ job_timeout in seconds (read at each enqueue, from the settings)."""
 
     kind: str
     function: str
     queue: str
+    job_timeout: Callable[[], int] | None = None
 
     def new_job_id(self, pk: int | str) -> str:
         """Ids like "promotion-42-3f9c…": the prefix makes Redis keys readable, the suffix keeps re-enqueues apart."""
@@ -47,6 +57,8 @@ class Task:
 
     def enqueue_now(self, *args, job_id: str, retry=None, **options) -> None:
         """Enqueue immediately; a Redis outage is logged, not raised, because the reconciler repairs it."""
+        if self.job_timeout is not None:
+            options.setdefault("job_timeout", self.job_timeout())
         try:
             get_queue(self.queue).enqueue(self.function, *args, job_id=job_id, retry=retry, **options)
         except Exception:  # noqa: BLE001 - Redis down must not undo a committed decision
@@ -74,8 +86,15 @@ class Task:
         return self.job_status(job_id) in LIVE_JOB_STATUSES
 
 
+def import_job_timeout() -> int:
+    """RQ's limit for one import job: P2P_IMPORT_TIMEOUT plus the grace in which the job records its own failure."""
+    return settings.P2P_IMPORT_TIMEOUT + IMPORT_TIMEOUT_GRACE
+
+
 RUN_PROMOTION = Task(kind="promotion", function="ci_integrations.jobs.run_promotion", queue=PROMOTIONS_QUEUE)
-RUN_IMPORT = Task(kind="import", function="ci_integrations.jobs.run_import", queue=DEFAULT_QUEUE)
+RUN_IMPORT = Task(
+    kind="import", function="ci_integrations.jobs.run_import", queue=IMPORTS_QUEUE, job_timeout=import_job_timeout
+)
 DELIVER_WEBHOOK = Task(kind="webhook", function="ci_integrations.jobs.deliver_webhook", queue=DEFAULT_QUEUE)
 VERIFY_AUDIT = Task(kind="audit-verification", function="ci_integrations.jobs.verify_audit", queue=DEFAULT_QUEUE)
 

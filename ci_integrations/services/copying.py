@@ -175,7 +175,7 @@ def _run(p: Promotion) -> None:
             if exc.retryable and attempt < len(delays):
                 promotion_log_append(
                     p.pk,
-                    f"transient registry error, retrying in {delays[attempt]:g}s: {exc.message}",
+                    registry_errors.cut(f"transient registry error, retrying in {delays[attempt]:g}s: {exc.message}"),
                     heartbeat_at=timezone.now(),
                 )
                 time.sleep(delays[attempt])
@@ -218,7 +218,7 @@ def _copy_with_progress(p: Promotion, src, dst):
             )
         Promotion.objects.filter(pk=p.pk, state=State.RUNNING).update(**fields)
 
-    promotion_log_append(p.pk, f"copying {src} → {dst}")
+    promotion_log_append(p.pk, registry_errors.cut(f"copying {src} → {dst}"))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"promotion-{p.pk}") as pool:
         future = pool.submit(
             copy_image, src, dst, progress=progress, parallelism=settings.P2P_COPY_PARALLELISM, expected_digest=p.digest
@@ -294,15 +294,16 @@ def _finish_succeeded(p: Promotion, summary) -> None:
 
 
 def _finish_failed(p: Promotion, message: str) -> None:
-    # The error and log are shown on the promotion page and sent to webhooks: no credential may reach them.
-    message = registry_errors.redact(message)
+    # The error and log are shown on the promotion page and sent to webhooks: no credential may reach them, and no
+    # registry or crash may fill the row (redacted before it is cut, so no secret's prefix is left behind).
+    message = registry_errors.cut(registry_errors.redact(message))
     with transaction.atomic():
         won = transition(
             Promotion.objects.filter(pk=p.pk, state=State.RUNNING),
             state=State.FAILED,
             finished_at=timezone.now(),
             error=message,
-            log=Concat(F("log"), Value(log_line(f"failed: {message}"))),
+            log=Concat(F("log"), Value(log_line(registry_errors.cut(f"failed: {message}")))),
         )
         if not won:
             return  # recorded by a concurrent run already

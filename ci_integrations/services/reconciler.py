@@ -4,7 +4,8 @@ PostgreSQL says what must happen; this finds the rows whose job is gone and enqu
 - queued promotions with no live job (Redis flushed, a process died between commit and enqueue);
 - running promotions whose heartbeat went stale (their worker died), unless a worker still holds the bucket's
   copy lock; after MAX_ATTEMPTS such deaths the promotion is failed instead;
-- queued or running imports with no live job;
+- queued or running imports with no live job; once P2P_IMPORT_MAX_ATTEMPTS runs of an import have died, it is
+  failed instead;
 - undelivered webhook deliveries with no live job.
 Every requeue is a conditional update, so several reconcilers (one per worker) are harmless.
 
@@ -108,10 +109,15 @@ def _stale_promotions() -> int:
 
 
 def _imports() -> int:
-    """Imports have no heartbeat: a running one whose RQ job is gone (worker killed, Redis flushed) runs again, which
-    is harmless because the copy and the registration are both idempotent."""
+    """Imports have no heartbeat: a running one whose RQ job is gone (worker killed, Redis flushed, RQ's timeout) runs
+    again, which is harmless because the copy and the registration are both idempotent; but only until its attempts
+    are spent, so a source that kills or outlasts every run cannot keep an import worker busy for ever."""
     count = 0
-    for job in ImportJob.objects.filter(state__in=ImportJob.OPEN).only("pk", "state", "job_id", "integration_id"):
+    open_imports = ImportJob.objects.filter(state__in=ImportJob.OPEN)
+    for job in open_imports.only("pk", "state", "job_id", "attempts", "integration_id"):
+        if job.attempts >= settings.P2P_IMPORT_MAX_ATTEMPTS:
+            _import_give_up(job)
+            continue
         with transaction.atomic():
             requeued = requeue_if_lost(
                 RUN_IMPORT,
@@ -125,9 +131,40 @@ def _imports() -> int:
                     actor=RECONCILER,
                     action="artifact.import_requeued",
                     obj=job,
-                    before={"state": ImportJob.State.RUNNING, "job_id": job.job_id},
+                    before={"state": ImportJob.State.RUNNING, "job_id": job.job_id, "attempts": job.attempts},
                     after={"state": ImportJob.State.QUEUED, "job_id": requeued},
                     reason="its job is no longer known to the queue",
                 )
         count += requeued is not None
     return count
+
+
+def _import_give_up(job: ImportJob) -> None:
+    """Fail an import whose attempts are spent and whose job is gone, with an audit entry; never re-enqueue it."""
+    if RUN_IMPORT.is_live(job.job_id):
+        return  # its last run is still going (or waiting): it ends by itself, within P2P_IMPORT_TIMEOUT
+    message = (
+        f"gave up after {job.attempts} attempts (P2P_IMPORT_MAX_ATTEMPTS is {settings.P2P_IMPORT_MAX_ATTEMPTS}):"
+        " each run's worker stopped or was killed before the import finished"
+    )
+    with transaction.atomic():
+        current = ImportJob.objects.select_for_update().filter(pk=job.pk, state=job.state, job_id=job.job_id).first()
+        if current is None:
+            return  # a worker or another reconciler moved it first
+        won = transition(
+            ImportJob.objects.filter(pk=job.pk, state=job.state, job_id=job.job_id),
+            state=ImportJob.State.FAILED,
+            error=message,
+            finished_at=timezone.now(),
+            # Source credentials are kept only until the import has ended.
+            arguments={**current.arguments, "credentials_encrypted": ""},
+        )
+        if won:
+            audit_record(
+                actor=RECONCILER,
+                action="artifact.import_failed",
+                obj=current,
+                before={"state": job.state, "attempts": job.attempts},
+                after={"source": current.arguments.get("source"), "state": ImportJob.State.FAILED, "error": message},
+                reason=message,
+            )

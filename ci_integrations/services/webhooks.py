@@ -23,7 +23,7 @@ from rq import Retry
 
 from ci_integrations.input_rules import is_http_url
 from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
-from ci_integrations.registry.errors import redact
+from ci_integrations.registry.errors import cut, redact
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import DELIVER_WEBHOOK, requeue_if_lost, transition
@@ -168,9 +168,12 @@ def webhook_deliver(*, delivery_id: int) -> None:
         response = requests.post(hook.url, data=body, headers=headers, timeout=TIMEOUT, allow_redirects=False)
         status = response.status_code
         if not 200 <= status < 300:
-            error = _scrubbed(f"HTTP {status}: {response.text[:200]}", hook.url)
+            # The endpoint's own words, a little of them: its answer may be any size.
+            error = _scrubbed(f"HTTP {status}: {cut(response.text, 200)}", hook.url)
     except (requests.RequestException, InvalidInput) as exc:
-        error = _scrubbed(f"{exc.__class__.__name__}: {exc}", hook.url)[:500]
+        error = _scrubbed(f"{exc.__class__.__name__}: {exc}", hook.url)
+    # Scrubbed before it is cut, so no secret's prefix is left behind; cut so no endpoint can fill the row.
+    error = cut(error)
     WebhookDelivery.objects.filter(pk=delivery_id).update(
         attempts=F("attempts") + 1,
         response_status=status,

@@ -42,7 +42,8 @@ def test_no_generated_input_makes_the_api_fail_with_a_5xx(world, client):
     promotion = ci.post(
         "/api/v1/promotions/", {"integration": world.shop.name, "artifact": artifact["digest"], "to_env": "staging"}
     ).json()
-    job = ci.post(f"/api/v1/integrations/{world.shop.name}/imports/", {"source": "127.0.0.1:1/elsewhere/app:1"}).json()
+    source = f"{world.registry_url.split('://', 1)[1]}/elsewhere/app:1"  # imports read from configured registries
+    job = ci.post(f"/api/v1/integrations/{world.shop.name}/imports/", {"source": source}).json()
     objects = {"artifact": artifact["id"], "promotion": promotion["id"], "job": job["id"]}
     raw = client.get("/api/schema/", HTTP_ACCEPT="application/json")
     assert raw.status_code == 200

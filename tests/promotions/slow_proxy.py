@@ -1,6 +1,8 @@
 """A pass-through HTTP proxy in front of a registry that can slow blob downloads to a trickle.
 
-It keeps a copy in flight long enough for a test to kill the worker in the middle of it.
+It keeps a copy in flight long enough for a test to kill the worker in the middle of it. It also takes requests in
+absolute form (`GET http://host/v2/…`), as a forward proxy does, so it can stand in for the HTTP proxy in front of an
+outside registry; `hosts` records the Host each request was meant for.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import requests
 
@@ -21,15 +24,23 @@ class SlowProxy:
         self.upstream = upstream.rstrip("/")
         self.bytes_per_second = bytes_per_second
         self.throttled = True
+        self.hosts: list[str] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def _forward(self, with_body: bool) -> None:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host"}}
+                proxy.hosts.append(self.headers.get("Host", ""))
+                path = self.path
+                if "://" in path:  # absolute form, sent to a forward proxy
+                    parts = urlsplit(path)
+                    path = parts.path + (f"?{parts.query}" if parts.query else "")
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host", "proxy-connection"}
+                }
                 upstream = requests.request(
-                    self.command, proxy.upstream + self.path, headers=headers, stream=True, allow_redirects=False
+                    self.command, proxy.upstream + path, headers=headers, stream=True, allow_redirects=False
                 )
                 try:
                     self.send_response(upstream.status_code)
@@ -39,7 +50,7 @@ class SlowProxy:
                     self.end_headers()
                     if not with_body:
                         return
-                    slow = "/blobs/" in self.path
+                    slow = "/blobs/" in path
                     for chunk in upstream.raw.stream(16 * 1024, decode_content=False):
                         self.wfile.write(chunk)
                         if slow and proxy.throttled:

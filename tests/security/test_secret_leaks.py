@@ -203,6 +203,8 @@ def test_import_source_credentials_reach_no_log_job_audit_or_api_answer_when_wro
     plain_registry, locked_registry, rq_queues, run_worker, logs
 ):
     integration, _, _ = pipeline(plain_registry.url, plain_registry.url)
+    # Imports read only from registries configured in the portal (or listed hosts, never on loopback).
+    Registry.objects.create(name=f"locked-{uuid.uuid4().hex[:8]}", url=locked_registry.url)
     token = ci_token(integration)
     push_random_image(locked_registry.url, "builds/app", "7.0.0", auth=("builder", "builder-Pa55word-long"))
     source = f"{locked_registry.host}/builds/app:7.0.0"
@@ -257,6 +259,10 @@ def test_an_import_from_a_token_auth_registry_leaks_neither_the_password_nor_the
     try:
         push_random_image(source.url, "builds/app", "8.0.0", auth=("builder", "token-realm-Pa55word"))
         integration, _, _ = pipeline(plain_registry.url, plain_registry.url)
+        # An import may reach a loopback host:port only where a configured registry lives: the registry (behind the
+        # proxy) and its token service, which answers on a port of its own, are both configured.
+        Registry.objects.create(name="token-registry", url=proxy.url)
+        Registry.objects.create(name="token-service", url=tokens.url)
         for password, tag in (
             ("not-the-realm-password", "8.0.0"),
             ("token-realm-Pa55word", "8.0.0"),

@@ -1,4 +1,8 @@
-"""`manage.py p2p_worker`: an RQ worker for the `promotions` and `default` queues, plus the reconciler.
+"""`manage.py p2p_worker`: an RQ worker for the `promotions` and `default` queues (or the queues named), plus the
+reconciler.
+
+Imports have a queue of their own, `imports`, served by a worker of its own (`p2p_worker imports`): an outside
+registry that trickles then holds up only other imports, never a promotion or a rollback.
 
 The reconciler runs every minute in a thread of the worker's main process, so whatever Redis lost (a flush, a
 crash between commit and enqueue, a worker killed mid-copy) is put back on the queue from PostgreSQL. Running
@@ -56,7 +60,10 @@ def checkpoint_forever(stop: threading.Event, every: float) -> None:
 
 
 class Command(BaseCommand):
-    help = "Run an RQ worker for the promotions and default queues, with the reconciler every minute."
+    help = (
+        "Run an RQ worker for the named queues (default: promotions default; imports get a worker of their own:"
+        " p2p_worker imports), with the reconciler every minute."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("queues", nargs="*", default=["promotions", "default"])
