@@ -323,7 +323,10 @@ class _Reader:
                     self.problem(bucket_path, "must be a mapping")
                     continue
                 self.known_keys(
-                    bucket_path, bucket, {"env", "registry", "repository", "immutable_tags", "allow_push_credentials"}
+                    bucket_path,
+                    bucket,
+                    {"env", "registry", "repository", "immutable_tags", "allow_push_credentials"}
+                    | {"allow_direct_register", "push_role_arn", "push_service_account"},
                 )
                 env = self.slug(f"{bucket_path}.env", bucket.get("env"), "environment")
                 if env and any(b["env"] == env for b in buckets):
@@ -348,6 +351,11 @@ class _Reader:
                         "allow_push_credentials": self.boolean(
                             f"{bucket_path}.allow_push_credentials", bucket.get("allow_push_credentials"), False
                         ),
+                        "allow_direct_register": self.boolean(
+                            f"{bucket_path}.allow_direct_register", bucket.get("allow_direct_register"), False
+                        ),
+                        "push_role_arn": str(bucket.get("push_role_arn") or ""),  # checked by the model's validator
+                        "push_service_account": str(bucket.get("push_service_account") or ""),
                     }
                 )
             if workflow_exists:
@@ -691,6 +699,12 @@ def config_export() -> dict:
                 "repository": bucket.repository,
                 **({"immutable_tags": True} if bucket.immutable_tags else {}),
                 **({"allow_push_credentials": True} if bucket.allow_push_credentials else {}),
+                **({"allow_direct_register": True} if bucket.allow_direct_register else {}),
+                **{
+                    key: getattr(bucket, key)
+                    for key in ("push_role_arn", "push_service_account")
+                    if getattr(bucket, key)
+                },
             }
             for bucket in integration.buckets.order_by("position", "env")
         ]
