@@ -517,9 +517,12 @@ def cmd_login(api: Api, args) -> int:
         output(args, creds, "")
         return EXIT_OK
     if creds.get("type") == "bearer":
-        # `docker login` takes no bearer token; tools with --registry-token (oras, skopeo) and crane do.
+        # `docker login` takes no bearer token. Docker reads one from config.json ("registrytoken"), so a Docker
+        # config of its own is written; oras and skopeo take $P2P_REGISTRY_TOKEN with --registry-token.
+        config = json.dumps({"auths": {creds["registry"]: {"registrytoken": creds["token"]}}})
         print(f"# a token for {creds['scope']} only, valid until {creds['expires_at']}")
         print(f"export P2P_REGISTRY_TOKEN={shlex.quote(creds['token'])}")
+        print(f'export DOCKER_CONFIG="$(mktemp -d)" && printf %s {shlex.quote(config)} > "$DOCKER_CONFIG/config.json"')
         return EXIT_OK
     print(
         f"printf '%s' {shlex.quote(creds['password'])} | docker login --username {shlex.quote(creds['username'])} "

@@ -169,9 +169,19 @@ def test_login_prints_the_scoped_token_from_push_credentials(world, live_server,
     world.dev.save()
     login = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "dev")
     assert login.returncode == 0, login.stderr
-    comment, export = login.stdout.strip().splitlines()
+    comment, export, docker = login.stdout.strip().splitlines()
     assert comment.startswith(f"# a token for repository:{world.dev.repository}:pull,push only, valid until ")
     assert export.startswith("export P2P_REGISTRY_TOKEN=") and len(export) > 100
+    # What eval runs leaves a Docker config holding the token for the registry, and nothing else.
+    shell = subprocess.run(
+        ["sh", "-c", f'{export}\n{docker}\ncat "$DOCKER_CONFIG/config.json"; echo; echo "$P2P_REGISTRY_TOKEN"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    config, token = shell.stdout.strip().splitlines()
+    host = token_registry_server.url.split("://", 1)[1]
+    assert json.loads(config) == {"auths": {host: {"registrytoken": token}}}
     as_json = json.loads(p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "dev", "--json").stdout)
     assert as_json["type"] == "bearer" and as_json["registry"] == token_registry_server.url.split("://", 1)[1]
     refused = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "staging")

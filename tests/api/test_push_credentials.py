@@ -52,14 +52,14 @@ def test_push_credentials_reach_the_buckets_repository_and_no_other(world, on_to
 
     assert answer.status_code == 200, answer.content
     body = answer.json()
-    assert body["type"] == "bearer" and body["scope"] == f"repository:{world.dev.repository}:pull,push"
-    assert body["repository"] == world.dev.repository and body["image"] == world.dev.image_name
-    assert body["password"] != PORTAL_LOGIN["password"]
     assert push_as_ci(body, on_tokens, world.dev.repository) == 201
     # Its own staging repository (skipping the step), and another integration's prod repository: both refused.
     assert push_as_ci(body, on_tokens, world.staging.repository) in (401, 403)
     other_prod = Bucket.objects.get(integration=world.other, env="prod")
     assert push_as_ci(body, on_tokens, other_prod.repository) in (401, 403)
+    assert body["type"] == "bearer" and body["scope"] == f"repository:{world.dev.repository}:pull,push"
+    assert body["repository"] == world.dev.repository and body["image"] == world.dev.image_name
+    assert body["password"] is None and PORTAL_LOGIN["password"] not in answer.content.decode()
 
 
 def test_push_credentials_are_refused_outside_the_workflows_entry_environment(world, on_tokens):
