@@ -264,15 +264,8 @@ class Bucket(models.Model):
     def entry_environments(self) -> list[str] | None:
         """Where images enter this bucket's workflow from outside: the environments a step leaves from and no step
         arrives at, in step order (the first `from` of a straight workflow). None when the integration has none."""
-        if not self.integration.workflow_id:
-            return None
-        steps = list(
-            WorkflowStep.objects.filter(workflow_id=self.integration.workflow_id)
-            .order_by("position")
-            .values_list("from_env", "to_env")
-        )
-        targets = {to_env for _, to_env in steps}
-        return list(dict.fromkeys(from_env for from_env, _ in steps if from_env not in targets))
+        steps = self._workflow_moves()
+        return None if steps is None else _entries(steps)
 
     def direct_arrival_refusal(self) -> tuple[str, list[str]] | None:
         """Why an image may not be put into this bucket from outside the portal (registered by CI, or pushed with
@@ -282,15 +275,16 @@ class Bucket(models.Model):
         lead into it. Integrations without a workflow have no steps to skip, so every bucket of theirs takes
         images, as before.
         """
-        entries = self.entry_environments()
-        if entries is None or self.allow_direct_register or self.env in entries:
+        if self.allow_direct_register:
+            return None
+        steps = self._workflow_moves()
+        if steps is None:
+            return None
+        entries = _entries(steps)
+        if self.env in entries:
             return None
         where = " or ".join(repr(env) for env in entries) or "no environment (its workflow has no steps)"
-        arrival = (
-            WorkflowStep.objects.filter(workflow_id=self.integration.workflow_id, to_env=self.env)
-            .values_list("from_env", flat=True)
-            .first()
-        )
+        arrival = next((from_env for from_env, to_env in steps if to_env == self.env), None)
         how = (
             f"images reach {self.env!r} only by promotion from {arrival!r}"
             if arrival
@@ -301,6 +295,19 @@ class Bucket(models.Model):
             "promotes; set allow_direct_register on this bucket to let images in directly.",
             entries,
         )
+
+    def _workflow_moves(self) -> list[tuple[str, str]] | None:
+        """(from_env, to_env) of each step of the integration's workflow in order; None without a workflow."""
+        if not self.integration.workflow_id:
+            return None
+        steps = WorkflowStep.objects.filter(workflow_id=self.integration.workflow_id).order_by("position")
+        return list(steps.values_list("from_env", "to_env"))
+
+
+def _entries(steps: list[tuple[str, str]]) -> list[str]:
+    """Environments some step leaves from and none arrives at, in step order."""
+    targets = {to_env for _, to_env in steps}
+    return list(dict.fromkeys(from_env for from_env, _ in steps if from_env not in targets))
 
 
 class Artifact(models.Model):
