@@ -252,7 +252,17 @@ class BucketInline(admin.TabularInline):
     model = Bucket
     extra = 0
     ordering = ["position", "env"]
-    fields = ["env", "position", "registry", "repository", "immutable_tags", "allow_push_credentials"]
+    fields = [
+        "env",
+        "position",
+        "registry",
+        "repository",
+        "immutable_tags",
+        "allow_push_credentials",
+        "allow_direct_register",
+        "push_role_arn",
+        "push_service_account",
+    ]
 
 
 @admin.register(Integration)

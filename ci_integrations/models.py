@@ -51,6 +51,24 @@ def validate_repository(value: str) -> None:
         )
 
 
+_ROLE_ARN = re.compile(r"^arn:aws(?:-cn|-us-gov)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_SERVICE_ACCOUNT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}@[a-z0-9.-]+\.gserviceaccount\.com$")
+
+
+def validate_role_arn(value: str) -> None:
+    if value and not _ROLE_ARN.match(value):
+        raise ValidationError(
+            f"{value!r} is not an IAM role ARN: expected arn:aws:iam::<12-digit account>:role/<name>."
+        )
+
+
+def validate_service_account(value: str) -> None:
+    if value and not _SERVICE_ACCOUNT.match(value):
+        raise ValidationError(
+            f"{value!r} is not a Google service account: expected <name>@<project>.iam.gserviceaccount.com."
+        )
+
+
 def validate_registry_url(value: str) -> None:
     scheme, _, host = value.partition("://") if isinstance(value, str) else ("", "", "")
     if scheme not in ("http", "https") or not is_valid_host(host.rstrip("/")):
@@ -215,6 +233,13 @@ class Bucket(models.Model):
     repository = models.CharField(max_length=255, validators=[validate_repository])
     immutable_tags = models.BooleanField(default=False)
     allow_push_credentials = models.BooleanField(default=False)
+    # Images reach a bucket a workflow step leads into by promotion only; this lets CI put them there directly.
+    allow_direct_register = models.BooleanField(default=False)
+    # How a cloud registry scopes push credentials to this bucket's repository (see services/credentials.py).
+    push_role_arn = models.CharField(max_length=600, blank=True, default="", validators=[validate_role_arn])
+    push_service_account = models.CharField(
+        max_length=254, blank=True, default="", validators=[validate_service_account]
+    )
     # Denormalised pointer to the latest arrival, kept by the arrival service so the matrix is one query.
     current_arrival = models.ForeignKey(
         "Arrival", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -235,6 +260,54 @@ class Bucket(models.Model):
     def image_name(self) -> str:
         host = self.registry.url.split("://", 1)[1].rstrip("/")
         return f"{host}/{self.repository}"
+
+    def entry_environments(self) -> list[str] | None:
+        """Where images enter this bucket's workflow from outside: the environments a step leaves from and no step
+        arrives at, in step order (the first `from` of a straight workflow). None when the integration has none."""
+        steps = self._workflow_moves()
+        return None if steps is None else _entries(steps)
+
+    def direct_arrival_refusal(self) -> tuple[str, list[str]] | None:
+        """Why an image may not be put into this bucket from outside the portal (registered by CI, or pushed with
+        credentials the portal handed out), with the entry environments; None when it may.
+
+        Anything arriving in a later bucket directly would skip the workflow steps (approvals, checks, soak) that
+        lead into it. Integrations without a workflow have no steps to skip, so every bucket of theirs takes
+        images, as before.
+        """
+        if self.allow_direct_register:
+            return None
+        steps = self._workflow_moves()
+        if steps is None:
+            return None
+        entries = _entries(steps)
+        if self.env in entries:
+            return None
+        where = " or ".join(repr(env) for env in entries) or "no environment (its workflow has no steps)"
+        arrival = next((from_env for from_env, to_env in steps if to_env == self.env), None)
+        how = (
+            f"images reach {self.env!r} only by promotion from {arrival!r}"
+            if arrival
+            else f"{self.env!r} is not an environment of workflow {self.integration.workflow.name!r}"
+        )
+        return (
+            f"bucket {self} is not where its workflow starts: {how}. CI registers and pushes into {where}, then "
+            "promotes; set allow_direct_register on this bucket to let images in directly.",
+            entries,
+        )
+
+    def _workflow_moves(self) -> list[tuple[str, str]] | None:
+        """(from_env, to_env) of each step of the integration's workflow in order; None without a workflow."""
+        if not self.integration.workflow_id:
+            return None
+        steps = WorkflowStep.objects.filter(workflow_id=self.integration.workflow_id).order_by("position")
+        return list(steps.values_list("from_env", "to_env"))
+
+
+def _entries(steps: list[tuple[str, str]]) -> list[str]:
+    """Environments some step leaves from and none arrives at, in step order."""
+    targets = {to_env for _, to_env in steps}
+    return list(dict.fromkeys(from_env for from_env, _ in steps if from_env not in targets))
 
 
 class Artifact(models.Model):

@@ -103,6 +103,7 @@ class BucketOut(serializers.Serializer):
     image = serializers.CharField(source="image_name")
     immutable_tags = serializers.BooleanField()
     allow_push_credentials = serializers.BooleanField()
+    allow_direct_register = serializers.BooleanField()
     current = CurrentArrivalOut(source="current_arrival", allow_null=True)
 
 
@@ -294,10 +295,16 @@ class PushCredentialsIn(serializers.Serializer):
 
 
 class PushCredentialsOut(serializers.Serializer):
+    """Credentials for the bucket's repository only. type "bearer": send `token` as a Bearer token; type "basic":
+    `docker login` with username and password (ECR, Artifact Registry)."""
+
     registry = serializers.CharField()
+    type = serializers.ChoiceField(choices=["bearer", "basic"])
     username = serializers.CharField(allow_null=True)
     password = serializers.CharField(allow_null=True)
-    expires_at = serializers.CharField(allow_null=True)
+    token = serializers.CharField(allow_null=True)
+    scope = serializers.CharField(help_text="what the credentials reach: a token scope, or the repository's ARN")
+    expires_at = serializers.CharField()
     repository = serializers.CharField()
     image = serializers.CharField()
 

@@ -392,7 +392,10 @@ class PushCredentialsView(ApiView):
         operation_id="push_credentials",
     )
     def post(self, request, name: str):
-        """Short-lived credentials to push into the bucket's registry, if the bucket allows it."""
+        """Short-lived credentials that can pull and push the bucket's repository and no other (audited).
+
+        403 unless the bucket allows push credentials and is where its workflow starts; 409 when its registry cannot
+        scope credentials to one repository (the message says what to configure)."""
         integration = integration_for(request, name)
         data = self.parse(s.PushCredentialsIn, request.data)
         body = bucket_push_credentials(bucket=bucket_for(integration, data["env"]), actor=self.actor())

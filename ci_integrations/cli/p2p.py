@@ -10,7 +10,7 @@ Configure:    P2P_URL (the portal, e.g. https://p2p.example.com) and P2P_TOKEN (
   p2p promote IMAGE:TAG --source-stage ENV --dest-stage ENV [--wait]   (SOURCE_STAGE / DEST_STAGE as defaults)
   p2p status ID [--wait]                                     exit 0 succeeded, 1 failed/rejected/cancelled, 2 timeout
   p2p rollback INTEGRATION ENV TO --reason TEXT [--wait]
-  p2p login INTEGRATION ENV                                  prints a docker login command (eval "$(p2p login …)")
+  p2p login INTEGRATION ENV                                  prints a docker login or a token: eval "$(p2p login …)"
   p2p approve|reject|cancel|retry ID [--comment TEXT]
 
 Every command takes --json to print the API's answer as JSON. Errors are one line on stderr and exit 1, or 64 when
@@ -516,8 +516,13 @@ def cmd_login(api: Api, args) -> int:
     if args.json:
         output(args, creds, "")
         return EXIT_OK
-    if not creds.get("username"):
-        print(f"# {creds['registry']} needs no credentials (ambient or anonymous access)")
+    if creds.get("type") == "bearer":
+        # `docker login` takes no bearer token. Docker reads one from config.json ("registrytoken"), so a Docker
+        # config of its own is written; oras and skopeo take $P2P_REGISTRY_TOKEN with --registry-token.
+        config = json.dumps({"auths": {creds["registry"]: {"registrytoken": creds["token"]}}})
+        print(f"# a token for {creds['scope']} only, valid until {creds['expires_at']}")
+        print(f"export P2P_REGISTRY_TOKEN={shlex.quote(creds['token'])}")
+        print(f'export DOCKER_CONFIG="$(mktemp -d)" && printf %s {shlex.quote(config)} > "$DOCKER_CONFIG/config.json"')
         return EXIT_OK
     print(
         f"printf '%s' {shlex.quote(creds['password'])} | docker login --username {shlex.quote(creds['username'])} "

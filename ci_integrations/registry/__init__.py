@@ -15,6 +15,7 @@ from .destinations import AddressGuard, address_guard
 from .errors import (
     AccessDenied,
     AuthenticationError,
+    CannotScope,
     DestinationRefused,
     DigestMismatch,
     ImageMismatch,
@@ -27,6 +28,7 @@ from .errors import (
     TransientError,
     cut,
 )
+from .providers import PushCredentials, PushScope
 from .refs import (
     ImageLocation,
     ImageReference,
@@ -41,6 +43,7 @@ __all__ = [
     "AccessDenied",
     "AddressGuard",
     "AuthenticationError",
+    "CannotScope",
     "CopyPlan",
     "CopyProgress",
     "CopySummary",
@@ -54,6 +57,8 @@ __all__ = [
     "ManifestInfo",
     "NotFound",
     "ProtocolError",
+    "PushCredentials",
+    "PushScope",
     "RegistryError",
     "RegistrySpec",
     "TagConflict",

@@ -235,6 +235,17 @@ class Authenticator:
     def credentials(self, refresh: bool = False) -> BasicCredentials | None:
         return self._credentials(refresh=refresh)
 
+    def issue_token(
+        self, realm: str, service: str, scopes: tuple[str, ...], session: requests.Session, timeout: tuple
+    ) -> tuple[str, float]:
+        """A new token for `scopes` from `realm`, answered with this registry's credentials; never cached.
+
+        For handing a token to someone else: it must not be one the process also uses, nor one near its end.
+        """
+        token, expires_in = self._fetch(session, realm, service, scopes, self.credentials(), timeout)
+        remember_secret(token)
+        return token, expires_in
+
     def _key(self, scopes: tuple[str, ...], credentials: BasicCredentials | None) -> tuple:
         identity = credentials.identity if credentials else None
         return (self.bearer.get("realm"), self.bearer.get("service"), scopes, identity)

@@ -34,8 +34,8 @@ from .errors import (
     cut,
     redact,
 )
-from .providers import provider_for
-from .refs import ImageLocation, check_reference, check_repository
+from .providers import PushCredentials, PushScope, provider_for
+from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
 from .transport import RetryableFailure, with_retries
 
 log = logging.getLogger(__name__)
@@ -601,6 +601,9 @@ def check_access(location: ImageLocation, *, push: bool = False) -> None:
         raise NotFound(f"{location} does not exist")
 
 
-def push_credentials(spec) -> dict:
-    """Short-lived credentials for `docker login` against spec's registry."""
-    return provider_for(spec).push_credentials(spec)
+def push_credentials(spec: RegistrySpec, scope: PushScope) -> PushCredentials:
+    """Short-lived credentials that can pull and push scope.repository on spec's registry and nothing else.
+
+    CannotScope when the registry (as configured) can only give credentials good for more than that repository.
+    """
+    return provider_for(spec).push_credentials(spec, scope)

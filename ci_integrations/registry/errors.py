@@ -92,6 +92,11 @@ class DestinationRefused(RegistryError):
     neither https nor on the registry's own host. Not retryable: asking again gets the same answer."""
 
 
+class CannotScope(RegistryError):
+    """The registry (as configured) cannot issue credentials limited to one repository; the message says what to
+    configure. Handing out the registry-wide credentials instead would let one bucket's holder write every other."""
+
+
 class IndexTooLarge(ProtocolError):
     """An image index (with the indexes nested in it) names more distinct manifests than the client will copy."""
 

@@ -20,12 +20,13 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from .auth import Authenticator, merge_scopes, parse_www_authenticate
+from .auth import Authenticator, Challenge, merge_scopes, parse_www_authenticate
 from .bodies import READ_FAILURES, read_capped, read_up_to, response_error
 from .destinations import Guard, check_destination, check_realm, origin, same_origin
 from .errors import (
     AccessDenied,
     AuthenticationError,
+    CannotScope,
     ProtocolError,
     RegistryError,
     TransientError,
@@ -270,6 +271,60 @@ class Transport:
                 error = TransientError(error.message, status=response.status_code, retry_after=retry_after)
             raise RetryableFailure(error, retry_after)
         return response
+
+    def challenges(self) -> list[Challenge]:
+        """How the registry asks to be authenticated: the challenges of a bare GET /v2/ (none when it lets anyone in).
+
+        Sent without any Authorization, so the answer is the registry's own, not one shaped by a cached token.
+        """
+        url = self.url("/v2/")
+
+        def attempt(_: int) -> requests.Response:
+            response = self._send("GET", url, {}, None)
+            read_capped(response)
+            if response.status_code in RETRYABLE_STATUS:
+                error = response_error(response, what="GET /v2/")
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                raise RetryableFailure(TransientError(error.message, status=response.status_code), retry_after)
+            return response
+
+        response = with_retries(attempt, policy=self.policy, what="GET /v2/")
+        if response.status_code == 401:
+            return parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
+        if response.status_code == 200:
+            return []
+        raise response_error(response, what="GET /v2/")
+
+    def scoped_token(self, scopes: tuple[str, ...]) -> tuple[str, float, Challenge]:
+        """A fresh bearer token for exactly `scopes` from the registry's own token service, found through its challenge.
+
+        Returns (token, lifetime in seconds, the challenge answered). The token is not cached: it is meant for someone
+        else, and what they get must be a token of its own with its full lifetime. Raises CannotScope when the
+        registry has no token service (Basic only, or no auth at all).
+        """
+        challenges = self.challenges()
+        bearer = next((c for c in challenges if c.scheme == "bearer" and c.params.get("realm")), None)
+        if bearer is None:
+            how = "asks for Basic credentials only" if challenges else "asks for no credentials at all"
+            raise CannotScope(f"{self.host} {how}: it has no token service that could issue a token for one repository")
+        check_realm(bearer.params["realm"], self.base_url)  # the request carries the registry's credentials
+        try:
+            token, lifetime = with_retries(
+                lambda _: self._issue(bearer, scopes), policy=self.policy, what="token request"
+            )
+        except AuthenticationError as exc:
+            raise AuthenticationError(
+                f"{self.host} token service refused the configured credentials: {exc.message}", status=exc.status
+            ) from None
+        return token, lifetime, bearer
+
+    def _issue(self, bearer: Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
+        try:
+            return self.auth.issue_token(
+                bearer.params["realm"], bearer.params.get("service", ""), scopes, self.session(), self.timeouts.pair
+            )
+        except TransientError as exc:
+            raise RetryableFailure(exc, exc.retry_after) from None
 
     def _answer(self, challenge: str, scopes: tuple[str, ...], sent: str | None) -> str:
         bearer = next((c for c in parse_www_authenticate(challenge) if c.scheme == "bearer"), None)

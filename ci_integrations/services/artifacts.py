@@ -29,7 +29,14 @@ from ci_integrations.registry.client import MAX_MANIFEST_BYTES
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_audit, arrival_insert, immutable_tag_conflict
 from ci_integrations.services.audit import audit_record, audit_records
-from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, ServiceError, StateConflict
+from ci_integrations.services.errors import (
+    InvalidInput,
+    NotAllowed,
+    NotFound,
+    RegistryUnavailable,
+    ServiceError,
+    StateConflict,
+)
 from ci_integrations.services.locks import artifact_locked, bucket_locked
 from ci_integrations.services.promotions import promotions_auto_request
 from ci_integrations.services.rows import columns, fetch_one, insert_unless_exists, table
@@ -106,6 +113,12 @@ def artifact_register(
         raise InvalidInput(DIGEST.problem(digest), details={"digest": "invalid"})
     cleaned = clean_metadata(metadata)
     bucket, latest = _bucket_with_latest_arrival(integration, env, tag)
+    # Callers from outside (CI and personal tokens, people) enter the workflow at its start; a later bucket is
+    # reached by promotion. The portal's own jobs and commands (imports, demo seeding) are trusted code.
+    if actor.token is not None or actor.user is not None:
+        refusal = bucket.direct_arrival_refusal()
+        if refusal is not None:
+            raise NotAllowed(refusal[0], code="not_entry_environment", details={"env": env, "entry": refusal[1]})
     info = _resolve(bucket, tag)
     if info.size is not None and info.size > MAX_MANIFEST_BYTES:
         # Refused now rather than when a promotion tries to copy it: no client reads a manifest that large.

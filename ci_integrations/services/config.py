@@ -23,6 +23,9 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.config_reader import config_read, format_duration
 
+# Bucket options that name who pushes; exported only when set.
+PUSH_OPTIONS = ("push_role_arn", "push_service_account")
+
 
 class ConfigError(Exception):
     """The file cannot be applied; `problems` lists every "path: what is wrong" found."""
@@ -322,6 +325,12 @@ def config_export() -> dict:
                 "repository": bucket.repository,
                 **({"immutable_tags": True} if bucket.immutable_tags else {}),
                 **({"allow_push_credentials": True} if bucket.allow_push_credentials else {}),
+                **({"allow_direct_register": True} if bucket.allow_direct_register else {}),
+                **{
+                    key: getattr(bucket, key)
+                    for key in ("push_role_arn", "push_service_account")
+                    if getattr(bucket, key)
+                },
             }
             for bucket in integration.buckets.order_by("position", "env")
         ]

@@ -46,7 +46,16 @@ STEP_KEYS = {
     "tag_rule",
 }
 INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks"}
-BUCKET_KEYS = {"env", "registry", "repository", "immutable_tags", "allow_push_credentials"}
+BUCKET_KEYS = {
+    "env",
+    "registry",
+    "repository",
+    "immutable_tags",
+    "allow_push_credentials",
+    "allow_direct_register",
+    "push_role_arn",
+    "push_service_account",
+}
 WEBHOOK_KEYS = {"url", "secret", "events"}
 
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
@@ -384,6 +393,11 @@ class _Reader:
             "allow_push_credentials": self.boolean(
                 f"{path}.allow_push_credentials", bucket.get("allow_push_credentials"), False
             ),
+            "allow_direct_register": self.boolean(
+                f"{path}.allow_direct_register", bucket.get("allow_direct_register"), False
+            ),
+            "push_role_arn": str(bucket.get("push_role_arn") or ""),  # checked by the model's validator
+            "push_service_account": str(bucket.get("push_service_account") or ""),
         }
 
     def webhook(self, path: str, hook: dict, integration: Any) -> dict:

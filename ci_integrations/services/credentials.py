@@ -13,27 +13,91 @@ from ci_integrations.models import Bucket, Registry, Webhook
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.errors import NotAllowed, RegistryUnavailable
+from ci_integrations.services.errors import NotAllowed, RegistryUnavailable, StateConflict
 
 
 def bucket_push_credentials(*, bucket: Bucket, actor: Actor) -> dict:
-    """Short-lived credentials for CI to push into the bucket's registry, if the bucket allows it.
+    """Short-lived credentials that can pull and push the bucket's repository and nothing else. Audited.
 
-    Returns the registry's answer (username, password or token, expiry) with the bucket's repository and image name.
+    Only a bucket with allow_push_credentials that is one of its workflow's entry environments (or allows direct
+    registration) hands them out, and only when its registry can scope them to that one repository: a bearer token
+    from the registry's token service, an ECR login of the bucket's push role narrowed to the repository, or a token
+    of the bucket's impersonated Google service account. Anything wider (the stored password, a registry-wide token)
+    is never handed out: StateConflict says what to configure. The audit entry records who, bucket, repository,
+    scope, identity and expiry, never the secret.
     """
     if not bucket.allow_push_credentials:
         raise NotAllowed(
             f"bucket {bucket} does not hand out push credentials (allow_push_credentials is off)",
             details={"env": bucket.env},
         )
+    refusal = bucket.direct_arrival_refusal()
+    if refusal is not None:
+        message, entries = refusal
+        raise NotAllowed(message, code="not_entry_environment", details={"env": bucket.env, "entry": entries})
+    _repository_is_the_buckets_own(bucket)
+    scope = registry.PushScope(
+        repository=bucket.repository,
+        role_arn=bucket.push_role_arn,
+        service_account=bucket.push_service_account,
+        session_name=f"p2p-{bucket.integration.name}-{bucket.env}",
+    )
     try:
-        credentials = registry.push_credentials(bucket.registry.spec())
+        issued = registry.push_credentials(bucket.registry.spec(), scope)
+    except registry_errors.CannotScope as exc:
+        raise StateConflict(
+            f"bucket {bucket} cannot hand out push credentials: {exc.message}",
+            code="cannot_scope",
+            details={"env": bucket.env, "registry": bucket.registry.name, "provider": bucket.registry.provider},
+        ) from None
     except registry_errors.RegistryError as exc:
-        raise RegistryUnavailable(f"registry {bucket.registry.name}: {exc}") from None
-    body = {**credentials, "repository": bucket.repository, "image": bucket.image_name}
-    if body.get("expires_at") is not None:
-        body["expires_at"] = str(body["expires_at"])
-    return body
+        raise RegistryUnavailable(f"registry {bucket.registry.name}: {exc.message}") from None
+    expires_at = issued.expires_at.isoformat()
+    audit_record(
+        actor=actor,
+        action="push_credentials.issued",
+        obj=bucket,
+        integration=bucket.integration.name,
+        environment=bucket.env,
+        after={
+            "registry": issued.registry,
+            "repository": bucket.repository,
+            "kind": issued.kind,
+            "scope": issued.scope,
+            "identity": issued.identity,
+            "issuer": issued.issuer,
+            "expires_at": expires_at,
+        },
+    )
+    return {
+        "registry": issued.registry,
+        "type": issued.kind,
+        "username": issued.username,
+        "password": issued.password,
+        "token": issued.token,
+        "scope": issued.scope,
+        "expires_at": expires_at,
+        "repository": bucket.repository,
+        "image": bucket.image_name,
+    }
+
+
+def _repository_is_the_buckets_own(bucket: Bucket) -> None:
+    """Refuse when another bucket that takes no direct pushes shares the repository: a credential for it would write
+    that bucket's tags too (a later environment's, or another integration's)."""
+    sharing = (
+        Bucket.objects.filter(registry__url=bucket.registry.url, repository=bucket.repository)
+        .exclude(pk=bucket.pk)
+        .select_related("integration__workflow")
+    )
+    for other in sharing:
+        if other.direct_arrival_refusal() is not None:
+            raise StateConflict(
+                f"bucket {bucket} shares repository {bucket.repository} with bucket {other}, which images reach by "
+                "promotion only; a push credential would write its tags too. Give each bucket its own repository.",
+                code="shared_repository",
+                details={"env": bucket.env, "shared_with": str(other)},
+            )
 
 
 def credentials_rotate(*, actor: Actor) -> int:

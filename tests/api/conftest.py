@@ -17,7 +17,7 @@ from ci_integrations.models import ApiToken, Bucket, Integration, Registry, Work
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.tokens import token_create
 from tests.support.images import push_random_image
-from tests.support.registry_server import start_registry
+from tests.support.registry_server import start_registry, start_token_server
 from tests.support.roles import restore_roles
 
 SYSTEM = Actor.system("tests")
@@ -28,6 +28,33 @@ def registry_server():
     server = start_registry()
     yield server
     server.stop()
+
+
+# What the portal logs in to a token-auth registry with: it may do anything there, like a real portal's robot account.
+PORTAL_LOGIN = {"username": "portal", "password": "portal-Pa55word-every-repository"}
+
+
+@dataclass
+class TokenRegistry:
+    url: str
+    tokens: object  # the TokenServer
+
+    def row(self, name: str = "") -> Registry:
+        """A Registry row for it with the portal's stored login."""
+        registry = Registry.objects.create(name=name or f"tokens-{uuid.uuid4().hex[:8]}", url=self.url)
+        registry.set_credentials(PORTAL_LOGIN)
+        registry.save()
+        return registry
+
+
+@pytest.fixture(scope="session")
+def token_registry_server():
+    """A real docker-registry with token auth and its token service (scoped RS256 JWTs)."""
+    tokens = start_token_server(users={PORTAL_LOGIN["username"]: PORTAL_LOGIN["password"]})
+    server = start_registry(token_auth=tokens.registry_config)
+    yield TokenRegistry(url=server.url, tokens=tokens)
+    server.stop()
+    tokens.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -81,7 +81,7 @@ def matrix(world) -> dict[str, Row]:
     shop, ci = world.shop.name, Actor.system("ci")
     for tag in ("v1", "v2", "v3", "matrix"):
         world.push(world.dev, tag)
-    for tag in ("v1", "v2"):
+    for tag in ("v1", "v2", "matrix"):  # "matrix" too: staging's refusal must not be a missing image
         world.copy(world.dev, world.staging, tag)
     a, _, _ = artifact_register(integration=world.shop, env="dev", tag="v1", actor=ci)
     b, _, _ = artifact_register(integration=world.shop, env="dev", tag="v2", actor=ci)
@@ -122,6 +122,13 @@ def matrix(world) -> dict[str, Row]:
         "api-artifacts POST": Row(
             "POST", f"/api/v1/integrations/{shop}/artifacts/", write, {"env": "dev", "tag": "matrix"}
         ),
+        # Images reach staging by promotion only: no token may register there, whatever its scopes.
+        "api-artifacts POST staging": Row(
+            "POST",
+            f"/api/v1/integrations/{shop}/artifacts/",
+            {**write, "ci_own": 403, "admin": 403},
+            {"env": "staging", "tag": "matrix"},
+        ),
         "api-imports": Row(
             "POST",
             f"/api/v1/integrations/{shop}/imports/",
@@ -134,10 +141,12 @@ def matrix(world) -> dict[str, Row]:
             {**write, "rm": 201, "ci_rm_owned": 201},
             {"env": "staging", "to": a.digest, "reason": "v2 is broken"},
         ),
+        # The world's registry asks for no credentials, so nothing can be scoped to one repository: those allowed
+        # past authorisation get 409 (tests/api/test_push_credentials.py covers the 200s on a token-auth registry).
         "api-push-credentials": Row(
             "POST",
             f"/api/v1/integrations/{shop}/push-credentials/",
-            {**write, "ci_own": 200, "ci_system": 200, "admin": 200},
+            {**write, "ci_own": 409, "ci_system": 409, "admin": 409},
             {"env": "dev"},
         ),
         "api-artifact": Row("GET", f"/api/v1/artifacts/{a.pk}/", READ_OWN),

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ci_integrations.models import Promotion, Registry
+from ci_integrations.models import Promotion
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.artifacts import artifact_register
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -100,7 +102,10 @@ def test_push_check_promote_with_wait_status_and_rollback(world, live_server, ru
     # staging moves on to 1.1.0, then is rolled back to 1.0.0.
     world.push(world.dev, "1.1.0")
     world.copy(world.dev, world.staging, "1.1.0")
-    assert p2p(live_server, ci, "push", world.shop.name, "staging", f"{image}:1.1.0").returncode == 0
+    # CI may not register into staging (it is reached by promotion); the portal records the arrival itself.
+    refused = p2p(live_server, ci, "push", world.shop.name, "staging", f"{image}:1.1.0")
+    assert refused.returncode == 1 and "only by promotion from 'dev'" in refused.stderr
+    artifact_register(integration=world.shop, env="staging", tag="1.1.0", actor=Actor.system("promotion"))
     process = p2p(
         live_server,
         ci,
@@ -126,7 +131,7 @@ def test_status_wait_exits_1_for_rejected_and_2_on_timeout(world, live_server):
     world.push(world.dev, "2.0.0")
     digest = world.copy(world.dev, world.staging, "2.0.0")
     ci, rm, rm2 = world.plain["ci_own"], world.plain["rm"], world.plain["rm2"]
-    assert p2p(live_server, ci, "push", world.shop.name, "staging", f"x/{world.shop.name}:2.0.0").returncode == 0
+    artifact_register(integration=world.shop, env="staging", tag="2.0.0", actor=Actor.system("promotion"))
 
     requested = p2p(live_server, rm2, "promote", f"{world.shop.name}@{digest}", "--dest-stage", "prod", "--json")
     assert requested.returncode == 0, requested.stderr
@@ -159,19 +164,25 @@ def test_errors_are_one_line_and_exit_1(world, live_server):
     assert unset.returncode == 64 and "P2P_TOKEN" in unset.stderr
 
 
-def test_login_prints_a_docker_login_command_from_push_credentials(world, live_server):
-    registry = Registry.objects.create(name="with-creds", url=world.registry_url)
-    registry.set_credentials({"username": "pusher", "password": "s3cret'pw"})
-    registry.save()
-    world.dev.registry = registry
+def test_login_prints_the_scoped_token_from_push_credentials(world, live_server, token_registry_server):
+    world.dev.registry = token_registry_server.row()
     world.dev.save()
     login = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "dev")
     assert login.returncode == 0, login.stderr
-    host = world.registry_url.split("://", 1)[1]
-    assert login.stdout.strip() == (
-        f"printf '%s' 's3cret'\"'\"'pw' | docker login --username pusher --password-stdin {host}"
+    comment, export, docker = login.stdout.strip().splitlines()
+    assert comment.startswith(f"# a token for repository:{world.dev.repository}:pull,push only, valid until ")
+    assert export.startswith("export P2P_REGISTRY_TOKEN=") and len(export) > 100
+    # What eval runs leaves a Docker config holding the token for the registry, and nothing else.
+    shell = subprocess.run(
+        ["sh", "-c", f'{export}\n{docker}\ncat "$DOCKER_CONFIG/config.json"; echo; echo "$P2P_REGISTRY_TOKEN"'],
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    config, token = shell.stdout.strip().splitlines()
+    host = token_registry_server.url.split("://", 1)[1]
+    assert json.loads(config) == {"auths": {host: {"registrytoken": token}}}
     as_json = json.loads(p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "dev", "--json").stdout)
-    assert as_json["username"] == "pusher" and as_json["registry"] == host
+    assert as_json["type"] == "bearer" and as_json["registry"] == token_registry_server.url.split("://", 1)[1]
     refused = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "staging")
     assert refused.returncode == 1 and "allow_push_credentials" in refused.stderr

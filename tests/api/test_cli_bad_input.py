@@ -299,3 +299,16 @@ def test_integration_name_with_a_slash_stays_one_url_path_segment(stub):
     result = p2p(stub, "push", "shop/../../promotions", "dev", "x/shop:1.0")
     assert_one_line_error(result, 1)
     assert stub.requests[0][1] == "/api/v1/integrations/shop%2F..%2F..%2Fpromotions/artifacts/"
+
+
+def test_login_prints_docker_login_for_a_basic_answer_quoting_the_password(stub):
+    # ECR and Artifact Registry answers are a username and password for one repository.
+    answer = {"registry": "123.dkr.ecr.eu-west-1.amazonaws.com", "type": "basic", "username": "AWS"}
+    answer.update(password="pw'with quote", token=None, scope="arn:…", expires_at="2030-01-01T00:00:00+00:00")
+    stub.answer(200, answer, path="/api/v1/integrations/shop/push-credentials/")
+    login = p2p(stub, "login", "shop", "dev")
+    assert login.returncode == 0, login.stderr
+    assert login.stdout.strip() == (
+        "printf '%s' 'pw'\"'\"'with quote' | docker login --username AWS --password-stdin "
+        "123.dkr.ecr.eu-west-1.amazonaws.com"
+    )

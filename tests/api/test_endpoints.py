@@ -7,8 +7,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from ci_integrations.models import Arrival, Artifact, AuditEntry, Promotion
+from ci_integrations.models import Arrival, Artifact, AuditEntry, Bucket, Promotion
 from ci_integrations.services.actors import Actor
+from ci_integrations.services.artifacts import artifact_register
 from ci_integrations.services.freeze import freeze_window_create
 from tests.support.images import get_manifest_digest, push_random_image
 
@@ -17,6 +18,13 @@ pytestmark = [pytest.mark.postgres]
 
 def register(world, caller, env: str, tag: str, **extra):
     return caller.post(f"/api/v1/integrations/{world.shop.name}/artifacts/", {"env": env, "tag": tag, **extra})
+
+
+def arrive(world, env: str, tag: str) -> dict:
+    """Record an image already in a later bucket's repository as the portal itself would (a promotion's arrival):
+    CI may only register where the workflow starts. Returns the artifact's id and digest."""
+    artifact, _, _ = artifact_register(integration=world.shop, env=env, tag=tag, actor=Actor.system("promotion"))
+    return {"id": artifact.pk, "digest": artifact.digest}
 
 
 @pytest.mark.django_db
@@ -99,7 +107,7 @@ def test_approve_with_a_personal_token_then_reject_cancel_and_retry(world, run_w
     ci, rm, rm2 = world.caller("ci_own"), world.caller("rm"), world.caller("rm2")
     digest = world.push(world.dev, "3.0.0")
     world.copy(world.dev, world.staging, "3.0.0")
-    register(world, ci, "staging", "3.0.0")
+    arrive(world, "staging", "3.0.0")
 
     requested = rm2.post("/api/v1/promotions/", {"integration": world.shop.name, "artifact": digest, "to_env": "prod"})
     assert requested.status_code == 201 and requested.json()["state"] == "pending_approval"
@@ -115,7 +123,7 @@ def test_approve_with_a_personal_token_then_reject_cancel_and_retry(world, run_w
     # Reject and cancel end other requests.
     world.push(world.dev, "3.1.0")
     world.copy(world.dev, world.staging, "3.1.0")
-    second = register(world, ci, "staging", "3.1.0").json()
+    second = arrive(world, "staging", "3.1.0")
     pk2 = rm2.post(
         "/api/v1/promotions/", {"integration": world.shop.name, "artifact": second["digest"], "to_env": "prod"}
     ).json()["id"]
@@ -153,8 +161,8 @@ def test_rollback_returns_the_bucket_to_an_earlier_artifact(world, run_worker):
     for tag in ("4.0.0", "4.1.0"):
         world.push(world.dev, tag)
         world.copy(world.dev, world.staging, tag)
-    first = register(world, ci, "staging", "4.0.0").json()
-    register(world, ci, "staging", "4.1.0")
+    first = arrive(world, "staging", "4.0.0")
+    arrive(world, "staging", "4.1.0")
     response = world.caller("rm").post(
         f"/api/v1/integrations/{world.shop.name}/rollback/",
         {"env": "staging", "to": first["digest"], "reason": "4.1.0 breaks checkout"},
@@ -173,8 +181,8 @@ def test_a_rollback_through_a_freeze_takes_an_override_reason_from_a_platform_ad
     ci = world.caller("ci_own")
     for tag in ("4.0.0", "4.1.0"):
         world.push(world.staging, tag)
-    first = register(world, ci, "staging", "4.0.0").json()
-    register(world, ci, "staging", "4.1.0")
+    first = arrive(world, "staging", "4.0.0")
+    arrive(world, "staging", "4.1.0")
     freeze_window_create(
         name="Black Friday",
         environments=["staging"],
@@ -216,11 +224,13 @@ def test_import_copies_from_a_build_registry_and_the_job_can_be_followed(world, 
 
 
 @pytest.mark.django_db
-def test_push_credentials_only_where_the_bucket_allows_them(world):
+def test_push_credentials_only_where_the_bucket_allows_them(world, token_registry_server):
+    Bucket.objects.filter(integration=world.shop).update(registry=token_registry_server.row())
+    world.dev.refresh_from_db()
     ci = world.caller("ci_own")
     response = ci.post(f"/api/v1/integrations/{world.shop.name}/push-credentials/", {"env": "dev"})
     assert response.status_code == 200, response.content
-    assert response.json()["registry"] == world.registry_url.split("://", 1)[1]
+    assert response.json()["registry"] == token_registry_server.url.split("://", 1)[1]
     assert response.json()["image"] == world.dev.image_name
     refused = ci.post(f"/api/v1/integrations/{world.shop.name}/push-credentials/", {"env": "staging"})
     assert refused.status_code == 403 and "allow_push_credentials" in refused.json()["error"]["message"]

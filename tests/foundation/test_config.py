@@ -356,3 +356,23 @@ def test_a_name_is_checked_whole_so_a_trailing_line_break_is_refused_with_its_pa
     rule = "must be lowercase letters, digits and '-', at most 63 characters"
     assert err.splitlines() == [f"{path}: workflows[0].name: name 'wf\\n' {rule}"]
     assert not Workflow.objects.exists()
+
+
+def test_bucket_push_options_are_read_exported_and_checked(db, config_file, tmp_path):
+    text = EXAMPLE_CONFIG.replace(
+        "{env: prod, registry: prod, repository: payments/api, immutable_tags: true}",
+        "{env: prod, registry: prod, repository: payments/api, immutable_tags: true, allow_direct_register: true,\n"
+        "         allow_push_credentials: true, push_role_arn: 'arn:aws:iam::123456789012:role/p2p-push'}",
+    )
+    run("apply_config", config_file(text))
+    prod = Bucket.objects.get(integration__name="payments-api", env="prod")
+    assert (prod.allow_direct_register, prod.push_role_arn) == (True, "arn:aws:iam::123456789012:role/p2p-push")
+    assert Bucket.objects.get(integration__name="payments-api", env="qa").allow_direct_register is False
+    exported = tmp_path / "exported.yaml"
+    run("export_config", "-o", str(exported))
+    [bucket] = [b for b in yaml.safe_load(exported.read_text())["integrations"][0]["buckets"] if b["env"] == "prod"]
+    assert bucket["allow_direct_register"] is True and bucket["push_role_arn"].endswith(":role/p2p-push")
+    assert run("apply_config", str(exported))[0].strip() == "No changes."
+
+    err, _ = failing("apply_config", config_file(text.replace("arn:aws:iam::123456789012:role", "not-an-arn")))
+    assert "push_role_arn" in err and "not an IAM role ARN" in err

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import boto3
 import pytest
 
-from ci_integrations.registry import RegistrySpec, TagConflict, copy_image, push_credentials
+from ci_integrations.registry import RegistrySpec, TagConflict, copy_image
 from ci_integrations.registry.providers import acr, ecr, gar, provider_name_for_host
 from tests.registry.conftest import FAST, location
 from tests.support.images import get_manifest, get_manifest_digest, push_random_image, put_manifest
@@ -28,16 +28,6 @@ def test_provider_is_guessed_from_the_registry_host():
     assert provider_name_for_host("myreg.azurecr.io") == "acr"
     assert provider_name_for_host("docker.io") == "dockerhub"
     assert provider_name_for_host("127.0.0.1:5000") == "generic"
-
-
-def test_generic_push_credentials_are_the_stored_basic_ones():
-    spec = RegistrySpec("generic", "https://harbor.example.com", credentials={"username": "ci", "password": "pw"})
-    assert push_credentials(spec) == {
-        "username": "ci",
-        "password": "pw",
-        "expires_at": None,
-        "registry": "harbor.example.com",
-    }
 
 
 # --- ECR: moto for the AWS API ----------------------------------------------------------------------------------
@@ -117,16 +107,16 @@ def test_ecr_login_comes_from_get_authorization_token_and_is_cached(aws, registr
 
     assert get_manifest_digest(ecr_registry.url, "prod/api", "1.1", auth=("AWS", ECR_PASSWORD)) == digest
     assert api.calls == ["get_authorization_token"]  # one token for both copies
-    login = push_credentials(dst)
-    assert (login["username"], login["password"]) == ("AWS", ECR_PASSWORD)
-    assert dt.datetime.fromisoformat(login["expires_at"]) > dt.datetime.now(dt.UTC) + dt.timedelta(hours=11)
+    login, expires_at = ecr.EcrProvider().token(dst)
+    assert (login.username, login.password) == ("AWS", ECR_PASSWORD)
+    assert expires_at > dt.datetime.now(dt.UTC) + dt.timedelta(hours=11)
 
 
 def test_ecr_token_close_to_expiry_is_fetched_again(aws, ecr_registry, monkeypatch):
     api = EcrApi(ecr_registry.url, expires_in=dt.timedelta(minutes=2))
     monkeypatch.setattr(ecr, "ecr_client", lambda spec: api)
-    push_credentials(_ecr_spec(ecr_registry.url))
-    push_credentials(_ecr_spec(ecr_registry.url))
+    ecr.EcrProvider().token(_ecr_spec(ecr_registry.url))
+    ecr.EcrProvider().token(_ecr_spec(ecr_registry.url))
     assert api.calls == ["get_authorization_token", "get_authorization_token"]
 
 
@@ -202,7 +192,6 @@ def test_gar_uses_a_google_access_token_as_oauth2accesstoken(registry, google):
         auth = ("oauth2accesstoken", "ya29.fake-1")
         assert get_manifest_digest(gar_registry.url, "proj/repo/api", "1.0", auth=auth) == digest
         assert google.refreshes == 1
-        assert push_credentials(dst)["username"] == "oauth2accesstoken"
     finally:
         gar_registry.stop()
 
@@ -305,7 +294,6 @@ def test_acr_exchanges_an_entra_token_for_refresh_and_access_tokens(
     assert len(front.exchanges) == 1 and front.exchanges[0]["service"] == proxy.host
     assert entra.scopes == [acr.ENTRA_SCOPE]
     assert "repository:prod/api:pull,push" in {f["scope"] for f in front.token_requests}
-    assert push_credentials(dst)["username"] == acr.NULL_USER
     acr._refresh_tokens.clear()
 
 

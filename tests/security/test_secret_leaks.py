@@ -348,39 +348,52 @@ def test_a_destination_echoing_the_authorization_header_leaks_it_nowhere(
 # --- push credentials ---------------------------------------------------------------------------------------------
 
 
-def test_push_credentials_are_answered_once_and_kept_nowhere(plain_registry, locked_registry, logs):
+def test_push_credentials_are_answered_once_and_kept_nowhere(plain_registry, logs):
     credentials = {"username": "builder", "password": "builder-Pa55word-long"}
-    integration, qa, _ = pipeline(locked_registry.url, plain_registry.url)
-    Bucket.objects.filter(pk=qa.pk).update(allow_push_credentials=True)
-    qa.registry.set_credentials(credentials)
-    qa.registry.save()
-    token = ci_token(integration)
-    path = f"/api/v1/integrations/{integration.name}/push-credentials/"
+    tokens = start_token_server(users={credentials["username"]: credentials["password"]})
+    issued: list[str] = []
+    issue = tokens.issue
 
-    key = uuid.uuid4().hex
-    first = api(token, "POST", path, {"env": "qa"}, **{"Idempotency-Key": key})
-    again = api(token, "POST", path, {"env": "qa"}, **{"Idempotency-Key": key})
-    assert first.status_code == again.status_code == 200
-    assert first.json()["password"] == again.json()["password"] == credentials["password"]
+    def recording(user, scopes):
+        issued.append(issue(user, scopes))
+        return issued[-1]
+
+    tokens.issue = recording
+    locked = start_registry(token_auth=tokens.registry_config)
+    try:
+        integration, qa, _ = pipeline(locked.url, plain_registry.url)
+        Bucket.objects.filter(pk=qa.pk).update(allow_push_credentials=True)
+        qa.registry.set_credentials(credentials)
+        qa.registry.save()
+        token = ci_token(integration)
+        path = f"/api/v1/integrations/{integration.name}/push-credentials/"
+
+        key = uuid.uuid4().hex
+        first = api(token, "POST", path, {"env": "qa"}, **{"Idempotency-Key": key})
+        again = api(token, "POST", path, {"env": "qa"}, **{"Idempotency-Key": key})
+        refused = api(token, "POST", path, {"env": "staging"})
+    finally:
+        locked.stop()
+        tokens.stop()
+    assert first.status_code == again.status_code == 200, first.content
+    assert [first.json()["token"], again.json()["token"]] == issued  # two fresh tokens, each answered once
+    assert first.json()["password"] is None and credentials["password"] not in first.content.decode()
     assert again.get("Idempotent-Replayed") is None  # answered afresh, not from a stored copy
     # The stored-response table is plain JSON shown in the admin: push credentials are never written to it.
     assert not IdempotencyRecord.objects.exists()
-    refused = api(token, "POST", path, {"env": "staging"})
     assert refused.status_code == 403
+    assert AuditEntry.objects.filter(action="push_credentials.issued").count() == 2
     assert_nothing_leaked(
-        [credentials["password"], basic_value(**credentials), token], logs, refused=refused.content.decode()
+        [credentials["password"], basic_value(**credentials), token, *issued], logs, refused=refused.content.decode()
     )
 
 
 def test_ecr_push_credentials_with_debug_logging_leak_no_aws_secret_or_ecr_token(plain_registry, monkeypatch, logs):
     from moto import mock_aws
 
-    from ci_integrations.registry.providers import ecr
-
     aws = {"aws_access_key_id": "AKIAEXAMPLEKEY123456", "aws_secret_access_key": "test-Secret-Access-Key-0123456789"}
     aws["aws_session_token"] = "test-Session-Token-abcdefghijklmnop"
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    ecr._tokens.clear()
     with mock_aws():
         integration, qa, _ = pipeline(plain_registry.url, plain_registry.url)
         registry = Registry.objects.create(
@@ -390,10 +403,13 @@ def test_ecr_push_credentials_with_debug_logging_leak_no_aws_secret_or_ecr_token
         )
         registry.set_credentials(aws)
         registry.save()
-        Bucket.objects.filter(pk=qa.pk).update(registry=registry, allow_push_credentials=True)
+        Bucket.objects.filter(pk=qa.pk).update(
+            registry=registry,
+            allow_push_credentials=True,
+            push_role_arn="arn:aws:iam::123456789012:role/p2p-push",
+        )
         token = ci_token(integration)
         answer = api(token, "POST", f"/api/v1/integrations/{integration.name}/push-credentials/", {"env": "qa"})
-    ecr._tokens.clear()
     assert answer.status_code == 200, answer.content
     password = answer.json()["password"]
     assert answer.json()["username"] == "AWS" and password

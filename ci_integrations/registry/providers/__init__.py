@@ -6,13 +6,23 @@ the Google or Azure SDKs (they cost tens of MiB of memory and seconds of import 
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import threading
+from dataclasses import dataclass, field
 
-from ..auth import Authenticator, BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token
+from ..auth import (
+    Authenticator,
+    BasicCredentials,
+    CredentialSource,
+    TokenFetcher,
+    describe_url,
+    fetch_docker_token,
+    repository_scope,
+)
 from ..client import Endpoint, Manifest, RegistryClient
 from ..errors import InvalidReference
-from ..refs import ImageLocation, RegistrySpec
+from ..refs import ImageLocation, RegistrySpec, check_repository
 from ..transport import RetryPolicy, Timeouts
 
 PROVIDERS = {
@@ -22,6 +32,40 @@ PROVIDERS = {
     "gar": "ci_integrations.registry.providers.gar.GarProvider",
     "acr": "ci_integrations.registry.providers.acr.AcrProvider",
 }
+
+
+@dataclass(frozen=True)
+class PushScope:
+    """What a push credential is for: one repository, and the bucket's settings that let a cloud scope it.
+
+    role_arn (ECR): a role the portal may assume; the session is narrowed to the repository by a session policy.
+    service_account (GAR): a service account the portal may impersonate, holding write access to that repository
+    only. session_name names the session in the cloud's own logs (CloudTrail) so a push can be traced to a bucket.
+    """
+
+    repository: str
+    role_arn: str = ""
+    service_account: str = ""
+    session_name: str = "p2p-push"
+
+
+@dataclass(frozen=True)
+class PushCredentials:
+    """A credential for one repository. kind "bearer": send `token` as `Authorization: Bearer` (Docker's config.json
+    `registrytoken`, `--registry-token` of oras, skopeo, crane); kind "basic": `docker login` with username and
+    password. `identity` and `issuer` say who the registry will see and who issued it (for the audit log)."""
+
+    registry: str
+    kind: str
+    scope: str
+    expires_at: dt.datetime
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    identity: str = ""
+    issuer: str = ""
+
+
 _loaded: dict[str, Provider] = {}
 _lock = threading.Lock()
 
@@ -78,16 +122,36 @@ class Provider:
         """Copy server-side if this provider can; return the fast path's name, or None to use the plain path."""
         return None
 
-    def push_credentials(self, spec: RegistrySpec) -> dict:
-        """Short-lived credentials for `docker login`; generic Basic credentials are returned as they are."""
+    def login_credentials(self, spec: RegistrySpec) -> BasicCredentials | None:
+        """The registry-wide login the portal itself uses (stored, or fetched from the cloud), for another service of
+        ours that pulls on our behalf (ACR import). Never for handing to CI: see push_credentials."""
         source = self.credential_source(spec)
-        creds = source() if source else None
-        return {
-            "username": creds.username if creds else None,
-            "password": creds.password if creds else None,
-            "expires_at": None,
-            "registry": self.host(spec),
-        }
+        return source() if source else None
+
+    def push_credentials(self, spec: RegistrySpec, scope: PushScope) -> PushCredentials:
+        """Credentials that can pull and push `scope.repository` and nothing else, for as short a time as the
+        registry allows.
+
+        Generic OCI registries (distribution, Harbor, Docker Hub, GHCR, Quay, ACR): a bearer token for
+        `repository:<repo>:pull,push` from the token service the registry names in its challenge, asked for with the
+        portal's credentials. A registry with Basic auth only (or none) cannot scope anything: CannotScope.
+        """
+        repository = check_repository(scope.repository)
+        wanted = repository_scope(repository, "pull", "push")
+        with self.client(spec, pool_size=1) as client:
+            token, lifetime, challenge = client.transport.scoped_token((wanted,))
+        return PushCredentials(
+            registry=self.login_host(spec),
+            kind="bearer",
+            token=token,
+            scope=wanted,
+            expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=lifetime),
+            issuer=describe_url(challenge.params["realm"]),
+        )
+
+    def login_host(self, spec: RegistrySpec) -> str:
+        """The host name clients log in to (what `docker login` and image names use)."""
+        return self.host(spec)
 
 
 def provider_for(spec: RegistrySpec) -> Provider:

@@ -2,13 +2,14 @@
 
 Auth: admin user or service principal work as plain Basic. Otherwise an Entra ID token from azure-identity is
 exchanged at /oauth2/exchange for an ACR refresh token, which /oauth2/token turns into scoped access tokens.
+Push credentials are such an access token for `repository:<repo>:pull,push` (the generic token path: ACR's /v2/
+challenge names /oauth2/token), never the refresh token, which is good for the whole registry.
 Fast path: server-side `import_image` from another registry ACR can reach (another ACR by resource id, or any
 https registry with short-lived credentials), so the bytes never pass through the worker.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 
@@ -130,18 +131,6 @@ class AcrProvider(Provider):
             _refresh_tokens[key] = fresh
         return fresh
 
-    def push_credentials(self, spec: RegistrySpec) -> dict:
-        creds = spec.credentials or {}
-        if creds.get("username") and creds.get("password"):
-            return super().push_credentials(spec)
-        token, expires = self.refresh_token(spec)
-        return {
-            "username": NULL_USER,
-            "password": token,
-            "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(),
-            "registry": self.host(spec),
-        }
-
     def registry_name(self, spec: RegistrySpec) -> str:
         return spec.options.get("registry_name") or self.host(spec).split(".")[0].split(":")[0]
 
@@ -168,10 +157,11 @@ class AcrProvider(Provider):
         if src.registry.provider == "acr" and src_options.get("subscription_id") and src_options.get("resource_group"):
             source = ImportSource(resource_id=self.resource_id(src.registry), source_image=source_image)
         elif src.registry.url.startswith("https://"):
-            login = provider_for(src.registry).push_credentials(src.registry)
+            # ACR's servers pull from the source on our behalf, so they get the portal's own (pull) login for it.
+            login = provider_for(src.registry).login_credentials(src.registry)
             credentials = (
-                ImportSourceCredentials(username=login["username"], password=login["password"])
-                if login.get("password")
+                ImportSourceCredentials(username=login.username, password=login.password)
+                if login and login.password
                 else None
             )
             source = ImportSource(

@@ -18,5 +18,6 @@ class DockerHubProvider(Provider):
             return Endpoint("https://registry-1.docker.io", verify=endpoint.verify)
         return endpoint  # a pull-through mirror of Hub
 
-    def push_credentials(self, spec: RegistrySpec) -> dict:
-        return {**super().push_credentials(spec), "registry": "docker.io"}
+    def login_host(self, spec: RegistrySpec) -> str:
+        host = self.host(spec)
+        return "docker.io" if host == "registry-1.docker.io" else host  # the name images and `docker login` use

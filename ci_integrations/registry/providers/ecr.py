@@ -1,5 +1,7 @@
 """Amazon ECR: Basic `AWS:<token>` from `get_authorization_token`, and a same-repository retag with put_image.
 
+Push credentials for CI come from a role assumed with a session policy for one repository (see push_credentials).
+
 The token lasts 12 hours; we keep it until 5 minutes before it expires. Blob mounting needs nothing special: ECR
 hosts are per account and region, so "same host" is exactly "same account and region".
 """
@@ -8,17 +10,30 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import re
 import threading
+from dataclasses import replace
 
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
-from ..errors import AccessDenied, AuthenticationError, NotFound, TagConflict, remember_secret
-from ..refs import ImageLocation, RegistrySpec
-from . import Provider
+from ..errors import AccessDenied, AuthenticationError, CannotScope, NotFound, TagConflict, remember_secret
+from ..refs import ImageLocation, RegistrySpec, check_repository
+from . import Provider, PushCredentials, PushScope
 
 _HOST_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 REFRESH_MARGIN = dt.timedelta(minutes=5)
+# A push credential's session: one hour is the most STS allows when the portal itself runs as an assumed role.
+PUSH_SESSION_SECONDS = 3600
+PUSH_ACTIONS = [
+    "ecr:BatchCheckLayerAvailability",
+    "ecr:BatchGetImage",
+    "ecr:GetDownloadUrlForLayer",
+    "ecr:InitiateLayerUpload",
+    "ecr:UploadLayerPart",
+    "ecr:CompleteLayerUpload",
+    "ecr:PutImage",
+]
 _tokens: dict[tuple, tuple[BasicCredentials, dt.datetime]] = {}
 _lock = threading.Lock()
 
@@ -27,16 +42,57 @@ def ecr_client(spec: RegistrySpec):
     """A boto3 ECR client for the spec's region and credentials (ambient chain when none are stored)."""
     import boto3
 
+    return boto3.client("ecr", region_name=region_of(spec), **aws_credentials(spec))
+
+
+def sts_client(spec: RegistrySpec):
+    """A boto3 STS client in the registry's region, with the portal's own credentials (stored, else ambient)."""
+    import boto3
+
+    return boto3.client("sts", region_name=region_of(spec), **aws_credentials(spec))
+
+
+def aws_credentials(spec: RegistrySpec) -> dict:
+    """boto3 keyword arguments for the spec's stored AWS keys; empty for the ambient chain."""
     creds = spec.credentials or {}
-    kwargs = {}
-    if creds.get("aws_access_key_id"):
-        remember_secret(creds.get("aws_secret_access_key"), creds.get("aws_session_token"))
-        kwargs = {
-            "aws_access_key_id": creds["aws_access_key_id"],
-            "aws_secret_access_key": creds.get("aws_secret_access_key"),
-            "aws_session_token": creds.get("aws_session_token"),
-        }
-    return boto3.client("ecr", region_name=region_of(spec), **kwargs)
+    if not creds.get("aws_access_key_id"):
+        return {}
+    remember_secret(creds.get("aws_secret_access_key"), creds.get("aws_session_token"))
+    return {
+        "aws_access_key_id": creds["aws_access_key_id"],
+        "aws_secret_access_key": creds.get("aws_secret_access_key"),
+        "aws_session_token": creds.get("aws_session_token"),
+    }
+
+
+def repository_arn(region: str, account: str, repository: str) -> str:
+    """arn:<partition>:ecr:<region>:<account>:repository/<name>, in the partition the region belongs to."""
+    partition = "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-") else "aws"
+    return f"arn:{partition}:ecr:{region}:{account}:repository/{repository}"
+
+
+def push_session_policy(repository_arn: str) -> dict:
+    """The session policy of a push credential: push and pull on one repository, and the login call (which IAM only
+    knows on "*"; the token it gives carries the session's rights, so it reaches no other repository)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "PushPullThisRepository", "Effect": "Allow", "Action": PUSH_ACTIONS, "Resource": repository_arn},
+            {"Sid": "Login", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+        ],
+    }
+
+
+def session_name(wanted: str) -> str:
+    """An STS RoleSessionName (2–64 of [A-Za-z0-9+=,.@_-]) from a description such as 'p2p-shop-dev'."""
+    cleaned = re.sub(r"[^A-Za-z0-9+=,.@_-]", "-", wanted)[:64]
+    return cleaned if len(cleaned) >= 2 else "p2p-push"
+
+
+def _aware(moment: dt.datetime | None) -> dt.datetime:
+    if moment is None:
+        return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=PUSH_SESSION_SECONDS)
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def region_of(spec: RegistrySpec) -> str:
@@ -97,17 +153,62 @@ class EcrProvider(Provider):
             _tokens[key] = fresh
         return fresh
 
-    def push_credentials(self, spec: RegistrySpec) -> dict:
-        creds = spec.credentials or {}
-        if creds.get("username") and creds.get("password"):
-            return super().push_credentials(spec)
-        basic, expires_at = self.token(spec)
-        return {
-            "username": basic.username,
-            "password": basic.password,
-            "expires_at": expires_at.isoformat(),
-            "registry": self.host(spec),
-        }
+    def push_credentials(self, spec: RegistrySpec, scope: PushScope) -> PushCredentials:
+        """An ECR login that can push and pull one repository only, valid for at most PUSH_SESSION_SECONDS.
+
+        ECR tokens carry the rights of whoever asked for them, and the portal's own role can write every repository.
+        So the portal assumes the bucket's push role with a session policy naming only that repository's ARN (the
+        session's rights are the intersection of the role's and the policy's) and asks for the token as that session.
+        """
+        repository = check_repository(scope.repository)
+        if not scope.role_arn:
+            raise CannotScope(
+                f"ECR registry {self.host(spec)}: an ECR login is good for every repository the caller's role can "
+                "reach, so none is handed out without a role to narrow: set the bucket's push_role_arn to a role "
+                "the portal may assume (sts:AssumeRole) that can push to this repository"
+            )
+        region, account = region_of(spec), registry_id_of(spec)
+        if not account:
+            raise CannotScope(f"ECR registry {spec.url}: set options.registry_id (the account) to name the repository")
+        arn = repository_arn(region, account, repository)
+        try:
+            answer = sts_client(spec).assume_role(
+                RoleArn=scope.role_arn,
+                RoleSessionName=session_name(scope.session_name),
+                Policy=json.dumps(push_session_policy(arn), separators=(",", ":")),
+                DurationSeconds=PUSH_SESSION_SECONDS,
+            )
+        except Exception as exc:
+            raise _sdk_error(exc, f"STS assume_role {scope.role_arn}") from None
+        session = answer["Credentials"]
+        remember_secret(session["SecretAccessKey"], session["SessionToken"])
+        narrowed = replace(
+            spec,
+            credentials={
+                "aws_access_key_id": session["AccessKeyId"],
+                "aws_secret_access_key": session["SecretAccessKey"],
+                "aws_session_token": session["SessionToken"],
+            },
+        )
+        try:
+            token = ecr_client(narrowed).get_authorization_token(registryIds=[account])
+        except Exception as exc:
+            raise _sdk_error(exc, "ECR get_authorization_token (as the push role)") from None
+        data = token["authorizationData"][0]
+        username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+        remember_secret(password)
+        # An ECR token lives 12 hours but dies with the session behind it; report the earlier of the two.
+        expires_at = min(_aware(data.get("expiresAt")), _aware(session.get("Expiration")))
+        return PushCredentials(
+            registry=self.host(spec),
+            kind="basic",
+            username=username,
+            password=password,
+            scope=arn,
+            expires_at=expires_at,
+            identity=answer.get("AssumedRoleUser", {}).get("Arn", scope.role_arn),
+            issuer="ecr:GetAuthorizationToken",
+        )
 
     def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
         """Same repository, new tag: put_image with the manifest ECR already has (no blob traffic at all)."""

@@ -1,11 +1,13 @@
 """Google Artifact Registry (and gcr.io hosts, which GAR now serves): an access token as Basic oauth2accesstoken.
 
+Push credentials for CI are a token of a service account impersonated for the bucket (see push_credentials).
 Fast path: a new tag on an image already in the same repository is one Artifact Registry API call (create or move
 the tag), with no manifest or blob traffic.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from dataclasses import dataclass
@@ -13,11 +15,12 @@ from urllib.parse import quote
 
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
-from ..errors import AuthenticationError, TagConflict
-from ..refs import ImageLocation, RegistrySpec
-from . import Provider
+from ..errors import AuthenticationError, CannotScope, TagConflict, remember_secret
+from ..refs import ImageLocation, RegistrySpec, check_repository
+from . import Provider, PushCredentials, PushScope
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+PUSH_TOKEN_SECONDS = 3600  # what CI gets; google-auth's impersonation allows up to 12 hours
 _GCR_LOCATIONS = {"gcr.io": "us", "us.gcr.io": "us", "eu.gcr.io": "europe", "asia.gcr.io": "asia"}
 _lock = threading.Lock()
 _credentials: dict[tuple, object] = {}
@@ -112,17 +115,56 @@ class GarProvider(Provider):
                     raise AuthenticationError(f"could not get a Google access token: {type(exc).__name__}") from None
             return credentials.token, getattr(credentials, "expiry", None)
 
-    def push_credentials(self, spec: RegistrySpec) -> dict:
-        creds = spec.credentials or {}
-        if creds.get("username") and creds.get("password"):
-            return super().push_credentials(spec)
-        token, expiry = self.access_token(spec)
-        return {
-            "username": "oauth2accesstoken",
-            "password": token,
-            "expires_at": expiry.isoformat() if expiry else None,
-            "registry": self.host(spec),
-        }
+    def push_credentials(self, spec: RegistrySpec, scope: PushScope) -> PushCredentials:
+        """An access token of the bucket's push service account, which the portal impersonates for at most
+        PUSH_TOKEN_SECONDS; never the portal's own token.
+
+        A Google access token is good for every API and resource its account may touch, and the portal's account
+        can write every repository it promotes into. The push account should hold only Artifact Registry Writer on
+        the bucket's Artifact Registry repository; the portal needs Service Account Token Creator on it.
+        """
+        check_repository(scope.repository)
+        if not scope.service_account:
+            raise CannotScope(
+                f"Artifact Registry {self.host(spec)}: the portal's own access token is good for every repository and "
+                "API it may use, so it is never handed out: set the bucket's push_service_account to a service "
+                "account that can write this repository only (the portal needs roles/iam.serviceAccountTokenCreator "
+                "on it)"
+            )
+        source = _cached_credentials(spec)
+        if scope.service_account == getattr(source, "service_account_email", None):
+            raise CannotScope(
+                f"push_service_account {scope.service_account} is the portal's own account; name one that can write "
+                "this repository only"
+            )
+        from google.auth import impersonated_credentials
+        from google.auth.transport.requests import Request
+
+        target = impersonated_credentials.Credentials(
+            source_credentials=source,
+            target_principal=scope.service_account,
+            target_scopes=SCOPES,  # Artifact Registry's Docker endpoint accepts no narrower OAuth scope
+            lifetime=PUSH_TOKEN_SECONDS,
+        )
+        try:
+            target.refresh(Request())
+        except Exception as exc:
+            raise AuthenticationError(
+                f"could not impersonate {scope.service_account}: {type(exc).__name__} (does the portal hold "
+                "roles/iam.serviceAccountTokenCreator on it?)"
+            ) from None
+        remember_secret(target.token)
+        expiry = target.expiry or dt.datetime.now(dt.UTC) + dt.timedelta(seconds=PUSH_TOKEN_SECONDS)
+        return PushCredentials(
+            registry=self.host(spec),
+            kind="basic",
+            username="oauth2accesstoken",
+            password=target.token,
+            scope=scope.repository,
+            expires_at=expiry if expiry.tzinfo else expiry.replace(tzinfo=dt.UTC),
+            identity=scope.service_account,
+            issuer="iamcredentials.generateAccessToken",
+        )
 
     def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
         if (
