@@ -53,6 +53,16 @@ def _bucket(integration: Integration, env: str) -> Bucket:
         raise no_bucket(integration, env) from None
 
 
+def _import_target(integration: Integration) -> Bucket | None:
+    """The bucket an import lands in: the first one (by position) where images may enter from outside, that is an
+    entry environment of the workflow. An import lands where CI would register, never in a later bucket that only a
+    promotion (with its approvals and checks) may fill."""
+    for bucket in integration.buckets.select_related("integration").order_by("position", "id"):
+        if bucket.direct_arrival_refusal() is None:
+            return bucket
+    return None
+
+
 class ImportTimedOut(ServiceError):
     """An import ran past P2P_IMPORT_TIMEOUT: its copy is abandoned and the import ends failed."""
 
@@ -164,7 +174,7 @@ def artifact_import(
         isinstance(source_credentials, dict) and all(isinstance(v, str) for v in source_credentials.values())
     ):
         raise InvalidInput("source_credentials must map names (username, password) to text")
-    bucket = integration.buckets.order_by("position", "id").first()
+    bucket = _import_target(integration)
     if bucket is None:
         raise StateConflict(f"integration {integration.name!r} has no bucket to import into")
     with transaction.atomic():

@@ -308,6 +308,17 @@ def test_import_copies_from_a_build_registry_into_the_first_bucket(world, rq_que
     assert arrival.artifact.git_sha == "deadbeef"
 
 
+def test_an_import_lands_in_the_workflows_entry_bucket_even_when_a_later_bucket_comes_first(world, registry_servers):
+    """Buckets are ordered for display; an import must still enter where CI registers, never skip into prod."""
+    outside, _ = registry_servers
+    Bucket.objects.filter(pk=world.prod.pk).update(position=0)  # prod is listed first
+    Bucket.objects.filter(pk__in=[world.qa.pk, world.staging.pk]).update(position=5)
+    job = artifact_import(
+        integration=world.integration, source=f"{outside.host}/outside/app:1.0", actor=world.actor(world.alice)
+    )
+    assert job.arguments["env"] == "qa"
+
+
 def test_an_import_copies_with_the_configured_number_of_blob_streams(
     world, rq_queues, run_worker, registry_servers, settings, monkeypatch
 ):

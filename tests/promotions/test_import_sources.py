@@ -39,7 +39,9 @@ def fake_dns(monkeypatch):
 
 def import_request(world, source: str):
     """POST an import as CI does, with a CI token of the world's integration."""
-    _, plain = token_create(name="ci", kind="ci", actor=Actor.system("test"), integrations=[world.integration])
+    _, plain = token_create(
+        name="ci", kind="ci", actor=Actor.system("test"), integrations=[world.integration], system=True
+    )
     return Client().post(
         f"/api/v1/integrations/{world.integration.name}/imports/",
         {"source": source},
