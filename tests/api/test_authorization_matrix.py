@@ -126,7 +126,7 @@ def matrix(world) -> dict[str, Row]:
         "api-artifacts POST staging": Row(
             "POST",
             f"/api/v1/integrations/{shop}/artifacts/",
-            {**write, "ci_own": 403, "admin": 403},
+            {**write, "ci_own": 403, "ci_system": 403, "admin": 403},
             {"env": "staging", "tag": "matrix"},
         ),
         "api-imports": Row(
