@@ -1,0 +1,82 @@
+"""A delivery history with known timestamps: two integrations, their prod and staging buckets, and arrivals by
+promotion, rollback and push written as rows (the figures only read rows, so no registry is involved)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pytest
+
+from ci_integrations.models import Arrival, Artifact, Bucket, Integration, Registry
+
+NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)  # the 7-day window is 2026-03-09 00:00 to 2026-03-16 00:00
+
+
+def at(day: int, hour: int, minute: int = 0) -> datetime:
+    """A moment in March 2026 (UTC)."""
+    return datetime(2026, 3, day, hour, minute, tzinfo=UTC)
+
+
+@dataclass
+class History:
+    """Integrations with buckets per environment, and helpers that write arrivals at given moments."""
+
+    registry: Registry
+    integrations: dict[str, Integration] = field(default_factory=dict)
+    buckets: dict[tuple[str, str], Bucket] = field(default_factory=dict)
+
+    def integration(self, name: str) -> Integration:
+        if name not in self.integrations:
+            integration = Integration.objects.create(name=name)
+            self.integrations[name] = integration
+            for position, env in enumerate(["staging", "prod"]):
+                self.buckets[name, env] = Bucket.objects.create(
+                    integration=integration, env=env, position=position, registry=self.registry, repository=name
+                )
+        return self.integrations[name]
+
+    def artifact(self, name: str, *, created_at: datetime, commit_time: str | None = None) -> Artifact:
+        labels = {"commit_time": commit_time} if commit_time else {}
+        return Artifact.objects.create(
+            integration=self.integration(name),
+            digest="sha256:" + hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+            created_at=created_at,
+            labels=labels,
+        )
+
+    def arrive(self, artifact: Artifact, env: str, when: datetime, how: str = Arrival.How.PROMOTION) -> Arrival:
+        bucket = self.buckets[artifact.integration.name, env]
+        return Arrival.objects.create(bucket=bucket, artifact=artifact, tag="t", how=how, arrived_at=when)
+
+
+@pytest.fixture
+def history(db) -> History:
+    return History(registry=Registry.objects.create(name=f"r-{uuid.uuid4().hex[:8]}", url="http://127.0.0.1:5999"))
+
+
+@pytest.fixture
+def known_week(history) -> History:
+    """shop: three promotions and one rollback into prod; cart: one promotion, rolled back two hours later.
+
+    Expected (7 days to NOW): 6 deployments, 2 rollbacks, 2 failed deployments; lead times 2 h, 54 h (from the
+    commit time), 1 h and 24 h; restores 30 min and 2 h.
+    """
+    a1 = history.artifact("shop", created_at=at(10, 8))
+    history.arrive(a1, "staging", at(10, 9))  # staging is another environment: never counted for prod
+    history.arrive(a1, "prod", at(10, 10))  # lead 2 h
+    a2 = history.artifact("shop", created_at=at(9, 10), commit_time="2026-03-09T04:00:00Z")
+    history.arrive(a2, "prod", at(11, 10))  # lead 54 h from the commit time
+    history.arrive(a1, "prod", at(11, 10, 30), Arrival.How.ROLLBACK)  # a2 failed; restored in 30 min
+    a3 = history.artifact("shop", created_at=at(12, 9))
+    history.arrive(a3, "prod", at(12, 10))  # lead 1 h
+    old = history.artifact("shop", created_at=at(1, 9))
+    history.arrive(old, "prod", at(1, 10))  # before the window
+    c1 = history.artifact("cart", created_at=at(13, 9))
+    history.arrive(c1, "prod", at(14, 9))  # lead 24 h
+    history.arrive(c1, "prod", at(14, 11), Arrival.How.ROLLBACK)  # c1 failed; restored in 2 h
+    pushed = history.artifact("cart", created_at=at(14, 12))
+    history.arrive(pushed, "prod", at(14, 13), Arrival.How.PUSH)  # a push is not a deployment
+    return history
