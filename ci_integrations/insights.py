@@ -53,6 +53,14 @@ DEPLOYING = (Arrival.How.PROMOTION, Arrival.How.ROLLBACK)
 COMMIT_TIME_PATTERN = r"^[1-9]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ$"
 COMMIT_TIME_LABEL = "commit_time"
 
+# The four keys, with the two halves of lead time, as the API names them.
+KEYS = (
+    "deployment_frequency_per_day",
+    "lead_time_median_seconds",
+    "lead_time_p90_seconds",
+    "change_failure_rate",
+    "time_to_restore_median_seconds",
+)
 ELITE, HIGH, MEDIUM, LOW = "elite", "high", "medium", "low"
 # (limit, band) from best to worst: the first limit the value is within gives the band; past every limit is low.
 BAND_LIMITS = {
@@ -96,6 +104,16 @@ class DoraFigures:
     lead_time_median: float | None
     lead_time_p90: float | None
     time_to_restore_median: float | None
+
+    def as_dict(self) -> dict:
+        """The counts, and each key as {"value", "band"}: the API's JSON, the CSV's columns and the page's table."""
+        figures = {name: getattr(self, name) for name in KEYS}
+        return {
+            "deployments": self.deployments,
+            "rollbacks": self.rollbacks,
+            "failed_deployments": self.failed_deployments,
+            **{name: {"value": figure.value, "band": figure.band} for name, figure in figures.items()},
+        }
 
     @property
     def deployment_frequency_per_day(self) -> Figure:

@@ -150,6 +150,7 @@ def matrix(world) -> dict[str, Row]:
         "api-audit": Row(
             "GET", "/api/v1/audit/", authed(ci_own=200, ci_other=200, viewer=403, auditor=200, rm=200, admin=200)
         ),
+        "api-insights-dora": Row("GET", f"/api/v1/insights/dora/?integration={shop}", READ_OWN),
         "api-audit-verify": Row(
             "GET", "/api/v1/audit/verify/", authed(ci_own=403, ci_other=403, viewer=403, auditor=200, rm=403, admin=200)
         ),

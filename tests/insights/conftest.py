@@ -6,18 +6,23 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import pytest
+from django.utils import timezone
 
+from ci_integrations.insights import dora_window
 from ci_integrations.models import Arrival, Artifact, Bucket, Integration, Registry
 
-NOW = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)  # the 7-day window is 2026-03-09 00:00 to 2026-03-16 00:00
+# The history is laid out relative to today, so the API (which always measures up to now) sees it too. The days are
+# numbered as if the 7-day window ending today ran from the 9th to the 15th of a month.
+NOW = timezone.now()
+WINDOW_START = dora_window(7, NOW)[0]
 
 
 def at(day: int, hour: int, minute: int = 0) -> datetime:
-    """A moment in March 2026 (UTC)."""
-    return datetime(2026, 3, day, hour, minute, tzinfo=UTC)
+    """A moment on "day" `day` (9 is the first day of the 7-day window, 15 is today), UTC."""
+    return WINDOW_START + timedelta(days=day - 9, hours=hour, minutes=minute)
 
 
 @dataclass
@@ -67,7 +72,7 @@ def known_week(history) -> History:
     a1 = history.artifact("shop", created_at=at(10, 8))
     history.arrive(a1, "staging", at(10, 9))  # staging is another environment: never counted for prod
     history.arrive(a1, "prod", at(10, 10))  # lead 2 h
-    a2 = history.artifact("shop", created_at=at(9, 10), commit_time="2026-03-09T04:00:00Z")
+    a2 = history.artifact("shop", created_at=at(9, 10), commit_time=at(9, 4).strftime("%Y-%m-%dT%H:%M:%SZ"))
     history.arrive(a2, "prod", at(11, 10))  # lead 54 h from the commit time
     history.arrive(a1, "prod", at(11, 10, 30), Arrival.How.ROLLBACK)  # a2 failed; restored in 30 min
     a3 = history.artifact("shop", created_at=at(12, 9))
