@@ -110,6 +110,7 @@ MATRIX: dict[str, Row] = {
     "integrations/<slug:name>/": Row(lambda w: reverse("integration", args=[w.integration.name]), get=signed_in(OK)),
     "artifacts/<int:pk>/": Row(lambda w: reverse("artifact", args=[w.candidate.pk]), get=signed_in(OK)),
     "approvals/": Row(lambda w: reverse("approvals"), get=signed_in(OK)),
+    "insights/": Row(lambda w: reverse("insights"), get=signed_in(OK)),
     "promotions/<int:pk>/": Row(lambda w: reverse("promotion", args=[w.pending.pk]), get=signed_in(OK)),
     "promotions/<int:pk>/decision/": Row(lambda w: reverse("approval_panel", args=[w.pending.pk]), get=signed_in(OK)),
     # --- promotion actions ----------------------------------------------------------------------------------------
