@@ -6,6 +6,7 @@ then refuses to start unless SECRET_KEY, P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS a
 """
 
 import hashlib
+import ipaddress
 import os
 from base64 import urlsafe_b64encode
 from datetime import timedelta
@@ -247,7 +248,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # The container healthcheck and load balancers probe /healthz over plain HTTP from inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
@@ -257,6 +258,15 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'"
 )
+
+# GET /metrics (Prometheus): a bearer token, and/or addresses or networks allowed without one; off when neither is set.
+P2P_METRICS_TOKEN = os.environ.get("P2P_METRICS_TOKEN", "")
+try:
+    P2P_METRICS_ALLOWED_IPS = [
+        ipaddress.ip_network(item, strict=False) for item in env_list("P2P_METRICS_ALLOWED_IPS") if item
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"P2P_METRICS_ALLOWED_IPS: {exc} (expected e.g. 10.0.0.5,10.1.0.0/16)") from None
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 # Loggers that log secrets at DEBUG never go below INFO (a higher LOG_LEVEL still applies to them).

@@ -92,6 +92,8 @@ def wrong_password(world):
 MATRIX: dict[str, Row] = {
     # --- public ---------------------------------------------------------------------------------------------------
     "healthz": Row(lambda w: reverse("healthz"), get=everyone(OK), post=everyone(NO_SUCH_METHOD)),
+    # Off unless P2P_METRICS_TOKEN or P2P_METRICS_ALLOWED_IPS is set (tests/insights/test_metrics.py covers those).
+    "metrics": Row(lambda w: reverse("metrics"), get=everyone(DENIED), post=everyone(NO_SUCH_METHOD)),
     "login/": Row(
         lambda w: reverse("login"),
         get=everyone(OK),
