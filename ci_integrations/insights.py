@@ -41,6 +41,7 @@ from django.db import connection
 from django.utils import timezone
 
 from ci_integrations.models import Arrival, Artifact, Bucket, Integration
+from ci_integrations.services.artifacts import COMMIT_TIME_LABEL
 from ci_integrations.services.rows import table
 
 DAY = 86400
@@ -51,7 +52,6 @@ DEPLOYING = (Arrival.How.PROMOTION, Arrival.How.ROLLBACK)
 # and the SQL builds the timestamp by arithmetic instead of a cast, so one odd label (February 31) can never make the
 # whole query fail (PostgreSQL before 16 has no way to test a cast).
 COMMIT_TIME_PATTERN = r"^[1-9]\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\dZ$"
-COMMIT_TIME_LABEL = "commit_time"
 
 # The four keys, with the two halves of lead time, as the API names them.
 KEYS = (
@@ -222,7 +222,7 @@ WITH scoped AS (
                 hours => substr(t.text, 12, 2)::int, mins => substr(t.text, 15, 2)::int,
                 secs => substr(t.text, 18, 2)::int)
         END AS local_time
-        FROM (SELECT a.labels ->> 'commit_time' AS text) t
+        FROM (SELECT a.labels ->> %(label)s AS text) t
     ) c ON true
     WHERE b.env = %(env)s AND ar.arrived_at >= %(since)s AND ar.arrived_at < %(until)s {scope}
     WINDOW next_in_bucket AS (PARTITION BY ar.bucket_id ORDER BY ar.arrived_at, ar.id)
@@ -270,6 +270,7 @@ def _aggregated_rows(*, env, since, until, period, integration_ids) -> list[_Gro
         "until": until,
         "period": period,
         "pattern": COMMIT_TIME_PATTERN,
+        "label": COMMIT_TIME_LABEL,
         "ids": list(integration_ids or []),
     }
     with connection.cursor() as cursor:
