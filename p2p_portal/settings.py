@@ -96,6 +96,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "p2p_portal.middleware.RequestIdMiddleware",
+    "p2p_portal.logging_json.RequestLogContextMiddleware",
     "p2p_portal.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -269,13 +270,20 @@ except ValueError as exc:
     raise ImproperlyConfigured(f"P2P_METRICS_ALLOWED_IPS: {exc} (expected e.g. 10.0.0.5,10.1.0.0/16)") from None
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+# plain (the default) or json: one JSON object per line (p2p_portal/logging_json.py).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}.")
 # Loggers that log secrets at DEBUG never go below INFO (a higher LOG_LEVEL still applies to them).
 _NO_DEBUG = "INFO" if LOG_LEVEL in ("DEBUG", "NOTSET") else LOG_LEVEL
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "p2p_portal.logging_json.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # At DEBUG these log secrets: SQL parameters; botocore every AWS request's headers (with the session token) and
     # every response body (with the ECR authorization token).
