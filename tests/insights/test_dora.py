@@ -7,13 +7,13 @@ import pytest
 from ci_integrations import insights
 from ci_integrations.insights import dora_report
 from ci_integrations.models import Arrival
-from tests.insights.conftest import NOW, at
+from tests.insights.conftest import at
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
 
 def test_it_counts_deployments_rollbacks_and_failures_in_the_environment_and_period(known_week):
-    report = dora_report(env="prod", days=7, now=NOW)
+    report = dora_report(env="prod", days=7)
     overall = report.overall
     assert (overall.deployments, overall.rollbacks, overall.failed_deployments) == (6, 2, 2)
     assert overall.deployment_frequency_per_day.value == pytest.approx(6 / 7)
@@ -23,7 +23,7 @@ def test_it_counts_deployments_rollbacks_and_failures_in_the_environment_and_per
 
 
 def test_lead_time_starts_at_the_commit_time_when_ci_gave_one_else_at_registration(known_week):
-    overall = dora_report(env="prod", days=7, now=NOW).overall
+    overall = dora_report(env="prod", days=7).overall
     # Lead times 1 h, 2 h, 24 h, 54 h: median halfway between 2 h and 24 h; p90 70 % of the way from 24 h to 54 h.
     assert overall.lead_time_median_seconds.value == pytest.approx((7200 + 86400) / 2)
     assert overall.lead_time_median_seconds.band == "elite"
@@ -32,13 +32,13 @@ def test_lead_time_starts_at_the_commit_time_when_ci_gave_one_else_at_registrati
 
 
 def test_time_to_restore_runs_from_the_rolled_back_arrival_to_the_rollback(known_week):
-    overall = dora_report(env="prod", days=7, now=NOW).overall
+    overall = dora_report(env="prod", days=7).overall
     assert overall.time_to_restore_median_seconds.value == pytest.approx((1800 + 7200) / 2)
     assert overall.time_to_restore_median_seconds.band == "high"
 
 
 def test_each_integration_has_its_own_figures(known_week):
-    rows = {row.name: row.figures for row in dora_report(env="prod", days=7, now=NOW).integrations}
+    rows = {row.name: row.figures for row in dora_report(env="prod", days=7).integrations}
     assert sorted(rows) == ["cart", "shop"]
     shop, cart = rows["shop"], rows["cart"]
     assert (shop.deployments, shop.rollbacks, shop.failed_deployments) == (4, 1, 1)
@@ -52,7 +52,7 @@ def test_each_integration_has_its_own_figures(known_week):
 
 
 def test_the_series_has_one_entry_per_day_with_that_days_deployments(known_week):
-    report = dora_report(env="prod", days=7, now=NOW)
+    report = dora_report(env="prod", days=7)
     assert report.period_name == "day"
     assert [p.start for p in report.periods] == [at(day, 0) for day in range(9, 16)]
     assert [p.deployments for p in report.periods] == [0, 1, 2, 1, 0, 2, 0]
@@ -61,7 +61,7 @@ def test_the_series_has_one_entry_per_day_with_that_days_deployments(known_week)
 
 
 def test_ninety_days_are_drawn_by_week(known_week):
-    report = dora_report(env="prod", days=90, now=NOW)
+    report = dora_report(env="prod", days=90)
     assert report.period_name == "week"
     assert len(report.periods) == 13  # 12 whole weeks and 6 days
     assert sum(p.deployments for p in report.periods) == 7  # the arrival of day 1 is inside 90 days
@@ -69,14 +69,14 @@ def test_ninety_days_are_drawn_by_week(known_week):
 
 def test_the_integration_scope_limits_every_figure(known_week):
     cart = known_week.integrations["cart"]
-    report = dora_report(env="prod", days=7, integration_ids=[cart.pk], now=NOW)
+    report = dora_report(env="prod", days=7, integration_ids=[cart.pk])
     assert report.overall.deployments == 2
     assert [row.name for row in report.integrations] == ["cart"]
-    assert dora_report(env="prod", days=7, integration_ids=[], now=NOW).overall.deployments == 0
+    assert dora_report(env="prod", days=7, integration_ids=[]).overall.deployments == 0
 
 
 def test_nothing_measured_gives_no_value_and_no_band_except_a_low_frequency(history):
-    overall = dora_report(env="prod", days=30, now=NOW).overall
+    overall = dora_report(env="prod", days=30).overall
     assert overall.deployments == 0
     assert overall.deployment_frequency_per_day == insights.Figure(0.0, "low")
     assert overall.lead_time_median_seconds == insights.Figure(None, None)
@@ -86,11 +86,11 @@ def test_nothing_measured_gives_no_value_and_no_band_except_a_low_frequency(hist
 def test_a_malformed_commit_time_label_falls_back_to_registration_rather_than_failing(history):
     artifact = history.artifact("shop", created_at=at(14, 9), commit_time="2026-02-31T00:00:00Z")  # no such day
     history.arrive(artifact, "prod", at(14, 10))
-    assert dora_report(env="prod", days=7, now=NOW).overall.lead_time_median_seconds.value == pytest.approx(3600)
+    assert dora_report(env="prod", days=7).overall.lead_time_median_seconds.value == pytest.approx(3600)
 
 
 def test_postgresql_and_the_python_reference_agree(known_week):
-    since, until = insights.dora_window(7, NOW)
+    since, until = insights.dora_window(7)
     args = {"env": "prod", "since": since, "until": until, "period": insights.DAY, "integration_ids": None}
 
     def key(group):
@@ -108,12 +108,12 @@ def test_postgresql_and_the_python_reference_agree(known_week):
 
 def test_one_query_whatever_the_size_of_the_history(known_week, django_assert_num_queries):
     with django_assert_num_queries(1):
-        dora_report(env="prod", days=30, now=NOW)
+        dora_report(env="prod", days=30)
     artifact = known_week.artifact("shop", created_at=at(13, 1))
     for hour in range(24):
         known_week.arrive(artifact, "prod", at(13, hour), Arrival.How.PROMOTION)
     with django_assert_num_queries(1):
-        report = dora_report(env="prod", days=30, now=NOW)
+        report = dora_report(env="prod", days=30)
     assert report.overall.deployments == 7 + 24  # 30 days reach back to the arrival of day 1
 
 
