@@ -5,8 +5,10 @@ horses that are forked per job and die with it, on several machines. An in-proce
 process's share and be lost on every restart; prometheus_client's multiprocess mode fixes the first only within one
 machine (it sums files in a shared directory), not across replicas behind one load balancer. The rows are the truth
 every process already writes, so counting them gives every scrape, on any replica, the same complete figures, and
-restarts lose nothing. The cost is a few grouped queries per scrape (four, plus one Redis round trip), over the
-promotion and webhook delivery tables and index lookups of a few actions in the audit log.
+restarts lose nothing. A scrape is four queries and one Redis round trip. So that it does not grow with the history,
+promotions that ended for good (succeeded, rejected, cancelled: never to change again) are added up once per process
+every five minutes (three more queries then), and each scrape adds only the promotions that came later or were still
+open or failed at that moment, found through the primary key.
 
 What each metric counts, and what it cannot:
 
@@ -31,10 +33,14 @@ What each metric counts, and what it cannot:
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -49,16 +55,128 @@ DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400)
 REQUEUED_ACTIONS = ("promotion.requeued", "artifact.import_requeued")
 
 
-def _promotion_rows() -> list[tuple]:
-    """(integration, env, state, count, oldest created_at) for every combination that has promotions."""
+# Promotions in these states never change again, so their counts and durations are added up once (per process, every
+# SETTLED_REFRESH seconds) and each scrape only adds the promotions that came later or were still open then. A failed
+# promotion can be retried, so it is never settled.
+SETTLED = (Promotion.State.SUCCEEDED, Promotion.State.REJECTED, Promotion.State.CANCELLED)
+SETTLED_REFRESH = 300
+# A promotion is settled only once its row is this old: an insert still uncommitted at the refresh (and so unseen)
+# would otherwise be missed for good.
+SETTLED_AFTER = timedelta(minutes=10)
+
+
+@dataclass
+class PromotionTotals:
+    """Counts per (target bucket, state) and, per phase, duration bucket counts (not cumulative), sum and count."""
+
+    counts: dict[tuple[int, str], int] = field(default_factory=dict)
+    durations: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, other: PromotionTotals) -> PromotionTotals:
+        """These totals plus `other`'s, as new totals."""
+        total = PromotionTotals(dict(self.counts), {phase: list(v) for phase, v in self.durations.items()})
+        for key, count in other.counts.items():
+            total.counts[key] = total.counts.get(key, 0) + count
+        for phase, values in other.durations.items():
+            mine = total.durations.setdefault(phase, [0.0] * len(values))
+            total.durations[phase] = [a + b for a, b in zip(mine, values, strict=True)]
+        return total
+
+
+def _promotion_totals(where: str, params: list) -> PromotionTotals:
+    """Counts and durations of the promotions matching `where`, in one grouped scan. A duration's bucket is found
+    once per row (width_bucket), not once per bound."""
+    finished = f"state IN ('{Promotion.State.SUCCEEDED}', '{Promotion.State.FAILED}') AND finished_at IS NOT NULL"
+    bounds = "ARRAY[" + ", ".join(f"{b}" for b in DURATION_BUCKETS) + "]::float8[]"
+    phases = []
+    for phase, start in (("total", "created_at"), ("copy", "started_at")):
+        phases.append(
+            f"SELECT to_bucket_id, state, '{phase}' AS phase, "
+            f"CASE WHEN {finished} THEN EXTRACT(EPOCH FROM finished_at - {start})::float8 END AS seconds "
+            f"FROM {table(Promotion)} WHERE {where}"
+        )
     sql = (
-        f"SELECT i.name, b.env, p.state, COUNT(*), MIN(p.created_at) FROM {table(Promotion)} p "
-        f"JOIN {table(Bucket)} b ON b.id = p.to_bucket_id JOIN {table(Integration)} i ON i.id = p.integration_id "
-        "GROUP BY i.name, b.env, p.state"
+        "SELECT to_bucket_id, state, phase, width_bucket(seconds, " + bounds + "), COUNT(*), SUM(seconds), "
+        f"COUNT(seconds) FROM ({phases[0]} UNION ALL {phases[1]}) rows GROUP BY 1, 2, 3, 4"
+    )
+    totals = PromotionTotals()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params + params)
+        found = cursor.fetchall()
+    for bucket_id, state, phase, slot, rows, seconds, timed in found:
+        if phase == "total":
+            totals.counts[bucket_id, state] = totals.counts.get((bucket_id, state), 0) + rows
+        if not timed:
+            continue
+        # width_bucket: 0 below the first bound, i for [bound i-1, bound i), len(bounds) at or above the last. A
+        # Prometheus bucket is "at most le", and the durations are real numbers, so the difference at a bound's exact
+        # value is a matter of microseconds.
+        values = totals.durations.setdefault(phase, [0.0] * (len(DURATION_BUCKETS) + 3))
+        values[slot] += timed
+        values[-2] += float(seconds or 0)
+        values[-1] += timed
+    return totals
+
+
+@dataclass
+class _Settled:
+    upto_id: int  # every promotion up to this id is in `totals` or in `unsettled`
+    totals: PromotionTotals
+    unsettled: list[int]
+    at: float
+
+
+_settled: _Settled | None = None
+_settled_lock = threading.Lock()
+
+
+def _settled_totals() -> _Settled:
+    """The settled promotions' totals, added up again when older than SETTLED_REFRESH (three queries then)."""
+    global _settled
+    with _settled_lock:
+        if _settled is not None and time.monotonic() - _settled.at < SETTLED_REFRESH:
+            return _settled
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT COALESCE(MAX(id), 0) FROM {table(Promotion)} WHERE created_at < %s",
+                [timezone.now() - SETTLED_AFTER],
+            )
+            upto = cursor.fetchone()[0]
+            states = list(SETTLED)
+            cursor.execute(
+                f"SELECT id FROM {table(Promotion)} WHERE id <= %s AND NOT (state = ANY(%s))", [upto, states]
+            )
+            unsettled = [row[0] for row in cursor.fetchall()]
+        totals = _promotion_totals("id <= %s AND state = ANY(%s)", [upto, states])
+        _settled = _Settled(upto_id=upto, totals=totals, unsettled=unsettled, at=time.monotonic())
+        return _settled
+
+
+def settled_forget() -> None:
+    """Drop the settled totals (tests, and after restoring a database), so the next scrape adds them up afresh."""
+    global _settled
+    with _settled_lock:
+        _settled = None
+
+
+def _promotion_figures() -> tuple[PromotionTotals, dict[int, tuple[str, str]], dict[str, object]]:
+    """All promotions' totals, each bucket's (integration, env), and the oldest pending approval per env."""
+    settled = _settled_totals()
+    recent = _promotion_totals("id > %s OR id = ANY(%s)", [settled.upto_id, settled.unsettled])
+    sql = (
+        f"SELECT b.id, i.name, b.env, (SELECT MIN(p.created_at) FROM {table(Promotion)} p "
+        f"WHERE p.to_bucket_id = b.id AND p.state = %s) FROM {table(Bucket)} b "
+        f"JOIN {table(Integration)} i ON i.id = b.integration_id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql)
-        return cursor.fetchall()
+        cursor.execute(sql, [Promotion.State.PENDING_APPROVAL])
+        rows = cursor.fetchall()
+    names = {bucket_id: (integration, env) for bucket_id, integration, env, _ in rows}
+    oldest: dict[str, object] = {}
+    for _, _, env, first in rows:
+        if first is not None and (env not in oldest or first < oldest[env]):
+            oldest[env] = first
+    return settled.totals.add(recent), names, oldest
 
 
 def _failure_rows() -> list[tuple]:
@@ -70,22 +188,6 @@ def _failure_rows() -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, ["promotion.failed"])
         return cursor.fetchall()
-
-
-def _duration_row() -> tuple:
-    """For phase total then copy: a count per bucket bound, then the sum and the count, in one scan."""
-    finished = (Promotion.State.SUCCEEDED, Promotion.State.FAILED)
-    parts, params = [], []
-    for start in ("created_at", "started_at"):
-        seconds = f"EXTRACT(EPOCH FROM finished_at - {start})"
-        for bound in DURATION_BUCKETS:
-            parts.append(f"COUNT(*) FILTER (WHERE {seconds} <= %s)")
-            params.append(bound)
-        parts += [f"COALESCE(SUM({seconds}), 0)", f"COUNT({seconds})"]
-    sql = f"SELECT {', '.join(parts)} FROM {table(Promotion)} WHERE state IN (%s, %s) AND finished_at IS NOT NULL"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, *finished])
-        return cursor.fetchone()
 
 
 def _audit_and_webhook_row() -> tuple:
@@ -129,7 +231,7 @@ class PortalCollector(Collector):
     """Every p2p_* metric, computed afresh on each scrape."""
 
     def collect(self):
-        """Yield the metric families, from four queries and one Redis round trip."""
+        """Yield the metric families: four queries and one Redis round trip (three more every SETTLED_REFRESH)."""
         labels = ["integration", "env", "state"]
         promotions = CounterMetricFamily(
             "p2p_promotions", "Promotions and rollbacks that ended, by outcome.", labels=labels
@@ -141,21 +243,24 @@ class PortalCollector(Collector):
             "When the oldest promotion still waiting for approval was requested.",
             labels=["env"],
         )
-        waiting: dict[str, list] = {}
-        for integration, env, state, count, first in _promotion_rows():
+        totals, names, oldest_by_env = _promotion_figures()
+        waiting: dict[str, int] = {}
+        for (bucket_id, state), count in sorted(totals.counts.items()):
+            if bucket_id not in names:
+                continue  # a bucket deleted since the settled totals were added up
+            integration, env = names[bucket_id]
             if state in Promotion.OPEN:
                 open_now.add_metric([integration, env, state], count)
             elif state != Promotion.State.FAILED:
                 promotions.add_metric([integration, env, state], count)
             if state == Promotion.State.PENDING_APPROVAL:
-                entry = waiting.setdefault(env, [0, first])
-                entry[0] += count
-                entry[1] = min(entry[1], first)
-        for env, (count, first) in sorted(waiting.items()):
-            pending.add_metric([env], count)
-            oldest.add_metric([env], first.timestamp())
+                waiting[env] = waiting.get(env, 0) + count
         for integration, env, count in _failure_rows():
             promotions.add_metric([integration, env, Promotion.State.FAILED], count)
+        for env, count in sorted(waiting.items()):
+            pending.add_metric([env], count)
+        for env, first in sorted(oldest_by_env.items()):
+            oldest.add_metric([env], first.timestamp())
         yield promotions
         yield open_now
         yield pending
@@ -166,13 +271,15 @@ class PortalCollector(Collector):
             "Finished promotions: from request to final state (phase=total) and the copy alone (phase=copy).",
             labels=["phase"],
         )
-        row = list(_duration_row())
-        width = len(DURATION_BUCKETS) + 2
-        for index, phase in enumerate(("total", "copy")):
-            part = row[index * width : (index + 1) * width]
-            counts, total_seconds, count = part[: len(DURATION_BUCKETS)], part[-2], part[-1]
-            buckets = [(f"{bound:g}", n) for bound, n in zip(DURATION_BUCKETS, counts, strict=True)]
-            durations.add_metric([phase], buckets=[*buckets, ("+Inf", count)], sum_value=float(total_seconds))
+        for phase in ("total", "copy"):
+            values = totals.durations.get(phase, [0.0] * (len(DURATION_BUCKETS) + 3))
+            # values[0] is below the first bound, values[i] below bound i; Prometheus buckets are cumulative.
+            cumulative, buckets = 0.0, []
+            for index, bound in enumerate(DURATION_BUCKETS):
+                cumulative += values[index]
+                buckets.append((f"{bound:g}", cumulative))
+            buckets.append(("+Inf", values[-1]))
+            durations.add_metric([phase], buckets=buckets, sum_value=values[-2])
         yield durations
 
         newest, requeued, delivered, given_up, open_ = _audit_and_webhook_row()

@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from ci_integrations import metrics
 from ci_integrations.models import Promotion, Webhook, WebhookDelivery
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
@@ -34,6 +35,14 @@ def scrape(**headers) -> dict[tuple, float]:
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
     return samples(response.content.decode())
+
+
+@pytest.fixture(autouse=True)
+def fresh_settled_totals():
+    """Each test's database is new: the totals a previous test's scrape kept must not carry over."""
+    metrics.settled_forget()
+    yield
+    metrics.settled_forget()
 
 
 @pytest.fixture
@@ -155,10 +164,31 @@ def test_audit_webhooks_queues_and_the_last_verification(token, history, rq_queu
 
 
 def test_a_scrape_runs_the_same_few_queries_however_many_rows(token, history, django_assert_max_num_queries):
+    with django_assert_max_num_queries(7):
+        scrape()  # the first adds up the settled promotions: three more queries, once per SETTLED_REFRESH
     with django_assert_max_num_queries(4) as small:
         scrape()
     for n in range(30):
         promotion(history, Promotion.State.SUCCEEDED, name=f"svc-{n % 5}")
     with django_assert_max_num_queries(4) as large:
-        scrape()
+        found = scrape()
     assert len(small.captured_queries) == len(large.captured_queries)
+    assert found[("p2p_promotions_total", ("env", "prod"), ("integration", "svc-0"), ("state", "succeeded"))] == 6
+
+
+def test_promotions_open_when_the_totals_were_added_up_are_counted_in_their_state_now(token, history):
+    running = promotion(history, Promotion.State.RUNNING, created=at(10, 0))  # old enough to be settled
+    done = promotion(history, Promotion.State.SUCCEEDED, created=at(10, 0), started=at(10, 1), finished=at(10, 1, 30))
+    first = scrape()
+    assert first[("p2p_promotions_open", ("env", "prod"), ("integration", "shop"), ("state", "running"))] == 1
+    Promotion.objects.filter(pk=running.pk).update(
+        state=Promotion.State.SUCCEEDED, started_at=at(10, 2), finished_at=at(10, 3)
+    )
+    promotion(history, Promotion.State.CANCELLED)  # after the totals were added up
+    again = scrape()
+    assert metrics._settled is not None and done.pk <= metrics._settled.upto_id  # the cache was used
+    key = ("p2p_promotions_total", ("env", "prod"), ("integration", "shop"))
+    assert again[(*key, ("state", "succeeded"))] == 2 and again[(*key, ("state", "cancelled"))] == 1
+    assert ("p2p_promotions_open", ("env", "prod"), ("integration", "shop"), ("state", "running")) not in again
+    assert again[("p2p_promotion_duration_seconds_count", ("phase", "copy"))] == 2
+    assert again[("p2p_promotion_duration_seconds_sum", ("phase", "copy"))] == 1800 + 3600  # 30 min and an hour
