@@ -212,8 +212,14 @@ WITH scoped AS (
                CASE WHEN EXTRACT(DAY FROM c.local_time) = substr(c.text, 9, 2)::int
                     THEN c.local_time AT TIME ZONE 'UTC' END,
                a.created_at))) END AS lead_seconds
-    FROM {arrival} ar
-    JOIN {bucket} b ON b.id = ar.bucket_id
+    FROM {bucket} b
+    -- per bucket, so that each is a range scan of arrival_bucket_recent_idx: joined the other way round, the
+    -- planner reads the whole arrival table to find one environment's few weeks
+    CROSS JOIN LATERAL (
+        SELECT x.id, x.arrived_at, x.how, x.artifact_id, x.bucket_id FROM {arrival} x
+        WHERE x.bucket_id = b.id AND x.arrived_at >= %(since)s AND x.arrived_at < %(until)s
+        OFFSET 0  -- keeps the subquery per bucket (PostgreSQL would otherwise flatten it into a plain join)
+    ) ar
     JOIN {artifact} a ON a.id = ar.artifact_id
     LEFT JOIN LATERAL (
         SELECT t.text, CASE WHEN t.text ~ %(pattern)s THEN
@@ -224,7 +230,7 @@ WITH scoped AS (
         END AS local_time
         FROM (SELECT a.labels ->> %(label)s AS text) t
     ) c ON true
-    WHERE b.env = %(env)s AND ar.arrived_at >= %(since)s AND ar.arrived_at < %(until)s {scope}
+    WHERE b.env = %(env)s {scope}
     WINDOW next_in_bucket AS (PARTITION BY ar.bucket_id ORDER BY ar.arrived_at, ar.id)
 ), deployments AS (
     SELECT s.*, i.name AS integration_name,
