@@ -5,10 +5,11 @@ horses that are forked per job and die with it, on several machines. An in-proce
 process's share and be lost on every restart; prometheus_client's multiprocess mode fixes the first only within one
 machine (it sums files in a shared directory), not across replicas behind one load balancer. The rows are the truth
 every process already writes, so counting them gives every scrape, on any replica, the same complete figures, and
-restarts lose nothing. A scrape is four queries and one Redis round trip. So that it does not grow with the history,
-promotions that ended for good (succeeded, rejected, cancelled: never to change again) are added up once per process
-every five minutes (three more queries then), and each scrape adds only the promotions that came later or were still
-open or failed at that moment, found through the primary key.
+restarts lose nothing. A scrape is five queries and one Redis round trip. So that it does not grow with the history,
+promotions that ended for good (succeeded, rejected, cancelled: never to change again) and the copy summaries of the
+audit log (which never changes) are added up once per process every five minutes (five more queries then), and each
+scrape adds only the promotions and entries that came later, or promotions still open or failed at that moment,
+found through the primary key.
 
 What each metric counts, and what it cannot:
 
@@ -28,6 +29,11 @@ What each metric counts, and what it cannot:
 - `p2p_audit_last_verified_timestamp_seconds`: when the chain was last verified intact (the dashboard's Verify
   button, whose result is kept in Redis); absent when it never was.
 - `p2p_webhook_deliveries_total{result}`: deliveries `delivered`, `given_up` (retries ran out) or `pending`.
+- `p2p_copy_bytes_total{mode}`: layer bytes of succeeded promotions that were `copied` (sent), `mounted` (taken by a
+  cross-repository mount) or `skipped` (already at the destination), from the copy summary each `promotion.succeeded`
+  audit entry records (entries written before the summary had mounted and skipped bytes add only copied ones).
+
+PostgreSQL only (JSON operators, width_bucket, arrays), like production.
 """
 
 from __future__ import annotations
@@ -118,11 +124,31 @@ def _promotion_totals(where: str, params: list) -> PromotionTotals:
     return totals
 
 
+COPY_MODES = {"copied": "bytes_transferred", "mounted": "bytes_mounted", "skipped": "bytes_skipped"}
+
+
+def _copy_bytes(where: str, params: list) -> dict[str, int]:
+    """Bytes per copy mode, summed over the `promotion.succeeded` audit entries matching `where` (audit entries
+    never change, so a sum up to an id stays right)."""
+    sums = []
+    for key in COPY_MODES.values():
+        value = f"after -> 'copy' -> '{key}'"
+        # Only numbers are summed: an entry is whatever its writer recorded, and one odd value must not fail the scrape.
+        sums.append(f"COALESCE(SUM(CASE WHEN jsonb_typeof({value}) = 'number' THEN ({value})::numeric END), 0)")
+    sql = f"SELECT {', '.join(sums)} FROM {table(AuditEntry)} WHERE action = %s AND {where}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, ["promotion.succeeded", *params])
+        row = cursor.fetchone()
+    return {mode: int(total) for mode, total in zip(COPY_MODES, row, strict=True)}
+
+
 @dataclass
 class _Settled:
     upto_id: int  # every promotion up to this id is in `totals` or in `unsettled`
     totals: PromotionTotals
     unsettled: list[int]
+    audit_upto_id: int  # copy bytes of the audit entries up to this id are in `copy_bytes`
+    copy_bytes: dict[str, int]
     at: float
 
 
@@ -131,7 +157,8 @@ _settled_lock = threading.Lock()
 
 
 def _settled_totals() -> _Settled:
-    """The settled promotions' totals, added up again when older than SETTLED_REFRESH (three queries then)."""
+    """The settled promotions' totals and copy bytes, added up again when older than SETTLED_REFRESH (five queries
+    then)."""
     global _settled
     with _settled_lock:
         if _settled is not None and time.monotonic() - _settled.at < SETTLED_REFRESH:
@@ -147,8 +174,11 @@ def _settled_totals() -> _Settled:
                 f"SELECT id FROM {table(Promotion)} WHERE id <= %s AND NOT (state = ANY(%s))", [upto, states]
             )
             unsettled = [row[0] for row in cursor.fetchall()]
+            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table(AuditEntry)}")
+            audit_upto = cursor.fetchone()[0]
         totals = _promotion_totals("id <= %s AND state = ANY(%s)", [upto, states])
-        _settled = _Settled(upto_id=upto, totals=totals, unsettled=unsettled, at=time.monotonic())
+        copy_bytes = _copy_bytes("id <= %s", [audit_upto])
+        _settled = _Settled(upto, totals, unsettled, audit_upto, copy_bytes, at=time.monotonic())
         return _settled
 
 
@@ -231,7 +261,7 @@ class PortalCollector(Collector):
     """Every p2p_* metric, computed afresh on each scrape."""
 
     def collect(self):
-        """Yield the metric families: four queries and one Redis round trip (three more every SETTLED_REFRESH)."""
+        """Yield the metric families: five queries and one Redis round trip (five more every SETTLED_REFRESH)."""
         labels = ["integration", "env", "state"]
         promotions = CounterMetricFamily(
             "p2p_promotions", "Promotions and rollbacks that ended, by outcome.", labels=labels
@@ -281,6 +311,15 @@ class PortalCollector(Collector):
             buckets.append(("+Inf", values[-1]))
             durations.add_metric([phase], buckets=buckets, sum_value=values[-2])
         yield durations
+
+        settled = _settled_totals()
+        recent = _copy_bytes("id > %s", [settled.audit_upto_id])
+        copy_bytes = CounterMetricFamily(
+            "p2p_copy_bytes", "Layer bytes of succeeded promotions: sent, mounted or already there.", labels=["mode"]
+        )
+        for mode in COPY_MODES:
+            copy_bytes.add_metric([mode], settled.copy_bytes[mode] + recent[mode])
+        yield copy_bytes
 
         newest, requeued, delivered, given_up, open_ = _audit_and_webhook_row()
         yield CounterMetricFamily(

@@ -164,13 +164,13 @@ def test_audit_webhooks_queues_and_the_last_verification(token, history, rq_queu
 
 
 def test_a_scrape_runs_the_same_few_queries_however_many_rows(token, history, django_assert_max_num_queries):
-    with django_assert_max_num_queries(7):
-        scrape()  # the first adds up the settled promotions: three more queries, once per SETTLED_REFRESH
-    with django_assert_max_num_queries(4) as small:
+    with django_assert_max_num_queries(10):
+        scrape()  # the first adds up what is settled: five more queries, once per SETTLED_REFRESH
+    with django_assert_max_num_queries(5) as small:
         scrape()
     for n in range(30):
         promotion(history, Promotion.State.SUCCEEDED, name=f"svc-{n % 5}")
-    with django_assert_max_num_queries(4) as large:
+    with django_assert_max_num_queries(5) as large:
         found = scrape()
     assert len(small.captured_queries) == len(large.captured_queries)
     assert found[("p2p_promotions_total", ("env", "prod"), ("integration", "svc-0"), ("state", "succeeded"))] == 6
@@ -192,3 +192,18 @@ def test_promotions_open_when_the_totals_were_added_up_are_counted_in_their_stat
     assert ("p2p_promotions_open", ("env", "prod"), ("integration", "shop"), ("state", "running")) not in again
     assert again[("p2p_promotion_duration_seconds_count", ("phase", "copy"))] == 2
     assert again[("p2p_promotion_duration_seconds_sum", ("phase", "copy"))] == 1800 + 3600  # 30 min and an hour
+
+
+def test_copy_bytes_are_summed_by_mode_from_the_copy_summaries_of_succeeded_promotions(token, history):
+    done = promotion(history, Promotion.State.SUCCEEDED)
+    worker = Actor.system("worker")
+    copy = {"bytes_transferred": 1000, "bytes_mounted": 200, "bytes_skipped": 30}
+    audit_record(actor=worker, action="promotion.succeeded", obj=done, after={"copy": copy})
+    older = {"bytes_transferred": 5}  # written before the summary had mounted and skipped bytes
+    audit_record(actor=worker, action="promotion.succeeded", obj=done, after={"copy": older})
+    audit_record(actor=worker, action="promotion.failed", obj=done, after={"copy": copy})  # not a success
+    first = scrape()
+    assert [first[("p2p_copy_bytes_total", ("mode", m))] for m in ("copied", "mounted", "skipped")] == [1005, 200, 30]
+    audit_record(actor=worker, action="promotion.succeeded", obj=done, after={"copy": {"bytes_mounted": 7}})
+    again = scrape()  # the first sum is kept; the new entry is added to it
+    assert again[("p2p_copy_bytes_total", ("mode", "mounted"))] == 207
