@@ -1,4 +1,5 @@
-"""P6: the dashboard's main pages over a small and a large database (500k artifacts, 1M audit entries).
+"""P6 and P11: the dashboard's main pages, the insights page and API, and the /metrics scrape, over a small and a large
+database (500k artifacts, 1M audit entries).
 
 Seeds a separate PostgreSQL database (dropped and re-created each run), first small (1k artifacts, 1k audit entries),
 measures, then grows it to the large size and measures again. Rows go in with COPY; the audit entries form one
@@ -43,6 +44,14 @@ ACTIONS = [
 ACTORS = [f"user{i:02d}" for i in range(20)] + ["ci:build", "p2p-worker"]
 GENESIS = "0" * 64
 START = datetime(2025, 11, 1, tzinfo=UTC)
+METRICS_TOKEN = "bench-metrics-token"
+# Median server time allowed per page (ms): P6 for the dashboard's pages, P11 for insights and the scrape.
+BAR_MS = {"insights": 200, "api: dora": 200, "metrics": 50}
+
+
+def bar_ms(name: str) -> int:
+    """The bar for the page called `name`: P11's for insights and /metrics, else P6's 100 ms."""
+    return next((ms for prefix, ms in BAR_MS.items() if name.startswith(prefix)), 100)
 
 
 def recreate_database() -> None:
@@ -62,6 +71,7 @@ def setup_django() -> None:
 
     os.environ.update(production_environment(BENCH_URL, os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/12")))
     os.environ["ALLOWED_HOSTS"] = "testserver"
+    os.environ["P2P_METRICS_TOKEN"] = METRICS_TOKEN
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "p2p_portal.settings")
     import django
 
@@ -424,6 +434,11 @@ def measure(pages: list[tuple[str, object, str]], runs: int) -> dict[str, tuple[
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
+    from ci_integrations.metrics import settled_forget
+
+    # /metrics adds up settled promotions once per process every five minutes; the bench grows the database 500-fold
+    # in less than that, which a running portal never does, so each measurement starts from its own addition.
+    settled_forget()
     results = {}
     for name, client, url in pages:
         for _ in range(2):  # warm caches and connections
@@ -445,7 +460,7 @@ def pages_to_measure(seeder: Seeder) -> list[tuple[str, object, str]]:
 
     from ci_integrations.models import AuditEntry, Promotion
 
-    manager, auditor = Client(), Client()
+    manager, auditor, scraper = Client(), Client(), Client(HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
     manager.force_login(seeder.users["release2"])
     auditor.force_login(seeder.users["auditor"])
     newest = AuditEntry.objects.order_by("-id").values_list("id", flat=True).first()
@@ -463,6 +478,12 @@ def pages_to_measure(seeder: Seeder) -> list[tuple[str, object, str]]:
         ("audit: actor+env", auditor, "/audit/?actor=user07&environment=prod"),
         ("audit: deep page", auditor, f"/audit/?before={middle}"),
         ("audit: date range", auditor, "/audit/?since=2026-01-01&until=2026-01-31"),
+        ("insights: prod 30 days", manager, "/insights/"),
+        ("insights: prod 90 days", manager, "/insights/?days=90"),
+        ("insights: integration", manager, f"/insights/?integration={busiest}&days=90"),
+        ("api: dora json", manager, "/api/v1/insights/dora/?days=90"),
+        ("api: dora csv", manager, "/api/v1/insights/dora/?format=csv"),
+        ("metrics", scraper, "/metrics"),
     ]
 
 
@@ -523,7 +544,7 @@ def main() -> None:
         f"{Artifact.objects.count()} artifacts, {Arrival.objects.count()} arrivals, "
         f"{Promotion.objects.count()} promotions, {AuditEntry.objects.count()} audit entries"
     )
-    print(f"\nP6 dashboard pages: median of {args.runs} requests (in-process, server time), queries per request")
+    print(f"\nP6/P11 pages: median of {args.runs} requests (in-process, server time), queries per request")
     print(f"large database: {sizes}\n")
     header = f"{'page':<22} {'small ms':>9} {'queries':>8} {'large ms':>9} {'queries':>8}  verdict"
     print(header)
@@ -531,7 +552,8 @@ def main() -> None:
     for name in small:
         s_ms, s_q = small[name]
         l_ms, l_q = large[name]
-        verdict = "ok" if l_ms <= 100 and l_q <= 12 and l_q == s_q else "MISSES P6"
+        bar = bar_ms(name)
+        verdict = "ok" if l_ms <= bar and l_q <= 12 and l_q == s_q else f"MISSES {'P6' if bar == 100 else 'P11'}"
         print(f"{name:<22} {s_ms:>9.1f} {s_q:>8} {l_ms:>9.1f} {l_q:>8}  {verdict}")
 
     if args.verify:

@@ -3,11 +3,12 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from ci_integrations import views
+from ci_integrations import insight_views, metrics_endpoint, views
 from ci_integrations.forms import SignInForm
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics_endpoint.metrics, name="metrics"),
     path("login/", views.SignInView.as_view(authentication_form=SignInForm), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
@@ -22,6 +23,7 @@ urlpatterns = [
     path("promotions/<int:pk>/reject/", views.promotion_reject, name="promotion_reject"),
     path("promotions/<int:pk>/cancel/", views.promotion_cancel, name="promotion_cancel"),
     path("promotions/<int:pk>/retry/", views.promotion_retry, name="promotion_retry"),
+    path("insights/", insight_views.insights, name="insights"),
     path("audit/", views.audit_log, name="audit"),
     path("audit/export.csv", views.audit_export, {"fmt": "csv"}, name="audit_export_csv"),
     path("audit/export.jsonl", views.audit_export, {"fmt": "jsonl"}, name="audit_export_jsonl"),

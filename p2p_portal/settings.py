@@ -6,6 +6,7 @@ then refuses to start unless SECRET_KEY, P2P_FERNET_KEYS and P2P_TOKEN_PEPPERS a
 """
 
 import hashlib
+import ipaddress
 import os
 from base64 import urlsafe_b64encode
 from datetime import timedelta
@@ -114,6 +115,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "p2p_portal.middleware.RequestIdMiddleware",
+    "p2p_portal.logging_json.RequestLogContextMiddleware",
     "p2p_portal.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -297,7 +299,7 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 # The container healthcheck and load balancers probe /healthz over plain HTTP from inside the network.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
@@ -308,14 +310,30 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'"
 )
 
+# GET /metrics (Prometheus): a bearer token, and/or addresses or networks allowed without one; off when neither is set.
+P2P_METRICS_TOKEN = os.environ.get("P2P_METRICS_TOKEN", "")
+try:
+    P2P_METRICS_ALLOWED_IPS = [
+        ipaddress.ip_network(item, strict=False) for item in env_list("P2P_METRICS_ALLOWED_IPS") if item
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"P2P_METRICS_ALLOWED_IPS: {exc} (expected e.g. 10.0.0.5,10.1.0.0/16)") from None
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+# plain (the default) or json: one JSON object per line (p2p_portal/logging_json.py).
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain").lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}.")
 # Loggers that log secrets at DEBUG never go below INFO (a higher LOG_LEVEL still applies to them).
 _NO_DEBUG = "INFO" if LOG_LEVEL in ("DEBUG", "NOTSET") else LOG_LEVEL
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "p2p_portal.logging_json.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     # At DEBUG these log secrets: SQL parameters; botocore every AWS request's headers (with the session token) and
     # every response body (with the ECR authorization token).

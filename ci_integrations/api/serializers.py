@@ -74,6 +74,8 @@ class MetadataIn(serializers.Serializer):
     branch = Line(max_length=255, required=False, allow_blank=True)
     build_url = serializers.URLField(max_length=1024, required=False, allow_blank=True)
     labels = LabelsField(required=False)
+    # ISO 8601 with its zone; the service checks and normalises it (lead time in insights starts here).
+    commit_time = Line(max_length=40, required=False, allow_blank=True)
 
     def to_internal_value(self, data):
         if isinstance(data, dict):

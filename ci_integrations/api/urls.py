@@ -3,7 +3,7 @@
 from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from ci_integrations.api import views
+from ci_integrations.api import insights, views
 from ci_integrations.api.errors import json_not_found
 
 
@@ -49,6 +49,7 @@ v1 = [
     path("audit/", views.AuditListView.as_view(), name="api-audit"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
     path("cli/p2p", views.cli_download, name="api-cli"),
+    path("insights/dora/", insights.DoraView.as_view(), name="api-insights-dora"),
 ]
 
 urlpatterns = [

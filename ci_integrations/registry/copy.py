@@ -58,6 +58,8 @@ class CopySummary:
     blobs_mounted: int = 0
     blobs_skipped: int = 0
     bytes_transferred: int = 0
+    bytes_mounted: int = 0  # layer bytes the destination took by cross-repository mount, none of them sent
+    bytes_skipped: int = 0  # layer bytes the destination already had
     seconds: float = 0.0
     fast_path: str | None = None
     attached: int = 0
@@ -103,6 +105,7 @@ class _Tracker:
         self._lock = threading.Lock()
         self.progress = CopyProgress(blobs_total, 0, bytes_total, 0)
         self.copied = self.mounted = self.skipped = self.bytes_transferred = 0
+        self.bytes_mounted = self.bytes_skipped = 0
 
     def bytes(self, n: int) -> None:
         with self._lock:
@@ -120,8 +123,10 @@ class _Tracker:
                 self.bytes_transferred += size
             elif how == "mounted":
                 self.mounted += 1
+                self.bytes_mounted += size
             else:
                 self.skipped += 1
+                self.bytes_skipped += size
             snapshot = CopyProgress(**asdict(self.progress))
         self._emit(snapshot)
 
@@ -247,6 +252,8 @@ class ImageCopier:
         summary.blobs_mounted = self.tracker.mounted
         summary.blobs_skipped = self.tracker.skipped
         summary.bytes_transferred = self.tracker.bytes_transferred
+        summary.bytes_mounted = self.tracker.bytes_mounted
+        summary.bytes_skipped = self.tracker.bytes_skipped
 
     def _fetch_children(self, index: Manifest) -> list[Manifest]:
         """Every manifest under an index, nested indexes included, each distinct digest fetched once.

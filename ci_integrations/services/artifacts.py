@@ -7,6 +7,7 @@ audit, rows.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -43,7 +44,8 @@ from ci_integrations.services.rows import columns, fetch_one, insert_unless_exis
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEYS = {"git_sha", "branch", "build_url", "labels"}
+METADATA_KEYS = {"git_sha", "branch", "build_url", "labels", "commit_time"}
+COMMIT_TIME_LABEL = "commit_time"  # where the commit time is kept, normalised to UTC (insights reads it)
 
 
 def registry_error_to_service(exc: registry_errors.RegistryError, *, what: str) -> ServiceError:
@@ -77,8 +79,25 @@ def clean_metadata(metadata: dict | None) -> dict:
     labels = metadata.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise InvalidInput("metadata labels must map text to text", details={"labels": "invalid"})
+    commit_time = metadata.get("commit_time") or labels.get(COMMIT_TIME_LABEL)
+    if commit_time:
+        labels = {**labels, COMMIT_TIME_LABEL: _commit_time_text(commit_time)}
     cleaned["labels"] = labels
     return cleaned
+
+
+def _commit_time_text(value) -> str:
+    """The commit time CI gave (ISO 8601 with a zone) as `YYYY-MM-DDTHH:MM:SSZ` in UTC, the one form insights reads."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidInput(
+            "metadata commit_time must be an ISO 8601 time with its zone, e.g. 2026-11-30T09:12:00Z",
+            details={"commit_time": "invalid"},
+        )
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def no_bucket(integration: Integration, env: str) -> NotFound:

@@ -170,6 +170,7 @@ def matrix(world) -> dict[str, Row]:
                 ci_own=200, ci_other=200, ci_rm_owned=200, ci_system=200, viewer=403, auditor=200, rm=200, admin=200
             ),
         ),
+        "api-insights-dora": Row("GET", f"/api/v1/insights/dora/?integration={shop}", READ_OWN),
         "api-audit-verify": Row(
             "GET",
             "/api/v1/audit/verify/",

@@ -73,6 +73,7 @@ def test_same_registry_promotion_mounts_every_blob_and_moves_no_layer_bytes(regi
     summary = copy_image(location(proxy.url, "team/api", "1.0"), location(proxy.url, "prod/api", "1.0"))
 
     assert summary.blobs_mounted == 5 and summary.blobs_copied == 0 and summary.bytes_transferred == 0
+    assert summary.bytes_mounted > 4 * 64 * 1024 and summary.bytes_skipped == 0  # the layers and the config
     assert get_manifest_digest(registry.url, "prod/api", "1.0") == digest
     assert proxy.requests("GET", r"/blobs/sha256:") == []  # nothing read from the source
     uploaded = sum(e.bytes_up for e in proxy.requests(path=r"/blobs/"))
@@ -99,6 +100,7 @@ def test_new_tag_for_an_image_already_at_the_destination_copies_no_blobs(registr
     summary = copy_image(location(registry.url, "team/api", "1.0"), location(other_registry.url, "prod/api", "stable"))
 
     assert summary.blobs_copied == 0 and summary.blobs_skipped == 3 and summary.bytes_transferred == 0
+    assert summary.bytes_skipped > 0 and summary.bytes_mounted == 0  # every byte was there already
     assert get_manifest_digest(other_registry.url, "prod/api", "stable") == digest
 
 

@@ -92,6 +92,8 @@ def wrong_password(world):
 MATRIX: dict[str, Row] = {
     # --- public ---------------------------------------------------------------------------------------------------
     "healthz": Row(lambda w: reverse("healthz"), get=everyone(OK), post=everyone(NO_SUCH_METHOD)),
+    # Off unless P2P_METRICS_TOKEN or P2P_METRICS_ALLOWED_IPS is set (tests/insights/test_metrics.py covers those).
+    "metrics": Row(lambda w: reverse("metrics"), get=everyone(DENIED), post=everyone(NO_SUCH_METHOD)),
     "login/": Row(
         lambda w: reverse("login"),
         get=everyone(OK),
@@ -110,6 +112,7 @@ MATRIX: dict[str, Row] = {
     "integrations/<slug:name>/": Row(lambda w: reverse("integration", args=[w.integration.name]), get=signed_in(OK)),
     "artifacts/<int:pk>/": Row(lambda w: reverse("artifact", args=[w.candidate.pk]), get=signed_in(OK)),
     "approvals/": Row(lambda w: reverse("approvals"), get=signed_in(OK)),
+    "insights/": Row(lambda w: reverse("insights"), get=signed_in(OK)),
     "promotions/<int:pk>/": Row(lambda w: reverse("promotion", args=[w.pending.pk]), get=signed_in(OK)),
     "promotions/<int:pk>/decision/": Row(lambda w: reverse("approval_panel", args=[w.pending.pk]), get=signed_in(OK)),
     # --- promotion actions ----------------------------------------------------------------------------------------

@@ -304,6 +304,7 @@ def test_every_page_has_labels_one_h1_landmarks_a_skip_link_named_tables_and_err
         f"/promotions/{promotion.pk}/",
         f"/promotions/{promotion.pk}/decision/",
         "/approvals/",
+        "/insights/",
     ):
         page = approver.goto(path)
         if path in (f"/promotions/{promotion.pk}/", "/approvals/"):

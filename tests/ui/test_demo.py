@@ -47,6 +47,15 @@ def test_seed_demo_seeds_once_and_prints_the_same_passwords_every_time(registry_
         assert User.objects.get(username=name).check_password(password)
     assert User.objects.get(username="admin").is_staff
 
+    # A few weeks of history, so the insights page shows charts with data.
+    from ci_integrations.insights import dora_report
+
+    report = dora_report(env="prod", days=30)
+    assert {row.name for row in report.integrations} == {"demo-catalog", "demo-payments"}
+    assert report.overall.deployments >= 20 and report.overall.rollbacks >= 1
+    assert report.overall.lead_time_median is not None and report.overall.time_to_restore_median is not None
+    assert sum(1 for period in report.periods if period.deployments) >= 15
+
 
 def test_the_demo_registry_process_serves_the_distribution_api(tmp_path):
     """The Procfile's registries start from the config the demo writes (a bad config stops `make run` at once)."""

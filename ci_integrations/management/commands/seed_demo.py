@@ -4,7 +4,8 @@ Two registries (demo-a on :5001, demo-b on :5002), a qa → staging → prod wor
 prod two, from release-managers, never from the requester), the integration demo-shop with qa and staging on demo-a
 and prod on demo-b, three small images registered into qa, and the users release1, release2, release3 (release
 managers: prod's two approvals come from two who did not request it), auditor and admin. Passwords are generated on
-the first run, kept in var/demo-passwords.txt and printed every time.
+the first run, kept in var/demo-passwords.txt and printed every time. For the insights page, two more
+integrations (demo-catalog, demo-payments) get a few weeks of delivery history.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from ci_integrations.demo import push_demo_image, wait_for_registry
+from ci_integrations.management.demo_history import PROFILES as HISTORY_PROFILES
+from ci_integrations.management.demo_history import WEEKS, seed_delivery_history
 from ci_integrations.models import Artifact, Integration
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import artifact_register, check_report
@@ -76,7 +79,22 @@ def demo_config(url_a: str, url_b: str) -> dict:
                     {"env": "staging", "registry": "demo-a", "repository": "demo-shop/staging"},
                     {"env": "prod", "registry": "demo-b", "repository": "demo-shop/prod"},
                 ],
-            }
+            },
+            # Integrations with a few weeks of past deliveries (see demo_history.py), for the insights page.
+            *[
+                {
+                    "name": name,
+                    "kind": "environment",
+                    "workflow": "demo-path",
+                    "description": "Demo delivery history (no images in the registries)",
+                    "buckets": [
+                        {"env": "qa", "registry": "demo-a", "repository": f"{name}/qa"},
+                        {"env": "staging", "registry": "demo-a", "repository": f"{name}/staging"},
+                        {"env": "prod", "registry": "demo-b", "repository": f"{name}/prod"},
+                    ],
+                }
+                for name, *_ in HISTORY_PROFILES
+            ],
         ],
     }
 
@@ -145,6 +163,9 @@ class Command(BaseCommand):
             check_report(artifact=artifact, name="functional", status="passed", url="", actor=actor)
             check_report(artifact=artifact, name="integration", status="passed", url="", actor=actor)
             self.stdout.write(f"Registered demo-shop {tag} in qa: {artifact.digest}")
+        deployments = seed_delivery_history()
+        names = ", ".join(name for name, *_ in HISTORY_PROFILES)
+        self.stdout.write(f"Wrote {WEEKS} weeks of delivery history for {names}: {deployments} prod deployments.")
 
     def _print(self, passwords: dict[str, str], path: Path) -> None:
         self.stdout.write("")
