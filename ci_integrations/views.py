@@ -43,7 +43,7 @@ from ci_integrations.services.audit_verification import audit_verification_start
 from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
-from ci_integrations.services.policy import promotion_evaluate
+from ci_integrations.services.policy import promotion_evaluate, promotion_reevaluate
 from ci_integrations.services.tokens import PERSONAL_SCOPES, token_create, token_revoke
 
 REQUEST = "ci_integrations.request_promotion"
@@ -196,14 +196,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
     """The approval preview: the policy checklist, the target's current digest and whether this user may decide."""
     actor = Actor.from_request(request)
     try:
-        evaluation = promotion_evaluate(
-            artifact=promotion.artifact,
-            to_env=promotion.to_bucket.env,
-            actor=actor,
-            rollback=promotion.kind == Promotion.Kind.ROLLBACK,
-            tag=promotion.tag,
-            exclude_promotion_id=promotion.pk,
-        )
+        evaluation = promotion_reevaluate(promotion=promotion, actor=actor)
     except ServiceError as exc:
         evaluation, evaluation_error = None, exc.message
     else:

@@ -227,6 +227,19 @@ def promotion_evaluate(
     return ev
 
 
+def promotion_reevaluate(*, promotion: Promotion, actor: Actor) -> PolicyEvaluation:
+    """The policy as it stands now for an existing promotion (the approval preview, a retry); the promotion itself
+    does not count as "another open promotion"."""
+    return promotion_evaluate(
+        artifact=promotion.artifact,
+        to_env=promotion.to_bucket.env,
+        actor=actor,
+        rollback=promotion.kind == Promotion.Kind.ROLLBACK,
+        tag=promotion.tag,
+        exclude_promotion_id=promotion.pk,
+    )
+
+
 def _checks(ev: PolicyEvaluation, artifact: Artifact) -> None:
     required = list(ev.step.required_checks or [])
     if not required:

@@ -32,7 +32,13 @@ from ci_integrations.services.errors import (
 )
 from ci_integrations.services.freeze import freeze_windows_active
 from ci_integrations.services.locks import artifact_locked
-from ci_integrations.services.policy import FREEZE, REQUEST_SCOPE, ci_token_owner_refusal, promotion_evaluate
+from ci_integrations.services.policy import (
+    FREEZE,
+    REQUEST_SCOPE,
+    ci_token_owner_refusal,
+    promotion_evaluate,
+    promotion_reevaluate,
+)
 from ci_integrations.services.webhooks import webhooks_notify
 
 logger = logging.getLogger(__name__)
@@ -359,14 +365,7 @@ def promotion_retry(*, promotion: Promotion, actor: Actor) -> Promotion:
         # sees this one open or is seen by it, never neither.
         artifact_locked(p.artifact_id)
         # The policy again, as at the request (a required check may have failed since), for whoever asked then.
-        ev = promotion_evaluate(
-            artifact=p.artifact,
-            to_env=p.to_bucket.env,
-            actor=AUTO,
-            rollback=p.kind == Promotion.Kind.ROLLBACK,
-            tag=p.tag,
-            exclude_promotion_id=p.pk,
-        )
+        ev = promotion_reevaluate(promotion=p, actor=AUTO)
         unmet = [reason for reason in ev.unmet if not reason.startswith(f"{FREEZE}:")] + promotion_frozen(p)
         if unmet:
             raise PolicyViolation(unmet)
