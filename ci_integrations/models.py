@@ -166,6 +166,8 @@ class WorkflowStep(models.Model):
     # Rollbacks into to_env may need fewer approvals; None means the same as a promotion.
     rollback_approvals = models.PositiveIntegerField(null=True, blank=True)
     approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # `approver_group: "@release_managers"`: the release managers of the integration's team approve.
+    approvers_from_team = models.BooleanField(default=False)
     self_approval = models.BooleanField(default=False)
     required_checks = models.JSONField(default=list, blank=True)
     min_soak = models.DurationField(null=True, blank=True)
@@ -201,6 +203,68 @@ class WorkflowStep(models.Model):
         return self.required_approvals
 
 
+class Team(models.Model):
+    """People who own integrations: they see them, request their promotions and (their release managers) approve.
+
+    Membership comes from the company's identity provider (the OIDC groups the person had at their last sign-in, kept
+    on their PersonIdentity) or, for installations without single sign-on, from the local user names listed in the
+    config file. services/teams.py answers every "is this person in this team" question.
+    """
+
+    name = models.SlugField(max_length=63, unique=True, validators=[validate_name])
+    oidc_groups = models.JSONField(default=list, blank=True)
+    release_manager_groups = models.JSONField(default=list, blank=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="p2p_teams")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RoleGrant(models.Model):
+    """An org-wide role (one of the role groups: auditors, release-managers, platform-admins) given to the members of
+    an identity-provider group, from the config file's `roles:` section."""
+
+    oidc_group = models.CharField(max_length=255)
+    role = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        ordering = ["role__name", "oidc_group"]
+        constraints = [models.UniqueConstraint(fields=["oidc_group", "role"], name="one_grant_per_group_and_role")]
+
+    def __str__(self) -> str:
+        return f"{self.oidc_group} → {self.role.name}"
+
+
+class PersonIdentity(models.Model):
+    """How a person last signed in: through the identity provider (issuer and subject, and the groups it gave) or
+    with a local password."""
+
+    class Method(models.TextChoices):
+        SSO = "sso", "Single sign-on"
+        LOCAL = "local", "Local password"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.LOCAL)
+    issuer = models.CharField(max_length=512, blank=True, default="")
+    subject = models.CharField(max_length=255, blank=True, default="")
+    groups = models.JSONField(default=list, blank=True)
+    signed_in_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "subject"], condition=~Q(subject=""), name="one_person_per_sso_subject"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.method})"
+
+
 class Integration(models.Model):
     """One deployable service (CI Integration), of kind environment or release stream."""
 
@@ -208,6 +272,7 @@ class Integration(models.Model):
     kind = models.CharField(max_length=16, choices=IntegrationKind.choices, default=IntegrationKind.ENVIRONMENT)
     workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.PROTECT, related_name="integrations")
     description = models.TextField(blank=True, default="")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="integrations")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
