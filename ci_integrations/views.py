@@ -44,6 +44,7 @@ from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
 from ci_integrations.services.policy import promotion_evaluate, promotion_reevaluate
+from ci_integrations.services.teams import sees_integration
 from ci_integrations.services.tokens import PERSONAL_SCOPES, token_create, token_revoke
 
 REQUEST = "ci_integrations.request_promotion"
@@ -102,6 +103,14 @@ def _confirm_sign_in(request: HttpRequest, form: DecisionForm, promotion: Promot
     return False
 
 
+def shown_to(request: HttpRequest, integration: Integration, what: str):
+    """`integration`, or a 404 when the person is not in the team that owns it: outsiders learn nothing, not even
+    that it exists."""
+    if not sees_integration(request.user, integration):
+        raise Http404(what)
+    return integration
+
+
 def permission(perm: str) -> Callable:
     """Sign-in required, then `perm`, else 403: the server refuses what the page does not offer."""
 
@@ -132,7 +141,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
-    matrix = selectors.integration_matrix(after=request.GET.get("after", "")[:63])
+    matrix = selectors.integration_matrix(request.user, after=request.GET.get("after", "")[:63])
     waiting = selectors.approvals_waiting_for(
         request.user, limit=selectors.INBOX_PAGE_SIZE + 1, related=("integration", "to_bucket")
     )
@@ -140,7 +149,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "matrix": matrix,
         "waiting": waiting[: selectors.INBOX_PAGE_SIZE],
         "waiting_more": len(waiting) > selectors.INBOX_PAGE_SIZE,
-        "failed": selectors.promotions_failed_recently(),
+        "failed": selectors.promotions_failed_recently(request.user),
         "failed_days": selectors.FAILED_RECENT_DAYS,
     }
     return render(request, "ci_integrations/overview.html", context)
@@ -158,6 +167,7 @@ def integration_page(request: HttpRequest, name: str) -> HttpResponse:
         detail = selectors.integration_detail(name=name, artifacts_before=_int_param(request, "before"))
     except Integration.DoesNotExist:
         raise Http404(f"No integration named {name!r}.") from None
+    shown_to(request, detail.integration, f"No integration named {name!r}.")
     return render(request, "ci_integrations/integration.html", {"detail": detail})
 
 
@@ -168,6 +178,7 @@ def artifact_page(request: HttpRequest, pk: int) -> HttpResponse:
         detail = selectors.artifact_detail(pk=pk)
     except Artifact.DoesNotExist:
         raise Http404("No such artifact.") from None
+    shown_to(request, detail.artifact.integration, "No such artifact.")
     return render(request, "ci_integrations/artifact.html", {"detail": detail})
 
 
@@ -180,6 +191,7 @@ def promotion_page(request: HttpRequest, pk: int) -> HttpResponse:
             promotion = selectors.promotion_progress(pk)
         except Promotion.DoesNotExist:
             raise Http404("No such promotion.") from None
+        shown_to(request, promotion.integration, "No such promotion.")
         response = render(request, "ci_integrations/partials/promotion_live.html", {"promotion": promotion})
         if promotion.is_final:
             response.status_code = HTMX_STOP_POLLING
@@ -188,6 +200,7 @@ def promotion_page(request: HttpRequest, pk: int) -> HttpResponse:
         promotion = selectors.promotion_detail(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
     context = {"promotion": promotion, "timeline": selectors.promotion_timeline(pk)}
     return render(request, "ci_integrations/promotion.html", context)
 
@@ -232,6 +245,7 @@ def approval_panel(request: HttpRequest, pk: int) -> HttpResponse:
         promotion = selectors.promotion_for_decision(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
     if promotion.state != Promotion.State.PENDING_APPROVAL:
         context = {"promotion": promotion}
         template = "ci_integrations/partials/decided.html"
@@ -250,7 +264,7 @@ def approval_panel(request: HttpRequest, pk: int) -> HttpResponse:
 def approvals(request: HttpRequest) -> HttpResponse:
     mine = selectors.approvals_waiting_for(request.user)
     waiting_ids = {p.pk for p in mine}
-    others = [p for p in selectors.promotions_pending() if p.pk not in waiting_ids]
+    others = [p for p in selectors.promotions_pending(request.user) if p.pk not in waiting_ids]
     return render(request, "ci_integrations/approvals.html", {"mine": mine, "others": others})
 
 
@@ -271,6 +285,7 @@ def _target_bucket(artifact: Artifact, env: str) -> Bucket:
 def promote(request: HttpRequest, pk: int, env: str) -> HttpResponse:
     """GET previews (policy checklist and preflight); POST confirms and creates the request."""
     artifact = get_object_or_404(Artifact.objects.select_related("integration"), pk=pk)
+    shown_to(request, artifact.integration, "No such artifact.")
     target = _target_bucket(artifact, env)
     form = PromoteForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -321,6 +336,7 @@ def rollback(request: HttpRequest, name: str, env: str, arrival_pk: int) -> Http
         bucket__integration__name=name,
         bucket__env=env,
     )
+    shown_to(request, arrival.bucket.integration, f"No integration named {name!r}.")
     form = RollbackForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -349,7 +365,8 @@ def _promotion_action(
     With a form that does not validate nothing is done: the errors are shown instead (a reason with a control
     character must not turn into a cancel without its reason).
     """
-    promotion = get_object_or_404(Promotion, pk=pk)
+    promotion = get_object_or_404(Promotion.objects.select_related("integration"), pk=pk)
+    shown_to(request, promotion.integration, "No such promotion.")
     if form is not None and not form.is_valid():
         for name, errors in form.errors.items():
             label = form.fields[name].label or name.capitalize() if name in form.fields else ""
@@ -374,6 +391,7 @@ def _decision(request: HttpRequest, pk: int, action: Callable[..., object], done
         promotion = selectors.promotion_for_decision(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
     approving = action is approval_service.promotion_approve
     if form.is_valid() and (not approving or _confirm_sign_in(request, form, promotion)):
         return _promotion_action(request, pk, action, done, comment=form.cleaned_data["comment"])

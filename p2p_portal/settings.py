@@ -221,6 +221,8 @@ P2P_API_TOKEN_RATE = os.environ.get("P2P_API_TOKEN_RATE", "1200/minute")
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # What team membership gives (view, request; release managers also approve and make tokens).
+    "ci_integrations.services.teams.TeamPermissionBackend",
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", "15")))

@@ -21,6 +21,7 @@ from ci_integrations.services.promotions import (
     promotion_locked,
     promotion_queue,
 )
+from ci_integrations.services.teams import is_release_manager, sees_integration
 from ci_integrations.services.webhooks import webhooks_notify
 
 State = Promotion.State
@@ -57,7 +58,15 @@ def _block(p: Promotion, actor: Actor, decision: str) -> ApprovalBlock | None:
         done = "approved" if decision == Approval.Decision.APPROVE else "rejected"
         return ApprovalBlock("state", f"promotion #{p.pk} is {p.state}; only promotions pending approval can be {done}")
     group = p.step.approver_group if p.step_id else None
-    if group is not None:
+    if p.step_id and p.step.approvers_from_team:
+        if not is_release_manager(user, p.integration):
+            team = f"team {p.integration.team.name!r}" if p.integration.team_id else "the integration's team"
+            return ApprovalBlock(
+                "forbidden", f"only release managers of {team} may {verb} promotions into {p.to_bucket.env}"
+            )
+    elif not sees_integration(user, p.integration):
+        return ApprovalBlock("forbidden", f"{user.get_username()} is not in team {p.integration.team.name!r}")
+    elif group is not None:
         if not user.groups.filter(pk=group.pk).exists():
             return ApprovalBlock(
                 "forbidden", f"only members of {group.name!r} may {verb} promotions into {p.to_bucket.env}"

@@ -21,7 +21,8 @@ from django.db.models import F
 from ci_integrations.models import Bucket, Integration, Registry, Webhook, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.config_reader import config_read, format_duration
+from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config_read, format_duration
+from ci_integrations.services.config_teams import apply_roles, apply_teams, export_roles, export_teams
 
 # Bucket options that name who pushes; exported only when set.
 PUSH_OPTIONS = ("push_role_arn", "push_service_account")
@@ -114,6 +115,13 @@ class _Applier:
             obj.full_clean(validate_unique=False, validate_constraints=False)
         else:
             obj.clean_fields()
+
+    def changed(self, obj, line: str, after: dict) -> None:
+        """Record a change that is not one row's fields (a team's members, a role's groups)."""
+        self.changes.append(line)
+        audit_record(
+            actor=self.actor, action="config.update", obj=obj, after=after, reason=f"apply_config {self.source}"
+        )
 
     def registry(self, name: str, spec: dict) -> None:
         """One registry, then its credentials (compared decrypted, so an unchanged secret is no change)."""
@@ -247,6 +255,10 @@ def config_apply(*, data: dict, actor: Actor, source: str = "config", check: boo
                 applier.workflow(name, spec)
             for name, spec in specs.integrations.items():
                 applier.integration(name, spec)
+            if specs.teams is not None:
+                apply_teams(applier, specs.teams)
+            if specs.roles is not None:
+                apply_roles(applier, specs.roles)
             # Kinds are checked once every row is written: a workflow and its integrations may change kind together.
             mismatched = (
                 Integration.objects.filter(workflow__isnull=False)
@@ -288,7 +300,9 @@ def config_export() -> dict:
             entry = {"from": step.from_env, "to": step.to_env, "approvals": step.required_approvals}
             if step.rollback_approvals is not None:
                 entry["rollback_approvals"] = step.rollback_approvals
-            if step.approver_group:
+            if step.approvers_from_team:
+                entry["approver_group"] = TEAM_RELEASE_MANAGERS
+            elif step.approver_group:
                 entry["approver_group"] = step.approver_group.name
             if step.required_checks:
                 entry["required_checks"] = list(step.required_checks)
@@ -341,7 +355,12 @@ def config_export() -> dict:
         if webhooks:
             item["webhooks"] = webhooks  # secrets stay stored; apply keeps them when the file names none
         integrations.append(item)
-    return {"registries": registries, "workflows": workflows, "integrations": integrations}
+    exported = {"registries": registries, "workflows": workflows, "integrations": integrations}
+    if teams := export_teams():
+        exported["teams"] = teams
+    if roles := export_roles():
+        exported["roles"] = roles
+    return exported
 
 
 def config_dump(data: dict) -> str:

@@ -29,8 +29,9 @@ from ci_integrations.models import (
     validate_registry_url,
     validate_repository,
 )
+from ci_integrations.services.config_teams import read_roles, read_teams
 
-TOP_LEVEL_KEYS = {"registries", "workflows", "integrations"}
+TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
 WORKFLOW_KEYS = {"name", "kind", "description", "steps"}
 STEP_KEYS = {
@@ -58,6 +59,8 @@ BUCKET_KEYS = {
 }
 WEBHOOK_KEYS = {"url", "secret", "events"}
 
+# `approver_group: "@release_managers"`: the release managers of the integration's team.
+TEAM_RELEASE_MANAGERS = "@release_managers"
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 DURATION_SIZES = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
@@ -73,6 +76,8 @@ class ConfigSpecs:
     workflows: dict[str, dict]
     integrations: dict[str, dict]
     problems: list[str]
+    teams: dict[str, dict] | None = None  # None: the file has no teams section, so teams stay as they are
+    roles: dict[str, list[str]] | None = None
 
 
 def config_read(data: dict) -> ConfigSpecs:
@@ -84,7 +89,9 @@ def config_read(data: dict) -> ConfigSpecs:
     integrations = reader.integrations(registries, workflows)
     reader.workflow_kinds_hold(workflows, integrations)
     reader.workflow_buckets_hold(workflows, integrations)
-    return ConfigSpecs(registries, workflows, integrations, reader.problems)
+    teams = read_teams(reader, integrations)
+    roles = read_roles(reader)
+    return ConfigSpecs(registries, workflows, integrations, reader.problems, teams=teams, roles=roles)
 
 
 def format_duration(value: timedelta | None) -> str | None:
@@ -296,12 +303,19 @@ class _Reader:
         if group is not None and not isinstance(group, str):
             self.problem(f"{path}.approver_group", "must be a group name")
             group = None
+        from_team = group == TEAM_RELEASE_MANAGERS
+        if isinstance(group, str) and group.startswith("@") and not from_team:
+            self.problem(
+                f"{path}.approver_group", f"{group!r}: the only team-relative group is {TEAM_RELEASE_MANAGERS}"
+            )
+            group = None
         return {
             "from_env": from_env,
             "to_env": to_env,
             "required_approvals": self.count(f"{path}.approvals", step.get("approvals"), 0),
             "rollback_approvals": self.count(f"{path}.rollback_approvals", step.get("rollback_approvals"), None),
-            "approver_group": group,
+            "approver_group": None if from_team else group,
+            "approvers_from_team": from_team,
             "required_checks": checks,
             "min_soak": self.duration(f"{path}.min_soak", step.get("min_soak")),
             "self_approval": self.boolean(f"{path}.self_approval", step.get("self_approval"), False),

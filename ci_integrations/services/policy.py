@@ -14,6 +14,7 @@ from django.utils import timezone
 from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Promotion, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.freeze import freeze_windows_active
+from ci_integrations.services.teams import may_request_for
 
 REQUEST_SCOPE = "promotions:request"
 
@@ -77,6 +78,11 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
             return False, f"the CI token {token.name!r} is not scoped to integration {integration.name!r}"
         if refusal := ci_token_owner_refusal(token, "ci_integrations.request_promotion"):
             return False, refusal
+        if token.owner_id and not may_request_for(token.owner, integration):
+            return False, (
+                f"the CI token {token.name!r} acts for {token.owner.get_username()}, who is not in team "
+                f"{integration.team.name!r} of {integration.name}"
+            )
         return True, f"CI token {token.name!r} has the {REQUEST_SCOPE!r} scope"
     if token is not None and token.kind == "personal" and token.scopes and REQUEST_SCOPE not in token.scopes:
         return False, f"the personal token {token.name!r} lacks the {REQUEST_SCOPE!r} scope"
@@ -87,6 +93,10 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
         return False, "no user behind this request"
     if not user.is_active:
         return False, f"user {user.get_username()!r} is inactive"
+    if integration.team_id is not None:
+        if may_request_for(user, integration):
+            return True, f"{user.get_username()} may request promotions of team {integration.team.name!r}"
+        return False, f"{user.get_username()} is not in team {integration.team.name!r}, which owns {integration.name}"
     if user.has_perm("ci_integrations.request_promotion"):
         return True, f"{user.get_username()} may request promotions"
     return False, f"{user.get_username()} may not request promotions (needs the request_promotion permission)"

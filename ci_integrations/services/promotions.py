@@ -39,6 +39,7 @@ from ci_integrations.services.policy import (
     promotion_evaluate,
     promotion_reevaluate,
 )
+from ci_integrations.services.teams import may_request_for
 from ci_integrations.services.webhooks import webhooks_notify
 
 logger = logging.getLogger(__name__)
@@ -324,7 +325,11 @@ def _may_manage(p: Promotion, actor: Actor) -> bool:
     if actor.user is None:
         return actor.token is None  # the system itself
     user = actor.person
-    return user is not None and (
+    if user is None:
+        return False
+    if p.integration.team_id is not None:
+        return p.requested_by_id == user.pk or user.is_staff or may_request_for(user, p.integration)
+    return (
         p.requested_by_id == user.pk
         or user.is_staff
         or user.has_perm("ci_integrations.approve_promotion")

@@ -12,7 +12,12 @@ with a role, as before teams existed.
 
 from __future__ import annotations
 
-from django.db.models import Q
+import json
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import BaseBackend, ModelBackend
+from django.db.models import Exists, OuterRef, Q, Subquery
 
 from ci_integrations.models import Integration, PersonIdentity, Team
 
@@ -20,52 +25,47 @@ ROLE_AUDITORS = "auditors"
 ROLE_RELEASE_MANAGERS = "release-managers"
 ROLE_PLATFORM_ADMINS = "platform-admins"
 ROLES = (ROLE_AUDITORS, ROLE_RELEASE_MANAGERS, ROLE_PLATFORM_ADMINS)
-# The config file's names for the roles of its `roles:` section.
-ROLE_KEYS = {
-    "auditors": ROLE_AUDITORS,
-    "release_managers": ROLE_RELEASE_MANAGERS,
-    "platform_admins": ROLE_PLATFORM_ADMINS,
-}
 
 
-def _role_names(user) -> set[str]:
-    cached = getattr(user, "_p2p_role_names", None)
-    if cached is None:
-        cached = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
-        user._p2p_role_names = cached
-    return cached
+@dataclass(frozen=True)
+class _Standing:
+    """What a person's roles and teams are, read in one query per request (two when they are in a team)."""
+
+    roles: frozenset[str]
+    teams: frozenset[int]
+    managed_teams: frozenset[int]
 
 
-def has_role(user, role: str) -> bool:
-    return bool(user and user.is_active and (user.is_superuser or role in _role_names(user)))
+NOBODY = _Standing(frozenset(), frozenset(), frozenset())
 
 
-def sees_every_team(user) -> bool:
-    """Superusers, auditors and platform admins see every integration, whatever its team."""
-    return bool(
-        user and user.is_active and (user.is_superuser or _role_names(user) & {ROLE_AUDITORS, ROLE_PLATFORM_ADMINS})
-    )
-
-
-def _provider_groups(user) -> list[str]:
-    cached = getattr(user, "_p2p_provider_groups", None)
-    if cached is None:
-        identity = PersonIdentity.objects.filter(user=user).only("groups").first()
-        cached = list(identity.groups) if identity else []
-        user._p2p_provider_groups = cached
-    return cached
-
-
-def _memberships(user) -> tuple[set[int], set[int]]:
-    """(teams the person is in, teams they manage releases for), read once per request. Teams are few, so the group
-    lists are matched here rather than with JSON lookups that SQLite lacks."""
+def _standing(user) -> _Standing:
     if not user or not user.is_authenticated or not user.is_active:
-        return set(), set()
-    cached = getattr(user, "_p2p_memberships", None)
-    if cached is None:
-        groups = set(_provider_groups(user))
+        return NOBODY
+    cached = getattr(user, "_p2p_standing", None)
+    if cached is not None:
+        return cached
+    user_groups = user.groups.through.objects.filter(user_id=OuterRef("pk"))
+    row = (
+        get_user_model()
+        .objects.filter(pk=user.pk)
+        .annotate(
+            provider_groups=Subquery(PersonIdentity.objects.filter(user_id=OuterRef("pk")).values("groups")[:1]),
+            in_a_team=Exists(Team.members.through.objects.filter(user_id=OuterRef("pk"))),
+            **{f"role_{index}": Exists(user_groups.filter(group__name=role)) for index, role in enumerate(ROLES)},
+        )
+        .values("provider_groups", "in_a_team", *(f"role_{index}" for index in range(len(ROLES))))
+        .first()
+    ) or {}
+    roles = frozenset(role for index, role in enumerate(ROLES) if row.get(f"role_{index}"))
+    groups = set(_json_list(row.get("provider_groups")))
+    member: set[int] = set()
+    managed: set[int] = set()
+    if groups or row.get("in_a_team"):
         local = set(Team.members.through.objects.filter(user_id=user.pk).values_list("team_id", flat=True))
-        member, managed = set(local), set(local) if has_role(user, ROLE_RELEASE_MANAGERS) else set()
+        member |= local
+        if user.is_superuser or ROLE_RELEASE_MANAGERS in roles:
+            managed |= local
         if groups:
             for team_id, oidc_groups, manager_groups in Team.objects.values_list(
                 "pk", "oidc_groups", "release_manager_groups"
@@ -75,9 +75,34 @@ def _memberships(user) -> tuple[set[int], set[int]]:
                     managed.add(team_id)
                 elif groups & set(oidc_groups):
                     member.add(team_id)
-        cached = (member, managed)
-        user._p2p_memberships = cached
-    return cached
+    standing = _Standing(roles, frozenset(member), frozenset(managed))
+    user._p2p_standing = standing
+    return standing
+
+
+def _json_list(value) -> list:
+    """A JSON list read through an annotation (SQLite hands back its text, PostgreSQL the list)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return value if isinstance(value, list) else []
+
+
+def has_role(user, role: str) -> bool:
+    return bool(user and user.is_active and (user.is_superuser or role in _standing(user).roles))
+
+
+def sees_every_team(user) -> bool:
+    """Superusers, auditors and platform admins see every integration, whatever its team."""
+    return bool(
+        user and user.is_active and (user.is_superuser or _standing(user).roles & {ROLE_AUDITORS, ROLE_PLATFORM_ADMINS})
+    )
+
+
+def _memberships(user) -> tuple[frozenset[int], frozenset[int]]:
+    """(teams the person is in, teams they manage releases for). Teams are few, so the group lists are matched here
+    rather than with JSON lookups that SQLite lacks."""
+    standing = _standing(user)
+    return standing.teams, standing.managed_teams
 
 
 def team_ids_of(user) -> set[int]:
@@ -117,5 +142,59 @@ def visible_integrations_q(user, prefix: str = "") -> Q:
 
 def forget_cached_rights(user) -> None:
     """Drop what this request has read of the person's roles and teams (after a sign-in changed them)."""
-    for name in ("_p2p_role_names", "_p2p_provider_groups", "_p2p_memberships", "_perm_cache", "_group_perm_cache"):
-        user.__dict__.pop(name, None)
+    for name in ("_p2p_standing", "_perm_cache", "_group_perm_cache"):
+        if hasattr(user, name):
+            delattr(user, name)
+
+
+# --- rights ----------------------------------------------------------------------------------------------------------
+
+REQUEST = "ci_integrations.request_promotion"
+APPROVE = "ci_integrations.approve_promotion"
+MAKE_CI_TOKENS = "ci_integrations.add_ci_token"
+
+
+def holds_org_wide(user, permission: str) -> bool:
+    """Whether the person holds `permission` through their roles (groups) or as superuser, not through a team."""
+    return bool(user and user.is_active and ModelBackend().has_perm(user, permission))
+
+
+def may_request_for(user, integration: Integration) -> bool:
+    """Requesting, cancelling and retrying an integration's promotions: its team's members, and people who hold the
+    right org-wide and see every team; for an integration no team owns, whoever holds the right org-wide."""
+    if integration.team_id is None:
+        return holds_org_wide(user, REQUEST)
+    return integration.team_id in team_ids_of(user) or (sees_every_team(user) and holds_org_wide(user, REQUEST))
+
+
+def may_make_ci_tokens_for(user, integration: Integration) -> bool:
+    """Making CI tokens for an integration: its team's release managers, and whoever may make CI tokens org-wide
+    (platform admins)."""
+    if holds_org_wide(user, MAKE_CI_TOKENS):
+        return True
+    return integration.team_id is not None and integration.team_id in managed_team_ids_of(user)
+
+
+class TeamPermissionBackend(BaseBackend):
+    """The permissions that team membership gives, for Django's permission checks: members may view and request,
+    release managers may also approve and make tokens. Which integrations it applies to is narrowed per object by
+    the functions above (services call them); this backend only opens the door that roles would otherwise keep shut.
+    """
+
+    def get_all_permissions(self, user_obj, obj=None) -> set[str]:
+        if obj is not None or not user_obj.is_active or user_obj.is_anonymous:
+            return set()
+        member, managed = _memberships(user_obj)
+        if not member:
+            return set()
+        permissions = {f"ci_integrations.view_{model._meta.model_name}" for model in _app_models()}
+        permissions.add(REQUEST)
+        if managed:
+            permissions |= {APPROVE, "ci_integrations.add_apitoken", MAKE_CI_TOKENS}
+        return permissions
+
+
+def _app_models():
+    from django.apps import apps
+
+    return apps.get_app_config("ci_integrations").get_models()

@@ -33,6 +33,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
 from ci_integrations.services.rows import columns, fetch_one, table
+from ci_integrations.services.teams import may_make_ci_tokens_for
 
 PREFIX = "p2p"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -208,6 +209,14 @@ def _check_ci_token(*, actor: Actor, user, owner, system: bool, integrations: li
             f"{actor.person.get_username()} may not create CI tokens (needs the add_ci_token permission)",
             details={"required_permission": "ci_integrations.add_ci_token"},
         )
+    if actor.person is not None:
+        refused = [i.name for i in integrations if not may_make_ci_tokens_for(actor.person, i)]
+        if refused:
+            raise NotAllowed(
+                f"{actor.person.get_username()} may not make CI tokens for {', '.join(refused)}: that is for the "
+                "release managers of its team and for platform admins",
+                details={"integrations": refused},
+            )
     if user is not None:
         raise InvalidInput("a CI token acts for integrations, not for a user", details={"user": "not allowed"})
     if not integrations:
