@@ -288,6 +288,27 @@ class Integration(models.Model):
             )
 
 
+class CiIdentity(models.Model):
+    """A trust policy of an integration: CI jobs whose OIDC ID token comes from `issuer`, for `audience`, with
+    `claims` matching (exact values, or globs such as "refs/tags/v*"), may exchange it for a short-lived CI token
+    with `scopes` on this integration (services/oidc_exchange.py). Kept from the config file's `ci_identities`."""
+
+    integration = models.ForeignKey("Integration", on_delete=models.CASCADE, related_name="ci_identities")
+    position = models.PositiveIntegerField(default=0)
+    issuer = models.CharField(max_length=512)
+    audience = models.CharField(max_length=255)
+    claims = models.JSONField(default=dict, blank=True)
+    scopes = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["integration", "position"]
+        verbose_name_plural = "CI identities"
+        indexes = [models.Index(fields=["issuer"], name="ci_identity_issuer_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.integration.name}: {self.issuer} ({self.audience})"
+
+
 class Bucket(models.Model):
     """An integration's slot for one environment or release stream: a repository on one registry."""
 
@@ -510,6 +531,9 @@ class Promotion(models.Model):
     on_behalf_of = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The CI job behind a request made with an exchanged token (issuer, subject, repository, ref, run id…); empty
+    # otherwise.
+    ci_identity = models.JSONField(default=dict, blank=True)
     reason = models.TextField(blank=True, default="")
     freeze_override_reason = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -661,8 +685,9 @@ class ApiToken(models.Model):
 
     A CI token has an owner, the person who answers for it: it never has more rights than its owner has now, it stops
     working when its owner is deactivated, and its owner counts as the requester of what it requests. A system token
-    has no owner; what it requests needs two approvers where four-eyes applies. Only a peppered HMAC of the secret is
-    stored; see services/tokens.py for the format.
+    has no owner; what it requests needs two approvers where four-eyes applies, unless it was exchanged for the ID
+    token of a CI run whose triggering person is known (`triggered_by`), who then counts as the requester. Only a
+    peppered HMAC of the secret is stored; see services/tokens.py for the format.
     """
 
     class Kind(models.TextChoices):
@@ -684,6 +709,12 @@ class ApiToken(models.Model):
     )
     integrations = models.ManyToManyField(Integration, blank=True, related_name="tokens")
     scopes = models.JSONField(default=list)
+    # A token exchanged for a CI job's OIDC ID token: the job's identity (issuer, subject, the claims that matched),
+    # and the person who triggered the run when its `actor` claim names one, who counts as the requester.
+    ci_identity = models.JSONField(default=dict, blank=True)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     secret_hash = models.CharField(max_length=64, editable=False)
     pepper_id = models.CharField(max_length=32, editable=False)
     created_at = models.DateTimeField(default=timezone.now)

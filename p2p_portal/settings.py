@@ -206,6 +206,13 @@ P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
 P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
+# CI's OIDC token exchange (POST /api/v1/auth/oidc/): minutes an exchanged CI token lives at most (never past the ID
+# token's own expiry), and how long an issuer's discovery document and keys are kept before they are fetched again.
+P2P_OIDC_CI_TOKEN_MINUTES = env_whole_number("P2P_OIDC_CI_TOKEN_MINUTES", 60)
+P2P_OIDC_JWKS_CACHE_SECONDS = env_whole_number("P2P_OIDC_JWKS_CACHE_SECONDS", 300)
+# A plain-HTTP issuer on loopback (a local identity provider) is for development and tests only; production issuers
+# are https and never on internal addresses.
+P2P_OIDC_ALLOW_HTTP_LOOPBACK = DEBUG
 
 # Shared cache (API rate limits are counted here, so every web replica counts together).
 CACHES = {

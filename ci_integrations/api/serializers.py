@@ -263,6 +263,7 @@ class PromotionOut(serializers.Serializer):
     required_approvals = serializers.IntegerField()
     approvals = ApprovalOut(many=True)
     requested_by = serializers.CharField(source="requested_by_label")
+    ci_identity = serializers.JSONField(help_text="the CI job behind an exchanged token: issuer, subject, claims")
     reason = serializers.CharField()
     progress = serializers.SerializerMethodField()
     log_tail = serializers.SerializerMethodField()
@@ -367,6 +368,22 @@ class AuditVerifyOut(serializers.Serializer):
     public_key = serializers.CharField(allow_null=True, help_text="the Ed25519 key checkpoints are signed with")
     queued = serializers.BooleanField(help_text="a background verification of the whole chain was queued")
     verified_at = serializers.CharField(allow_null=True, help_text="when the last background run finished")
+
+
+# --- CI's OIDC token exchange ---------------------------------------------------------------------------------------
+
+
+class OidcExchangeIn(serializers.Serializer):
+    token = serializers.CharField(max_length=16384, help_text="the CI job's OIDC ID token (a JWT)")
+
+
+class OidcExchangeOut(serializers.Serializer):
+    """A short-lived CI token: shown once, scoped to the integrations whose CI identities the ID token matched."""
+
+    token = serializers.CharField(help_text="p2p_…: send it as `Authorization: Bearer <token>`")
+    expires_at = serializers.DateTimeField()
+    integrations = serializers.ListField(child=serializers.CharField())
+    scopes = serializers.ListField(child=serializers.CharField())
 
 
 class ErrorBody(serializers.Serializer):

@@ -48,6 +48,7 @@ v1 = [
     path("promotions/<id:pk>/retry/", views.PromotionRetryView.as_view(), name="api-promotion-retry"),
     path("audit/", views.AuditListView.as_view(), name="api-audit"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
+    path("auth/oidc/", views.OidcExchangeView.as_view(), name="api-auth-oidc"),
     path("cli/p2p", views.cli_download, name="api-cli"),
     path("insights/dora/", insights.DoraView.as_view(), name="api-insights-dora"),
 ]

@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 from ci_integrations import selectors
 from ci_integrations.api import parsers
 from ci_integrations.api import serializers as s
-from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
+from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge, error_body
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
 from ci_integrations.api.permissions import HasScope, check_scope, request_token
 from ci_integrations.api.throttling import TokenRateThrottle
@@ -33,6 +33,7 @@ from ci_integrations.services.audit_verification import audit_verify_bounded
 from ci_integrations.services.credentials import bucket_push_credentials
 from ci_integrations.services.errors import NotFound
 from ci_integrations.services.imports import artifact_import
+from ci_integrations.services.oidc_exchange import ExchangeRefused, ci_token_exchange
 from ci_integrations.services.promotions import bucket_rollback, promotion_cancel, promotion_request, promotion_retry
 from ci_integrations.services.tokens import (
     SCOPE_ARTIFACTS_WRITE,
@@ -443,6 +444,44 @@ class AuditVerifyView(ApiView):
             "verified_at": last_run.get("verified_at"),
         }
         return Response(s.AuditVerifyOut(body).data)
+
+
+# --- CI's OIDC token exchange ---------------------------------------------------------------------------------------
+
+
+class OidcExchangeView(ApiView):
+    # The ID token in the body is the credential: no API token, no scope; throttled per address.
+    authentication_classes: list = []
+    permission_classes: list = []
+    store_idempotent_response = False  # the answer is a token
+
+    @extend_schema(
+        request=s.OidcExchangeIn,
+        responses={201: s.OidcExchangeOut, **ERRORS},
+        auth=[],
+        operation_id="auth_oidc_exchange",
+    )
+    def post(self, request):
+        """Exchange a CI job's OIDC ID token (GitHub Actions, GitLab CI, …) for a short-lived CI token.
+
+        401 names the check that failed (algorithm, issuer, key, signature, exp, nbf, iat, audience, claims); every
+        exchange and every refusal is audited."""
+        data = self.parse(s.OidcExchangeIn, request.data)
+        try:
+            exchange = ci_token_exchange(id_token=data["token"], request_id=getattr(request, "request_id", ""))
+        except ExchangeRefused as refusal:
+            return Response(
+                error_body(refusal.code, refusal.message, refusal.details),
+                status=status.HTTP_401_UNAUTHORIZED,
+                headers={"WWW-Authenticate": 'Bearer realm="p2p", error="invalid_token"'},
+            )
+        body = {
+            "token": exchange.plain,
+            "expires_at": exchange.expires_at,
+            "integrations": exchange.integrations,
+            "scopes": exchange.token.scopes,
+        }
+        return Response(s.OidcExchangeOut(body).data, status=status.HTTP_201_CREATED)
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------------

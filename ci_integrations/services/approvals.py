@@ -80,7 +80,12 @@ def _block(p: Promotion, actor: Actor, decision: str) -> ApprovalBlock | None:
         and user.pk in (p.requested_by_id, p.on_behalf_of_id)
         and not (p.step_id and p.step.self_approval)
     ):
-        how = "requested this promotion" if p.requested_by_id == user.pk else "own the CI token that requested it"
+        if p.requested_by_id == user.pk:
+            how = "requested this promotion"
+        elif p.ci_identity:
+            how = "triggered the CI run that requested it"
+        else:
+            how = "own the CI token that requested it"
         return ApprovalBlock("forbidden", f"four-eyes: you {how}, so someone else must approve it")
     if Approval.objects.filter(promotion=p, user=user).exists():
         return ApprovalBlock("state", f"{user.get_username()} has already decided on promotion #{p.pk}")

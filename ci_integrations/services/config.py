@@ -18,7 +18,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
-from ci_integrations.models import Bucket, Integration, Registry, Webhook, Workflow, WorkflowStep
+from ci_integrations.models import Bucket, CiIdentity, Integration, Registry, Webhook, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config_read, format_duration
@@ -222,6 +222,37 @@ class _Applier:
                 after={"url": hook["url"], "events": hook["events"]},
                 reason=f"apply_config {self.source}",
             )
+        self.ci_identities(integration, spec["ci_identities"])
+
+    def ci_identities(self, integration: Integration, wanted: list[dict]) -> None:
+        """An integration's CI identities exactly as the file lists them, in its order (an integration in the file
+        without `ci_identities` trusts no CI identity): replaced together, audited as one change."""
+        current = [ci_identity_spec(identity) for identity in integration.ci_identities.order_by("position", "id")]
+        if current == wanted:
+            return
+        integration.ci_identities.all().delete()
+        CiIdentity.objects.bulk_create(
+            CiIdentity(integration=integration, position=position, **spec) for position, spec in enumerate(wanted)
+        )
+        self.changes.append(f"~ integration {integration.name} ci_identities ({len(current)} → {len(wanted)})")
+        audit_record(
+            actor=self.actor,
+            action="config.update",
+            obj=integration,
+            before={"ci_identities": current},
+            after={"ci_identities": wanted},
+            reason=f"apply_config {self.source}",
+        )
+
+
+def ci_identity_spec(identity: CiIdentity) -> dict:
+    """A CI identity as the file writes it."""
+    return {
+        "issuer": identity.issuer,
+        "audience": identity.audience,
+        "claims": dict(identity.claims),
+        "scopes": list(identity.scopes),
+    }
 
 
 def _shown(value) -> str:
@@ -325,7 +356,9 @@ def config_export() -> dict:
         )
     integrations = []
     for integration in (
-        Integration.objects.select_related("workflow").prefetch_related("buckets__registry").order_by("name")
+        Integration.objects.select_related("workflow")
+        .prefetch_related("buckets__registry", "ci_identities")
+        .order_by("name")
     ):
         item = {"name": integration.name, "kind": integration.kind}
         if integration.workflow:
@@ -354,6 +387,9 @@ def config_export() -> dict:
         ]
         if webhooks:
             item["webhooks"] = webhooks  # secrets stay stored; apply keeps them when the file names none
+        identities = sorted(integration.ci_identities.all(), key=lambda identity: (identity.position, identity.id))
+        if identities:
+            item["ci_identities"] = [ci_identity_spec(identity) for identity in identities]
         integrations.append(item)
     exported = {"registries": registries, "workflows": workflows, "integrations": integrations}
     if teams := export_teams():

@@ -4,7 +4,7 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules.
+May import: models, input_rules, ci_trust.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ci_integrations.models import (
     validate_registry_url,
     validate_repository,
 )
+from ci_integrations.services.ci_trust import ci_identity_read
 from ci_integrations.services.config_teams import read_roles, read_teams
 
 TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles"}
@@ -46,7 +47,7 @@ STEP_KEYS = {
     "auto",
     "tag_rule",
 }
-INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks"}
+INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks", "ci_identities"}
 BUCKET_KEYS = {
     "env",
     "registry",
@@ -358,6 +359,11 @@ class _Reader:
                 self.webhook(hook_path, hook, item.get("name"))
                 for _, hook_path, hook in self.mappings(f"{path}.webhooks", item.get("webhooks"))
             ]
+            ci_identities = []
+            for _, identity_path, identity in self.mappings(f"{path}.ci_identities", item.get("ci_identities")):
+                spec, problems = ci_identity_read(identity_path, identity)
+                self.problems += problems
+                ci_identities.append(spec)
             if name:
                 found[name] = {
                     "kind": kind,
@@ -365,6 +371,7 @@ class _Reader:
                     "description": str(item.get("description") or ""),
                     "buckets": buckets,
                     "webhooks": webhooks,
+                    "ci_identities": ci_identities,
                 }
         return found
 

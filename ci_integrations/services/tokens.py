@@ -133,6 +133,8 @@ def token_create(
     integrations=(),
     scopes=(),
     expires_at: datetime | None = None,
+    ci_identity: dict | None = None,
+    triggered_by=None,
 ) -> tuple[ApiToken, str]:
     """Create a token and return it with its plain text, which is never stored and cannot be shown again.
 
@@ -141,6 +143,9 @@ def token_create(
     needs the add_ci_token permission to make one. CI tokens expire: by default, and at the latest, after
     P2P_CI_TOKEN_MAX_AGE. Personal tokens need a user, act with that user's permissions, and may also carry
     promotions:approve.
+
+    A CI token exchanged for a CI job's ID token (services/oidc_exchange.py) is a system token that records the job's
+    `ci_identity` and, when known, the person who `triggered_by` the run; it is audited as token.exchanged.
     """
     if kind not in ApiToken.Kind.values:
         raise InvalidInput(f"unknown token kind {kind!r}", details={"kind": "use ci or personal"})
@@ -176,12 +181,20 @@ def token_create(
             made_by=actor.person,
             created_by=actor.label,
             expires_at=expires_at,
+            ci_identity=ci_identity or {},
+            triggered_by=triggered_by,
         )
         if integrations:
             token.integrations.set(integrations)
+        exchanged = {}
+        if ci_identity:
+            exchanged = {
+                "ci_identity": ci_identity,
+                "triggered_by": triggered_by.get_username() if triggered_by else None,
+            }
         audit_record(
             actor=actor,
-            action="token.created",
+            action="token.exchanged" if ci_identity else "token.created",
             obj=token,
             after={
                 "key_id": token.key_id,
@@ -193,6 +206,7 @@ def token_create(
                 "integrations": sorted(i.name for i in integrations),
                 "scopes": scopes,
                 "expires_at": expires_at,
+                **exchanged,
             },
             integration=integrations[0].name if len(integrations) == 1 else "",
         )

@@ -116,6 +116,9 @@ def matrix(world) -> dict[str, Row]:
         "api-docs": Row("GET", "/api/docs/", {**everyone(200), **BAD_TOKENS}),
         "api-not-found": Row("GET", "/api/v1/nothing-here/", everyone(404)),
         "api-cli": Row("GET", "/api/v1/cli/p2p", everyone(200)),
+        # The ID token in the body is the credential, whatever Authorization says: a token no CI identity trusts is
+        # refused for everyone (tests/api/test_oidc_exchange.py covers the 201s).
+        "api-auth-oidc": Row("POST", "/api/v1/auth/oidc/", everyone(401), {"token": "not-a-jwt"}),
         "api-integrations": Row("GET", "/api/v1/integrations/", authed(**{k: 200 for k in CALLERS[4:]})),
         "api-integration": Row("GET", f"/api/v1/integrations/{shop}/", READ_OWN),
         "api-artifacts": Row("GET", f"/api/v1/integrations/{shop}/artifacts/?env=dev", READ_OWN),
