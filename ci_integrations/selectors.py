@@ -33,10 +33,11 @@ from ci_integrations.models import (
     ImportJob,
     Integration,
     Promotion,
+    Team,
     WorkflowStep,
 )
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.errors import InvalidInput
+from ci_integrations.services.errors import InvalidInput, NotFound
 from ci_integrations.services.rows import columns, fetch_one, table
 from ci_integrations.services.teams import (
     ROLE_RELEASE_MANAGERS,
@@ -595,3 +596,33 @@ def audit_entries_visible_to(actor: Actor, filters: AuditFilters) -> QuerySet[Au
     elif actor.user is not None and not sees_every_team(actor.user):
         entries = entries.filter(Q(integration="") | Q(integration__in=integrations_visible_to(actor).values("name")))
     return entries
+
+
+def insight_integration_ids(actor: Actor, *, team: str = "", integration: str = "") -> list[int] | None:
+    """Which integrations an insights report covers: the named integration, the named team's, or every one the
+    actor sees (None when that is all of them). Raises NotFound for a team or integration the actor cannot see."""
+    visible = integrations_visible_to(actor)
+    if integration:
+        visible = visible.filter(name=integration)
+    if team:
+        if not Team.objects.filter(name=team).exists():
+            raise NotFound(f"no team named {team!r}")
+        visible = visible.filter(team__name=team)
+    ids = list(visible.values_list("pk", flat=True))
+    if integration and not ids:
+        raise NotFound(f"no integration named {integration!r}" + (f" in team {team!r}" if team else ""))
+    if not (team or integration) and (actor.user is None or sees_every_team(actor.user)) and not actor.is_ci_token:
+        return None
+    return ids
+
+
+def team_names_visible_to(actor: Actor) -> list[str]:
+    """The teams whose integrations the actor sees (every team for auditors and platform admins)."""
+    if actor.user is not None and not actor.is_ci_token and sees_every_team(actor.user):
+        return list(Team.objects.order_by("name").values_list("name", flat=True))
+    return list(
+        Team.objects.filter(integrations__in=integrations_visible_to(actor))
+        .distinct()
+        .order_by("name")
+        .values_list("name", flat=True)
+    )
