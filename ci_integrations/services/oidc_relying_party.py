@@ -151,8 +151,14 @@ def sso_authorization_url(*, session, redirect_uri: str, next_url: str, fresh: b
     return authorization["url"]
 
 
+def _printable(text: str, limit: int) -> str:
+    """The provider's own words (they come through the browser's query string), without control characters."""
+    return "".join(c for c in text if c.isprintable())[:limit]
+
+
 def _provider_error(error: str, description: str) -> SignOnFailed:
-    said = f"{error}: {description[:300]}" if description else error
+    error, description = _printable(error, 64), _printable(description, 300)
+    said = f"{error}: {description}" if description else error
     if error == "invalid_client":
         return SignOnFailed(
             f"The identity provider refused the portal's client credentials ({said}): check P2P_OIDC_CLIENT_ID and "
@@ -161,7 +167,7 @@ def _provider_error(error: str, description: str) -> SignOnFailed:
         )
     if error == "access_denied":
         return SignOnFailed(f"The identity provider did not sign you in ({said}).", code=error)
-    return SignOnFailed(f"The identity provider answered with an error ({said}).", code=error[:64] or "error")
+    return SignOnFailed(f"The identity provider answered with an error ({said}).", code=error or "error")
 
 
 def _id_token_problem(exc: Exception) -> SignOnFailed:
@@ -180,7 +186,7 @@ def sso_complete(*, session, params: dict) -> SignOn:
     """Check the provider's answer (`params`: the callback's query) and exchange its code: a SignOn, or SignOnFailed
     saying what is wrong."""
     if params.get("error"):
-        raise _provider_error(str(params["error"])[:64], str(params.get("error_description") or ""))
+        raise _provider_error(str(params["error"]), str(params.get("error_description") or ""))
     client = _client()
     state = params.get("state") or ""
     data = client.framework.get_state_data(session, state) if state else None

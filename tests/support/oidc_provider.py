@@ -50,7 +50,10 @@ def ensure_installed() -> Path:
         if installed.exists() and json.loads(installed.read_text()).get("version") == VERSION:
             return HOME
         if not shutil.which("npm") or not shutil.which("node"):
-            raise RuntimeError("the single sign-on tests need Node.js and npm (Debian: apt-get install nodejs npm)")
+            raise RuntimeError("the single sign-on tests need Node.js 20 or later and npm (`make setup` installs them)")
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout.strip()
+        if int(node.lstrip("v").split(".")[0]) < 20:
+            raise RuntimeError(f"oidc-provider {VERSION} needs Node.js 20 or later; this machine has {node}")
         manifest = {"name": "p2p-test-oidc-provider", "private": True, "type": "module"}
         manifest["dependencies"] = {"oidc-provider": VERSION}
         (HOME / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
