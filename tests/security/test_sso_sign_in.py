@@ -14,7 +14,7 @@ from django.urls import reverse
 from ci_integrations.models import AuditEntry, PersonIdentity, RoleGrant
 from ci_integrations.services.oidc_relying_party import SignOn, SignOnFailed
 from ci_integrations.services.sso import sso_sign_in
-from tests.security.conftest import PASSWORD, ensure_roles, make_user
+from tests.security.conftest import PASSWORD, client_for, ensure_roles, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -80,6 +80,9 @@ def test_groups_set_roles_and_are_audited_with_the_issuer_and_subject(sso_on):
         "groups": ["audit"],
         "roles": ["auditors"],
     }
+    # The audit log says, by the actor, how each sign-in was made.
+    page = client_for(person).get(reverse("audit"), {"action": "person.signed_in"}).content.decode()
+    assert 'heidi <span class="muted small">via sso</span>' in page
 
 
 def test_a_missing_or_overflowing_groups_claim_is_refused_naming_it(sso_on):

@@ -32,8 +32,9 @@ const provider = new Provider(env.ISSUER, {
     profile: ['preferred_username', 'name', 'given_name', 'family_name'],
     groups: ['groups'],
   },
-  // Put the scopes' claims in the ID token, as Okta, Entra ID and Keycloak can be set to.
-  conformIdTokenClaims: false,
+  // Put the scopes' claims in the ID token, as Okta, Entra ID and Keycloak can be set to; or (CLAIMS_IN_ID_TOKEN=0)
+  // only in the userinfo answer, OpenID Connect's default.
+  conformIdTokenClaims: env.CLAIMS_IN_ID_TOKEN === '0',
   features: { devInteractions: { enabled: true }, rpInitiatedLogout: { enabled: true } },
   cookies: { keys: ['tests-only-cookie-key'] },
   async findAccount(ctx, id) {

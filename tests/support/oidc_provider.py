@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support.registry_server import free_port
+from tests.support.registry_server import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "9.13.3"
@@ -87,17 +87,15 @@ class OidcProvider:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
         shutil.rmtree(self.accounts_file.parent, ignore_errors=True)
 
 
-def start_oidc_provider(*, redirect_uris: list[str], post_logout_redirect_uris: list[str]) -> OidcProvider:
+def start_oidc_provider(
+    *, redirect_uris: list[str], post_logout_redirect_uris: list[str], claims_in_id_token: bool = True
+) -> OidcProvider:
+    """Start a provider; with `claims_in_id_token` off its ID tokens carry only `sub` (and the protocol's claims), and
+    the scopes' claims come from its userinfo endpoint, as OpenID Connect's default has it."""
     home = ensure_installed()
     shutil.copyfile(SCRIPT, home / "provider.mjs")
     workdir = Path(tempfile.mkdtemp(prefix="p2p-oidc-"))
@@ -107,7 +105,7 @@ def start_oidc_provider(*, redirect_uris: list[str], post_logout_redirect_uris: 
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     secret = secrets.token_urlsafe(24)
-    log_path = ROOT / "var" / "test-output" / "oidc-provider.log"
+    log_path = ROOT / "var" / "test-output" / f"oidc-provider-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -119,6 +117,7 @@ def start_oidc_provider(*, redirect_uris: list[str], post_logout_redirect_uris: 
         "REDIRECT_URIS": ",".join(redirect_uris),
         "POST_LOGOUT_REDIRECT_URIS": ",".join(post_logout_redirect_uris),
         "ACCOUNTS_FILE": str(accounts),
+        "CLAIMS_IN_ID_TOKEN": "1" if claims_in_id_token else "0",
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(["node", "provider.mjs"], cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -4,6 +4,8 @@ and a page that says what is wrong for each way a sign-in can fail."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import re
 
@@ -158,6 +160,34 @@ def test_approving_into_prod_after_an_old_sign_in_goes_through_the_provider_agai
     assert Approval.objects.filter(promotion=promotion, user__username="alice").count() == 1
 
 
+def test_groups_only_in_the_userinfo_answer_are_read_from_there(
+    sso, leads_manage_releases, browse, live_server, settings
+):
+    from tests.support.oidc_provider import start_oidc_provider
+
+    plain = start_oidc_provider(
+        redirect_uris=[f"{live_server.url}/login/sso/callback/"],
+        post_logout_redirect_uris=[f"{live_server.url}/login/"],
+        claims_in_id_token=False,
+    )
+    try:
+        settings.P2P_OIDC_ISSUER, settings.P2P_OIDC_CLIENT_SECRET = plain.issuer, plain.client_secret
+        session = open_browser(browse)
+        page = session.goto("/login/")
+        page.get_by_role("link", name=BUTTON).click()
+        sign_in_at_provider(page, "alice")
+        page.wait_for_url(f"{live_server.url}/")
+        id_token = portal_session(session_cookie(session))["p2p_oidc_id_token"]
+    finally:
+        plain.stop()
+    alice = User.objects.get(username="alice")
+    assert alice.identity.groups == ["everyone", "payments-leads"] and alice.identity.issuer == plain.issuer
+    assert alice.groups.filter(name="release-managers").exists()
+    # The ID token itself had neither the groups nor the user name: they came from userinfo.
+    payload = json.loads(base64.urlsafe_b64decode(id_token.split(".")[1] + "=="))
+    assert "groups" not in payload and "preferred_username" not in payload
+
+
 # --- each way a sign-in can fail: a page that says what is wrong ----------------------------------------------------
 
 
@@ -207,8 +237,8 @@ def test_a_missing_groups_claim_says_which_claim(sso, browse):
 
 def test_an_answer_that_matches_no_sign_in_of_this_browser_is_a_state_mismatch(sso, browse, live_server):
     session = open_browser(browse)
-    page = session.goto("/login/")
-    page.get_by_role("link", name=BUTTON).click()
+    # A `next` that leaves the portal is not followed: the person lands on the overview.
+    page = session.goto("/login/sso/?next=https://evil.example.com/")
     callbacks = []
     page.on("request", lambda request: callbacks.append(request.url) if "/login/sso/callback/" in request.url else 0)
     sign_in_at_provider(page, "bob")
