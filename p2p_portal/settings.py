@@ -273,10 +273,10 @@ if P2P_OIDC_ISSUER:
         pass
     if not _issuer.hostname or _issuer.query or _issuer.fragment or _issuer.scheme not in ("https", "http"):
         raise ImproperlyConfigured(f"P2P_OIDC_ISSUER {P2P_OIDC_ISSUER!r} is not an issuer URL (https://host/path).")
-    if _issuer.scheme == "http" and not _loopback:
+    if _issuer.scheme == "http" and not (_loopback and P2P_OIDC_ALLOW_HTTP_LOOPBACK):
         raise ImproperlyConfigured(
             f"P2P_OIDC_ISSUER {P2P_OIDC_ISSUER!r} must use https: plain http is accepted only on loopback "
-            "(127.0.0.1, ::1, localhost), for development and tests."
+            "(127.0.0.1, ::1, localhost) in development (DEBUG on), for development and tests."
         )
     if not P2P_OIDC_CLIENT_ID:
         raise ImproperlyConfigured("P2P_OIDC_ISSUER is set but P2P_OIDC_CLIENT_ID is not.")
