@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.contrib.sessions.models import Session
 from playwright.sync_api import expect
 
-from ci_integrations.models import Approval, AuditEntry, PersonIdentity, RoleGrant
+from ci_integrations.models import Approval, AuditEntry, Integration, PersonIdentity, RoleGrant, Team, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.promotions import promotion_request
 from tests.support.registry_server import free_port
@@ -188,6 +188,50 @@ def test_groups_only_in_the_userinfo_answer_are_read_from_there(
     assert "groups" not in payload and "preferred_username" not in payload
 
 
+def sign_in_through_provider(browse, live_server, login: str):
+    session = open_browser(browse)
+    page = session.goto("/login/")
+    page.get_by_role("link", name=BUTTON).click()
+    sign_in_at_provider(page, login)
+    page.wait_for_url(f"{live_server.url}/")
+    return session, page
+
+
+def test_teams_from_the_groups_claim_scope_what_people_see_and_approve(sso, browse, live_server, live_world):
+    world = live_world
+    payments = Team.objects.create(
+        name="payments", oidc_groups=["payments-devs"], release_manager_groups=["payments-leads"]
+    )
+    payments.members.add(world.users["release1"])
+    Team.objects.create(name="ledger-team", oidc_groups=["ledger-devs"])
+    sso.set_person("bob", {"preferred_username": "bob", "email": "bob@example.com", "groups": ["ledger-devs"]})
+    Integration.objects.filter(pk=world.integration.pk).update(team=payments)
+    Integration.objects.create(
+        name="ledger", workflow=world.integration.workflow, team=Team.objects.get(name="ledger-team")
+    )
+    WorkflowStep.objects.filter(pk=world.to_staging.pk).update(approver_group=None, approvers_from_team=True)
+    artifact = world.place("qa", "6.0.0")
+    promotion = promotion_request(artifact=artifact, to_env="staging", actor=Actor.for_user(world.users["release1"]))
+
+    # alice is in payments-leads: a release manager of the payments team, with no org-wide role.
+    alice, page = sign_in_through_provider(browse, live_server, "alice")
+    expect(page.locator("table.matrix")).to_contain_text(world.integration.name)
+    expect(page.locator("table.matrix")).not_to_contain_text("ledger")
+    page = alice.goto(f"/promotions/{promotion.pk}/")
+    page.get_by_label("Comment", exact=True).fill("payments lead says yes")
+    page.get_by_role("button", name="Approve").click()
+    expect(page.locator(".message.success")).to_contain_text(f"Approved #{promotion.pk}")
+    assert Approval.objects.filter(promotion=promotion, user__username="alice").count() == 1
+
+    # bob's groups make him a member of another team only: the payments team's pages do not exist for him.
+    bob, page = sign_in_through_provider(browse, live_server, "bob")
+    expect(page.locator("table.matrix")).to_contain_text("ledger")
+    expect(page.locator("table.matrix")).not_to_contain_text(world.integration.name)
+    for path in (f"/integrations/{world.integration.name}/", f"/promotions/{promotion.pk}/"):
+        bob.goto(path)
+        expect_console_status(bob, 404)
+
+
 # --- each way a sign-in can fail: a page that says what is wrong ----------------------------------------------------
 
 
@@ -195,6 +239,12 @@ def failure_page(session, page, *, status: int, says: str) -> None:
     """The failure page says `says`, and came with `status` (which the browser notes in its console, taken here)."""
     expect(page.get_by_role("heading", name="Single sign-on failed")).to_be_visible()
     expect(page.locator("#sso-error")).to_contain_text(says)
+    expect_console_status(session, status)
+
+
+def expect_console_status(session, status: int) -> None:
+    """The page came with `status`: Chromium notes an error status in the console; that note is taken off the list
+    of console errors the browse fixture refuses."""
     noted = f"Failed to load resource: the server responded with a status of {status} "
     matching = [error for error in session.console_errors if error.startswith(noted)]
     assert matching, session.console_errors
