@@ -124,6 +124,10 @@ def test_a_single_sign_on_issuer_must_be_https_except_on_loopback():
     for issuer in ("https://idp.example.com/realms/acme", "http://127.0.0.1:8080", "http://localhost:5556/dex"):
         env = development_env(P2P_OIDC_ISSUER=issuer, P2P_OIDC_CLIENT_ID="p2p")
         assert settings_values(env, "P2P_OIDC_ISSUER") == [repr(issuer)]
+    loopback_in_production = manage(
+        "check", env=production_env(P2P_OIDC_ISSUER="http://127.0.0.1:8080", P2P_OIDC_CLIENT_ID="p2p")
+    )
+    assert "P2P_OIDC_ISSUER 'http://127.0.0.1:8080' must use https" in loopback_in_production.stderr
     no_client = manage("check", env=development_env(P2P_OIDC_ISSUER="https://idp.example.com"))
     assert "P2P_OIDC_ISSUER is set but P2P_OIDC_CLIENT_ID is not." in no_client.stderr
 
