@@ -1,16 +1,17 @@
 """UI routes."""
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from ci_integrations import insight_views, metrics_endpoint, views
+from ci_integrations import insight_views, metrics_endpoint, sso_views, views
 from ci_integrations.forms import SignInForm
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics_endpoint.metrics, name="metrics"),
     path("login/", views.SignInView.as_view(authentication_form=SignInForm), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/sso/", sso_views.sso_start, name="sso_start"),
+    path("login/sso/callback/", sso_views.sso_callback, name="sso_callback"),
+    path("logout/", sso_views.SignOutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
     path("integrations/<slug:name>/", views.integration_page, name="integration"),
     path("integrations/<slug:name>/<slug:env>/rollback/<int:arrival_pk>/", views.rollback, name="rollback"),

@@ -33,7 +33,16 @@ from ci_integrations.forms import (
     RollbackForm,
     TokenCreateForm,
 )
-from ci_integrations.models import ApiToken, Arrival, Artifact, Bucket, FreezeWindow, Integration, Promotion
+from ci_integrations.models import (
+    ApiToken,
+    Arrival,
+    Artifact,
+    Bucket,
+    FreezeWindow,
+    Integration,
+    PersonIdentity,
+    Promotion,
+)
 from ci_integrations.services import approvals as approval_service
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
@@ -43,6 +52,7 @@ from ci_integrations.services.audit_verification import audit_verification_start
 from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
+from ci_integrations.services.identity import SESSION_SIGNED_IN_AT, SESSION_SIGNED_IN_WITH, sign_in_record
 from ci_integrations.services.policy import promotion_evaluate, promotion_reevaluate
 from ci_integrations.services.teams import sees_integration
 from ci_integrations.services.tokens import PERSONAL_SCOPES, token_create, token_revoke
@@ -54,23 +64,42 @@ FREEZE = "ci_integrations.add_freezewindow"
 CI_TOKENS = "ci_integrations.add_ci_token"
 # htmx stops polling when a response has this status (https://htmx.org/attributes/hx-trigger/).
 HTMX_STOP_POLLING = 286
-# Where the session keeps the time of its last sign-in (or re-entered password), as an ISO timestamp.
-SIGNED_IN_AT = "p2p_signed_in_at"
+SIGNED_IN_AT = SESSION_SIGNED_IN_AT
+SIGNED_IN_WITH = SESSION_SIGNED_IN_WITH
 FRESH_SIGN_IN_FROM = 2  # approvals a step needs before approving into it asks for a recent sign-in
 
 
 class SignInView(auth_views.LoginView):
-    """Django's sign-in page, remembering when the person signed in: approving into high-stakes steps needs a
-    recent sign-in."""
+    """The sign-in page: "Sign in with <provider>" when single sign-on is configured, and the password form unless
+    P2P_LOCAL_LOGIN is 0 (then only at /login/?local=1, for superusers: break-glass). A password sign-in is recorded
+    (identity.sign_in_record) and remembered with its time: approving into high-stakes steps needs a recent one."""
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["sso_name"] = settings.P2P_OIDC_NAME if settings.P2P_OIDC_ISSUER else ""
+        context["local_login"] = (
+            settings.P2P_LOCAL_LOGIN or self.request.GET.get("local") == "1" or self.request.method == "POST"
+        )
+        context["local_login_off"] = not settings.P2P_LOCAL_LOGIN
+        return context
 
     def form_valid(self, form):
         response = super().form_valid(form)
+        sign_in_record(
+            form.get_user(), method=PersonIdentity.Method.LOCAL, request_id=getattr(self.request, "request_id", "")
+        )
         self.request.session[SIGNED_IN_AT] = timezone.now().isoformat()
+        self.request.session[SIGNED_IN_WITH] = PersonIdentity.Method.LOCAL
         return response
 
 
+def _signed_in_with_sso(request: HttpRequest) -> bool:
+    return bool(settings.P2P_OIDC_ISSUER) and request.session.get(SIGNED_IN_WITH) == PersonIdentity.Method.SSO
+
+
 def fresh_sign_in_needed(request: HttpRequest, promotion: Promotion) -> str | None:
-    """Why approving `promotion` needs the password again, or None.
+    """Why approving `promotion` needs a fresh sign-in (the password again, or the identity provider again for a
+    single sign-on), or None.
 
     A step that needs two or more approvals guards something that matters (prod, usually); a session left open on a
     shared screen must not approve into it. So the last sign-in must be at most P2P_REAUTH_MINUTES old.
@@ -84,17 +113,22 @@ def fresh_sign_in_needed(request: HttpRequest, promotion: Promotion) -> str | No
         signed_in_at = None
     if signed_in_at is not None and timezone.now() - signed_in_at <= limit:
         return None
-    return (
-        f"approving into {promotion.to_bucket.env} needs a sign-in from the last {settings.P2P_REAUTH_MINUTES} "
-        "minutes: enter your password again"
+    again = (
+        f"sign in again with {settings.P2P_OIDC_NAME}" if _signed_in_with_sso(request) else "enter your password again"
     )
+    minutes = settings.P2P_REAUTH_MINUTES
+    return f"approving into {promotion.to_bucket.env} needs a sign-in from the last {minutes} minutes: {again}"
 
 
 def _confirm_sign_in(request: HttpRequest, form: DecisionForm, promotion: Promotion) -> bool:
     """True when no fresh sign-in is needed, or the password just typed is right (which makes the sign-in fresh).
-    A wrong password counts as a failed sign-in for the lockout, like the sign-in page's."""
+    A wrong password counts as a failed sign-in for the lockout, like the sign-in page's. A single sign-on is made
+    fresh at the provider instead (the panel links there), never with a password."""
     if fresh_sign_in_needed(request, promotion) is None:
         return True
+    if _signed_in_with_sso(request):
+        form.add_error(None, f"Sign in again with {settings.P2P_OIDC_NAME} to approve.")
+        return False
     password = form.cleaned_data.get("password") or ""
     if password and authenticate(request, username=request.user.get_username(), password=password) == request.user:
         request.session[SIGNED_IN_AT] = timezone.now().isoformat()
@@ -226,6 +260,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
         "may_reject": request.user.has_perm(APPROVE) and block is not None and block.kind == "freeze",
         # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
         "fresh_sign_in": fresh_sign_in_needed(request, promotion),
+        "fresh_with_sso": _signed_in_with_sso(request),
         "why_not": (block.message if block else None)
         if request.user.has_perm(APPROVE)
         else "You are not in a role that approves promotions.",

@@ -19,6 +19,10 @@ from ci_integrations.services.audit import audit_record
 from ci_integrations.services.teams import ROLES, forget_cached_rights
 
 SIGNED_IN = "person.signed_in"
+# What a web session keeps of its sign-in: when (an ISO timestamp; re-entering the password or signing in again at
+# the provider renews it), and how ("local" or "sso").
+SESSION_SIGNED_IN_AT = "p2p_signed_in_at"
+SESSION_SIGNED_IN_WITH = "p2p_signed_in_with"
 
 
 def roles_from_groups(groups: Iterable[str]) -> set[str]:

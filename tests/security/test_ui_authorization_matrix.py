@@ -134,6 +134,9 @@ MATRIX: dict[str, Row] = {
         data=wrong_password,
         effect=lambda w, c: c.session.get("_auth_user_id") == str(w.requester.pk),
     ),
+    # Single sign-on is not configured here: both answer 404 (tests/ui/test_sso_browser.py drives them for real).
+    "login/sso/": Row(lambda w: reverse("sso_start"), get=everyone(DENIED), post=everyone(NO_SUCH_METHOD)),
+    "login/sso/callback/": Row(lambda w: reverse("sso_callback"), get=everyone(DENIED), post=everyone(NO_SUCH_METHOD)),
     "logout/": Row(
         lambda w: reverse("logout"),
         get=everyone(NO_SUCH_METHOD),
