@@ -189,6 +189,10 @@ class FreezeWindowForm(forms.Form):
         return data
 
 
+class EmergencyStopForm(forms.Form):
+    reason = TextField(max_length=1000, help_text="Shown on every page until the stop is released.")
+
+
 class UsernameLengthChecked:
     """Django's sign-in forms set the username's max_length after the field is built, so it is never validated and
     an overlong name reaches authenticate(), where django-axes fails to store it (a 500). Check it first."""

@@ -28,12 +28,22 @@ from ci_integrations.forms import (
     AuditFilterForm,
     CancelForm,
     DecisionForm,
+    EmergencyStopForm,
     FreezeWindowForm,
     PromoteForm,
     RollbackForm,
     TokenCreateForm,
 )
-from ci_integrations.models import ApiToken, Arrival, Artifact, Bucket, FreezeWindow, Integration, Promotion
+from ci_integrations.models import (
+    ApiToken,
+    Arrival,
+    Artifact,
+    Bucket,
+    EmergencyStop,
+    FreezeWindow,
+    Integration,
+    Promotion,
+)
 from ci_integrations.services import approvals as approval_service
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
@@ -41,6 +51,7 @@ from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
 from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.services.copying import promotion_preflight
+from ci_integrations.services.emergency_stop import emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
 from ci_integrations.services.policy import promotion_evaluate, promotion_reevaluate
@@ -50,6 +61,7 @@ REQUEST = "ci_integrations.request_promotion"
 APPROVE = "ci_integrations.approve_promotion"
 AUDIT = "ci_integrations.export_auditentry"
 FREEZE = "ci_integrations.add_freezewindow"
+STOP = "ci_integrations.use_emergency_stop"
 CI_TOKENS = "ci_integrations.add_ci_token"
 # htmx stops polling when a response has this status (https://htmx.org/attributes/hx-trigger/).
 HTMX_STOP_POLLING = 286
@@ -587,3 +599,28 @@ def freeze_window_end_view(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Freeze window {window.name!r} ended.")
     return redirect("freeze_windows")
+
+
+# --- the emergency stop -------------------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@permission(STOP)
+def emergency_stop(request: HttpRequest) -> HttpResponse:
+    """The switch: pull it with a reason, or release it."""
+    form = EmergencyStopForm(request.POST or None)
+    if request.method == "POST":
+        actor = Actor.from_request(request)
+        try:
+            if request.POST.get("action") == "release":
+                emergency_stop_release(actor=actor)
+                messages.success(request, "Emergency stop released: promotions go again.")
+                return redirect("emergency_stop")
+            if form.is_valid():
+                emergency_stop_pull(reason=form.cleaned_data["reason"], actor=actor)
+                messages.success(request, "Emergency stop pulled: no promotion starts until it is released.")
+                return redirect("emergency_stop")
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+    history = EmergencyStop.objects.order_by("-started_at", "-id")[:20]
+    return render(request, "ci_integrations/emergency_stop.html", {"form": form, "history": history})

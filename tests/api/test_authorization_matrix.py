@@ -111,6 +111,7 @@ def matrix(world) -> dict[str, Row]:
     manage = authed(
         ci_own=200, ci_other=404, ci_rm_owned=200, ci_system=200, viewer=403, auditor=403, rm=200, admin=200
     )
+    people_only = authed(**{k: 403 for k in CALLERS[4:]})
     return {
         "api-schema": Row("GET", "/api/schema/", {**everyone(200), **BAD_TOKENS}),
         "api-docs": Row("GET", "/api/docs/", {**everyone(200), **BAD_TOKENS}),
@@ -170,6 +171,9 @@ def matrix(world) -> dict[str, Row]:
                 ci_own=200, ci_other=200, ci_rm_owned=200, ci_system=200, viewer=403, auditor=200, rm=200, admin=200
             ),
         ),
+        "api-stop": Row("GET", "/api/v1/stop/", authed(**{k: 404 for k in CALLERS[4:]})),
+        "api-stop POST": Row("POST", "/api/v1/stop/", {**people_only, "rm": 201, "admin": 201}, {"reason": "INC-1"}),
+        "api-stop DELETE": Row("DELETE", "/api/v1/stop/", {**people_only, "rm": 409, "admin": 409}),
         "api-insights-dora": Row("GET", f"/api/v1/insights/dora/?integration={shop}", READ_OWN),
         "api-audit-verify": Row(
             "GET",
