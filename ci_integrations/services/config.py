@@ -21,6 +21,7 @@ from django.db.models import F
 from ci_integrations.models import Bucket, Integration, Registry, Webhook, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
+from ci_integrations.services.config_freeze import freeze_windows_apply, freeze_windows_export
 from ci_integrations.services.config_reader import config_read, format_duration
 
 # Bucket options that name who pushes; exported only when set.
@@ -247,6 +248,7 @@ def config_apply(*, data: dict, actor: Actor, source: str = "config", check: boo
                 applier.workflow(name, spec)
             for name, spec in specs.integrations.items():
                 applier.integration(name, spec)
+            applier.changes += freeze_windows_apply(specs=specs.freeze_windows, actor=actor, source=source)
             # Kinds are checked once every row is written: a workflow and its integrations may change kind together.
             mismatched = (
                 Integration.objects.filter(workflow__isnull=False)
@@ -300,6 +302,8 @@ def config_export() -> dict:
                 entry["auto"] = True
             if step.tag_rule:
                 entry["tag_rule"] = step.tag_rule
+            if step.approval_timeout:
+                entry["approval_timeout"] = format_duration(step.approval_timeout)
             steps.append(entry)
         workflows.append(
             {
@@ -341,7 +345,10 @@ def config_export() -> dict:
         if webhooks:
             item["webhooks"] = webhooks  # secrets stay stored; apply keeps them when the file names none
         integrations.append(item)
-    return {"registries": registries, "workflows": workflows, "integrations": integrations}
+    exported = {"registries": registries, "workflows": workflows, "integrations": integrations}
+    if windows := freeze_windows_export(format_duration):
+        exported["freeze_windows"] = windows
+    return exported
 
 
 def config_dump(data: dict) -> str:

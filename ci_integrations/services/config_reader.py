@@ -4,7 +4,7 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules.
+May import: models, input_rules, config_freeze (the freeze_windows section).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from ci_integrations.models import (
     validate_registry_url,
     validate_repository,
 )
+from ci_integrations.services.config_freeze import freeze_windows_read
 
-TOP_LEVEL_KEYS = {"registries", "workflows", "integrations"}
+TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "freeze_windows"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
 WORKFLOW_KEYS = {"name", "kind", "description", "steps"}
 STEP_KEYS = {
@@ -44,6 +45,7 @@ STEP_KEYS = {
     "self_approval",
     "auto",
     "tag_rule",
+    "approval_timeout",
 }
 INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks"}
 BUCKET_KEYS = {
@@ -73,6 +75,7 @@ class ConfigSpecs:
     workflows: dict[str, dict]
     integrations: dict[str, dict]
     problems: list[str]
+    freeze_windows: dict[str, dict] | None = None  # None: the file has no freeze_windows key
 
 
 def config_read(data: dict) -> ConfigSpecs:
@@ -84,7 +87,8 @@ def config_read(data: dict) -> ConfigSpecs:
     integrations = reader.integrations(registries, workflows)
     reader.workflow_kinds_hold(workflows, integrations)
     reader.workflow_buckets_hold(workflows, integrations)
-    return ConfigSpecs(registries, workflows, integrations, reader.problems)
+    freeze_windows = freeze_windows_read(reader, data)
+    return ConfigSpecs(registries, workflows, integrations, reader.problems, freeze_windows)
 
 
 def format_duration(value: timedelta | None) -> str | None:
@@ -307,6 +311,7 @@ class _Reader:
             "self_approval": self.boolean(f"{path}.self_approval", step.get("self_approval"), False),
             "auto_promote": self.boolean(f"{path}.auto", step.get("auto"), False),
             "tag_rule": tag_rule,
+            "approval_timeout": self.duration(f"{path}.approval_timeout", step.get("approval_timeout")),
         }
 
     def step_route(self, path: str, from_env: str, to_env: str, earlier: list[dict]) -> None:
