@@ -651,6 +651,11 @@ class FreezeWindow(models.Model):
     def is_recurring(self) -> bool:
         return bool(self.rrule)
 
+    def is_active(self, at=None) -> bool:
+        """Whether a one-off window covers `at` (now by default); services/freeze.py answers for recurring ones."""
+        at = at or timezone.now()
+        return not self.is_recurring and self.starts_at <= at < self.ends_at
+
 
 class EmergencyStop(models.Model):
     """The emergency stop, pulled and released: while one has no `ended_at`, no promotion is queued or started

@@ -294,6 +294,7 @@ def promote(request: HttpRequest, pk: int, env: str) -> HttpResponse:
                 tag=form.cleaned_data["tag"] or None,
                 reason=form.cleaned_data["reason"],
                 freeze_override_reason=form.cleaned_data["freeze_override_reason"],
+                not_before=form.cleaned_data["not_before"],
             )
         except ServiceError as exc:
             messages.error(request, exc.message)
@@ -584,7 +585,12 @@ def freeze_windows(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Freeze window {window.name!r} created.")
             return redirect("freeze_windows")
-    context = {"form": form, "windows": selectors.freeze_windows_recent(), "now": timezone.now()}
+    context = {
+        "form": form,
+        "windows": selectors.freeze_windows_recent(),
+        "upcoming": selectors.freeze_windows_next_by_environment(),
+        "now": timezone.now(),
+    }
     return render(request, "ci_integrations/freeze_windows.html", context)
 
 
@@ -597,7 +603,7 @@ def freeze_window_end_view(request: HttpRequest, pk: int) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Freeze window {window.name!r} ended.")
+        messages.success(request, f"Freeze window {window.name!r} {'removed' if window.is_recurring else 'ended'}.")
     return redirect("freeze_windows")
 
 

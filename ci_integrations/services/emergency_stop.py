@@ -10,6 +10,9 @@ May import: models, audit, actors, errors, background.
 
 from __future__ import annotations
 
+import logging
+
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import Exists
 from django.utils import timezone
@@ -20,12 +23,47 @@ from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import transition
 from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
 
+logger = logging.getLogger(__name__)
+
 PERMISSION = "ci_integrations.use_emergency_stop"
+# The banner every page shows reads the stop through the cache (Redis), so pages pay no query for it; pulling and
+# releasing clear it on commit, and it expires soon anyway. The policy and the copy claim always ask PostgreSQL.
+BANNER_KEY = "emergency-stop-banner"
+BANNER_SECONDS = 10
 
 
 def emergency_stop_active() -> EmergencyStop | None:
     """The stop in force now, or None."""
     return EmergencyStop.objects.filter(active=True).first()
+
+
+def emergency_stop_banner() -> dict | None:
+    """What the banner shows of the stop in force ({reason, started_by, started_at}), or None; from the cache when
+    it holds the answer, else from the database (and then cached)."""
+    try:
+        cached = cache.get(BANNER_KEY)
+    except Exception:  # noqa: BLE001 - Redis down: ask the database
+        logger.warning("the cache is unreachable; the emergency stop banner reads the database")
+        cached = None
+    if cached is not None:
+        return cached or None
+    stop = emergency_stop_active()
+    banner = {"reason": stop.reason, "started_by": stop.started_by, "started_at": stop.started_at} if stop else {}
+    try:
+        cache.set(BANNER_KEY, banner, BANNER_SECONDS)
+    except Exception:  # noqa: BLE001
+        pass
+    return banner or None
+
+
+def _banner_changed() -> None:
+    def forget() -> None:
+        try:
+            cache.delete(BANNER_KEY)
+        except Exception:  # noqa: BLE001 - it expires within BANNER_SECONDS anyway
+            logger.warning("could not clear the emergency stop banner from the cache")
+
+    transaction.on_commit(forget)
 
 
 def no_emergency_stop() -> Exists:
@@ -66,6 +104,7 @@ def emergency_stop_pull(*, reason: str, actor: Actor) -> EmergencyStop:
                     state=Promotion.State.APPROVED,
                     waiting_for=emergency_stop_waiting_text(stop),
                 )
+            _banner_changed()
             audit_record(
                 actor=actor,
                 action="emergency_stop.pulled",
@@ -92,6 +131,7 @@ def emergency_stop_release(*, actor: Actor) -> EmergencyStop:
         stop.ended_at = timezone.now()
         stop.ended_by = actor.label
         stop.save(update_fields=["active", "ended_at", "ended_by"])
+        _banner_changed()
         audit_record(
             actor=actor,
             action="emergency_stop.released",

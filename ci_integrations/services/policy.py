@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Promotion, WorkflowStep
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.emergency_stop import emergency_stop_active
+from ci_integrations.services.emergency_stop import emergency_stop_banner
 from ci_integrations.services.freeze import freeze_blocks
 
 REQUEST_SCOPE = "promotions:request"
@@ -221,11 +221,13 @@ def promotion_evaluate(
             ev.add(TAG_RULE, False, f"tag {ev.tag!r} is immutable in {to_env} and holds {holder.artifact.short_digest}")
 
     _freeze(ev, actor, freeze_override_reason)
-    stop = emergency_stop_active()
+    # Read through the cache, as the banner is (no query per evaluation): every move into queued and the copy's
+    # claim ask PostgreSQL, so a stale answer here can never start a copy during a stop.
+    stop = emergency_stop_banner()
     ev.add(
         STOP,
         stop is None,
-        f"every promotion is stopped: {stop.reason} (by {stop.started_by})" if stop else "no emergency stop",
+        f"every promotion is stopped: {stop['reason']} (by {stop['started_by']})" if stop else "no emergency stop",
     )
     open_promotions = Promotion.objects.filter(artifact=artifact, to_bucket=ev.to_bucket, state__in=Promotion.OPEN)
     if exclude_promotion_id:
