@@ -38,6 +38,7 @@ from ci_integrations.models import (
 )
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.errors import InvalidInput, NotFound
+from ci_integrations.services.freeze import freeze_windows_upcoming
 from ci_integrations.services.rows import columns, fetch_one, table
 from ci_integrations.services.teams import (
     ROLE_RELEASE_MANAGERS,
@@ -466,9 +467,20 @@ def environment_names() -> set[str]:
 
 
 def freeze_windows_recent(*, limit: int = 100) -> list[FreezeWindow]:
-    """Freeze windows that have not ended long ago, latest start first."""
+    """Recurring windows, and one-off ones that have not ended long ago; latest start first."""
     since = timezone.now() - timedelta(days=30)
-    return list(FreezeWindow.objects.filter(ends_at__gte=since).order_by("-starts_at")[:limit])
+    windows = FreezeWindow.objects.filter(Q(ends_at__gte=since) | Q(ends_at__isnull=True))
+    return list(windows.order_by(F("starts_at").desc(nulls_first=True), "name")[:limit])
+
+
+def freeze_windows_next_by_environment(*, days: int = 14, per_environment: int = 3) -> list[tuple[str, list]]:
+    """For each environment, the next stretches of time freeze windows cover over the coming `days` (windows that
+    name no environment count for every one)."""
+    return [
+        (env, occurrences)
+        for env in sorted(environment_names())
+        if (occurrences := freeze_windows_upcoming(env=env, days=days, limit=per_environment))
+    ]
 
 
 # --- the API: what a caller may see ----------------------------------------------------------------------------------

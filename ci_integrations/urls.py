@@ -32,6 +32,7 @@ urlpatterns = [
     path("audit/badge/", views.audit_badge, name="audit_badge"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke_view, name="token_revoke"),
+    path("stop/", views.emergency_stop, name="emergency_stop"),
     path("freeze-windows/", views.freeze_windows, name="freeze_windows"),
     path("freeze-windows/<int:pk>/end/", views.freeze_window_end_view, name="freeze_window_end"),
 ]

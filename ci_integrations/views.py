@@ -28,6 +28,7 @@ from ci_integrations.forms import (
     AuditFilterForm,
     CancelForm,
     DecisionForm,
+    EmergencyStopForm,
     FreezeWindowForm,
     PromoteForm,
     RollbackForm,
@@ -38,6 +39,7 @@ from ci_integrations.models import (
     Arrival,
     Artifact,
     Bucket,
+    EmergencyStop,
     FreezeWindow,
     Integration,
     PersonIdentity,
@@ -50,6 +52,7 @@ from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
 from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.services.copying import promotion_preflight
+from ci_integrations.services.emergency_stop import emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
 from ci_integrations.services.identity import SESSION_SIGNED_IN_AT, SESSION_SIGNED_IN_WITH, sign_in_record
@@ -61,6 +64,7 @@ REQUEST = "ci_integrations.request_promotion"
 APPROVE = "ci_integrations.approve_promotion"
 AUDIT = "ci_integrations.export_auditentry"
 FREEZE = "ci_integrations.add_freezewindow"
+STOP = "ci_integrations.use_emergency_stop"
 CI_TOKENS = "ci_integrations.add_ci_token"
 # htmx stops polling when a response has this status (https://htmx.org/attributes/hx-trigger/).
 HTMX_STOP_POLLING = 286
@@ -332,6 +336,7 @@ def promote(request: HttpRequest, pk: int, env: str) -> HttpResponse:
                 tag=form.cleaned_data["tag"] or None,
                 reason=form.cleaned_data["reason"],
                 freeze_override_reason=form.cleaned_data["freeze_override_reason"],
+                not_before=form.cleaned_data["not_before"],
             )
         except ServiceError as exc:
             messages.error(request, exc.message)
@@ -625,7 +630,12 @@ def freeze_windows(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Freeze window {window.name!r} created.")
             return redirect("freeze_windows")
-    context = {"form": form, "windows": selectors.freeze_windows_recent(), "now": timezone.now()}
+    context = {
+        "form": form,
+        "windows": selectors.freeze_windows_recent(),
+        "upcoming": selectors.freeze_windows_next_by_environment(),
+        "now": timezone.now(),
+    }
     return render(request, "ci_integrations/freeze_windows.html", context)
 
 
@@ -638,5 +648,30 @@ def freeze_window_end_view(request: HttpRequest, pk: int) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Freeze window {window.name!r} ended.")
+        messages.success(request, f"Freeze window {window.name!r} {'removed' if window.is_recurring else 'ended'}.")
     return redirect("freeze_windows")
+
+
+# --- the emergency stop -------------------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@permission(STOP)
+def emergency_stop(request: HttpRequest) -> HttpResponse:
+    """The switch: pull it with a reason, or release it."""
+    form = EmergencyStopForm(request.POST or None)
+    if request.method == "POST":
+        actor = Actor.from_request(request)
+        try:
+            if request.POST.get("action") == "release":
+                emergency_stop_release(actor=actor)
+                messages.success(request, "Emergency stop released: promotions go again.")
+                return redirect("emergency_stop")
+            if form.is_valid():
+                emergency_stop_pull(reason=form.cleaned_data["reason"], actor=actor)
+                messages.success(request, "Emergency stop pulled: no promotion starts until it is released.")
+                return redirect("emergency_stop")
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+    history = EmergencyStop.objects.order_by("-started_at", "-id")[:20]
+    return render(request, "ci_integrations/emergency_stop.html", {"form": form, "history": history})

@@ -141,6 +141,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "ci_integrations.context_processors.emergency_stop",
             ],
         },
     },
@@ -202,6 +203,10 @@ P2P_AUDIT_CHECKPOINT_SECONDS = env_whole_number("P2P_AUDIT_CHECKPOINT_SECONDS", 
 P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 20000)
 
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
+# Seconds between scheduler passes (auto steps whose soak or freeze ended, scheduled promotions, approval expiry).
+P2P_SCHEDULER_SECONDS = env_whole_number("P2P_SCHEDULER_SECONDS", 30)
+# Hours a promotion may wait for its approvers before they are reminded by email.
+P2P_REMINDER_HOURS = env_whole_number("P2P_REMINDER_HOURS", 24)
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).

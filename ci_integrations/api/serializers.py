@@ -3,6 +3,7 @@ services check meaning (does the bucket exist, does policy allow it)."""
 
 from __future__ import annotations
 
+from django.utils import timezone
 from rest_framework import serializers
 
 from ci_integrations.input_rules import DIGEST, NAME, TAG, InputRule, control_character, control_character_problem
@@ -217,6 +218,16 @@ class CheckIn(serializers.Serializer):
 # --- promotions ---------------------------------------------------------------------------------------------------
 
 
+class OffsetDateTime(serializers.DateTimeField):
+    """An ISO 8601 date-time that must carry its UTC offset: a bare local time would be read in the server's zone,
+    which is never what the caller meant."""
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            raise serializers.ValidationError("give the time with its UTC offset, like 2027-01-05T09:00+01:00")
+        return super().enforce_timezone(value)
+
+
 class PromotionIn(serializers.Serializer):
     integration = Line(max_length=63, validators=[valid_name])
     artifact = Line(max_length=128, help_text="artifact id, digest (sha256:…) or tag")
@@ -232,6 +243,10 @@ class PromotionIn(serializers.Serializer):
     )
     reason = Text()
     freeze_override_reason = Text()
+    not_before = OffsetDateTime(
+        required=False,
+        help_text="start the copy no earlier than this (with its UTC offset); approvals may be given before",
+    )
 
 
 class ApprovalOut(serializers.Serializer):
@@ -268,6 +283,8 @@ class PromotionOut(serializers.Serializer):
     progress = serializers.SerializerMethodField()
     log_tail = serializers.SerializerMethodField()
     error = serializers.CharField()
+    not_before = serializers.DateTimeField(allow_null=True, help_text="the copy starts no earlier than this")
+    waiting_for = serializers.CharField(help_text="why an approved promotion is not queued yet (empty otherwise)")
     result_digest = serializers.CharField()
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
@@ -394,3 +411,16 @@ class ErrorBody(serializers.Serializer):
 
 class ErrorOut(serializers.Serializer):
     error = ErrorBody()
+
+
+class StopIn(serializers.Serializer):
+    reason = Line(max_length=1000, help_text="why every promotion stops (shown on every page)")
+
+
+class StopOut(serializers.Serializer):
+    active = serializers.BooleanField()
+    reason = serializers.CharField()
+    started_by = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    ended_by = serializers.CharField()
+    ended_at = serializers.DateTimeField(allow_null=True)

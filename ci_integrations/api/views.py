@@ -31,6 +31,7 @@ from ci_integrations.services.approvals import promotion_approve, promotion_reje
 from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit_verification import audit_verify_bounded
 from ci_integrations.services.credentials import bucket_push_credentials
+from ci_integrations.services.emergency_stop import emergency_stop_active, emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import NotFound
 from ci_integrations.services.imports import artifact_import
 from ci_integrations.services.oidc_exchange import ExchangeRefused, ci_token_exchange
@@ -296,6 +297,7 @@ class PromotionCreateView(ApiView):
             tag=data.get("tag"),
             reason=data.get("reason", ""),
             freeze_override_reason=data.get("freeze_override_reason", ""),
+            not_before=data.get("not_before"),
         )
         return promotion_response(promotion, status_code=status.HTTP_201_CREATED)
 
@@ -482,6 +484,35 @@ class OidcExchangeView(ApiView):
             "scopes": exchange.token.scopes,
         }
         return Response(s.OidcExchangeOut(body).data, status=status.HTTP_201_CREATED)
+
+
+# --- the emergency stop -------------------------------------------------------------------------------------------
+
+
+class StopView(ApiView):
+    # People only (platform admins and release managers hold use_emergency_stop); CI tokens never.
+    scopes = {"GET": SCOPE_READ, "POST": SCOPE_PROMOTIONS_REQUEST, "DELETE": SCOPE_PROMOTIONS_REQUEST}
+    permissions = {"POST": "ci_integrations.use_emergency_stop", "DELETE": "ci_integrations.use_emergency_stop"}
+
+    @extend_schema(responses={200: s.StopOut, 404: s.ErrorOut, **ERRORS}, operation_id="stop_status")
+    def get(self, request):
+        """The emergency stop in force; 404 when promotions run normally."""
+        stop = emergency_stop_active()
+        if stop is None:
+            raise NotFound("the emergency stop is not pulled")
+        return Response(s.StopOut(stop).data)
+
+    @extend_schema(request=s.StopIn, responses={201: s.StopOut, **ERRORS}, operation_id="stop_pull")
+    def post(self, request):
+        """Pull the emergency stop: no new promotion, queued ones held, running copies finish; 409 if pulled."""
+        data = self.parse(s.StopIn, request.data)
+        stop = emergency_stop_pull(reason=data["reason"], actor=self.actor())
+        return Response(s.StopOut(stop).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: s.StopOut, **ERRORS}, operation_id="stop_release")
+    def delete(self, request):
+        """Release the emergency stop: waiting promotions are queued again within P2P_SCHEDULER_SECONDS."""
+        return Response(s.StopOut(emergency_stop_release(actor=self.actor())).data)
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------------

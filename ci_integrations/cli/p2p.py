@@ -11,8 +11,9 @@ short-lived CI token.
   p2p push INTEGRATION ENV IMAGE:TAG [--digest D] [--meta key=value …]
   p2p import INTEGRATION SOURCE [--tag T] [--wait]
   p2p check ARTIFACT NAME passed|failed [--url URL]          ARTIFACT: id, INTEGRATION:TAG or INTEGRATION@DIGEST
-  p2p promote IMAGE:TAG --source-stage ENV --dest-stage ENV [--wait]   (SOURCE_STAGE / DEST_STAGE as defaults)
-  p2p status ID [--wait]                                     exit 0 succeeded, 1 failed/rejected/cancelled, 2 timeout
+  p2p promote IMAGE:TAG --source-stage ENV --dest-stage ENV [--at TIME] [--wait]   (SOURCE_STAGE / DEST_STAGE)
+  p2p status ID [--wait]                                     exit 0 succeeded, 1 failed/rejected/cancelled/expired,
+                                                             2 timeout
   p2p rollback INTEGRATION ENV TO --reason TEXT [--wait]
   p2p login INTEGRATION ENV                                  prints a docker login or a token: eval "$(p2p login …)"
   p2p approve|reject|cancel|retry ID [--comment TEXT]
@@ -47,7 +48,7 @@ EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h: a wrong command line or environment, never a --wait timeout
 EXIT_INTERRUPTED = 130
 SUCCEEDED = {"succeeded"}
-FAILED = {"failed", "rejected", "cancelled"}
+FAILED = {"failed", "rejected", "cancelled", "expired"}
 RETRYABLE_STATUSES = {502, 503, 504}
 
 
@@ -428,6 +429,8 @@ def promotion_line(p: dict) -> str:
     line = f"{kind} {p['id']} {p['integration']} {p.get('from_env') or '-'} → {p['to_env']}: {p['state']}{share}"
     if p.get("error"):
         line += f" — {p['error']}"
+    elif p.get("waiting_for"):
+        line += f" — waits: {p['waiting_for']}"
     return line
 
 
@@ -544,6 +547,8 @@ def cmd_promote(api: Api, args) -> int:
         body["reason"] = args.reason
     if args.target_tag:
         body["tag"] = args.target_tag
+    if args.at:
+        body["not_before"] = args.at
     promotion = api.post("/api/v1/promotions/", body, idempotency_key=args.idempotency_key)
     if args.wait:
         return wait_for_promotion(api, args, promotion["id"])
@@ -671,6 +676,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--integration", help="integration name (default: the image's last path component)")
     p.add_argument("--target-tag", help="tag in the destination (default: the source tag)")
     p.add_argument("--reason", default="")
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="start the copy no earlier than TIME, with its UTC offset (2027-01-05T09:00+01:00)",
+    )
     p.set_defaults(run=cmd_promote)
 
     p = sub.add_parser("status", parents=[common, waiting], help="show (or wait for) a promotion")

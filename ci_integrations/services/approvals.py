@@ -14,15 +14,15 @@ from ci_integrations.models import Approval, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import atomic_keeping_refusals, audit_record, audit_refusal
 from ci_integrations.services.errors import NotAllowed, PolicyViolation, ServiceError, StateConflict
+from ci_integrations.services.notifications import notify_promotion
 from ci_integrations.services.promotions import (
     log_line,
     promotion_end,
     promotion_frozen,
     promotion_locked,
-    promotion_queue,
+    promotion_queue_or_wait,
 )
 from ci_integrations.services.teams import is_release_manager, sees_integration
-from ci_integrations.services.webhooks import webhooks_notify
 
 State = Promotion.State
 
@@ -156,23 +156,23 @@ def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> 
                 after={"state": p.state, "digest": p.digest},
                 reason=comment,
             )
-            webhooks_notify(promotion=p, event="rejected", actor=actor, comment=comment)
+            notify_promotion(promotion=p, event="rejected", actor=actor, comment=comment)
             return p
         given = p.approvals_given
         progress = {"approvals": given, "required": p.required_approvals, "digest": p.digest}
         if given >= p.required_approvals:
-            promotion_queue(p)
-            p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals}); queued")
-            p.save(update_fields=["state", "queued_at", "job_id", "log", "updated_at"])
+            p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals})")
+            promotion_queue_or_wait(p)
+            p.save(update_fields=["state", "queued_at", "job_id", "waiting_for", "log", "updated_at"])
             audit_record(
                 actor=actor,
                 action="promotion.approved",
                 obj=p,
                 before=before,
-                after={"state": p.state, "job_id": p.job_id, **progress},
+                after={"state": p.state, "job_id": p.job_id, "waiting_for": p.waiting_for, **progress},
                 reason=comment,
             )
-            webhooks_notify(promotion=p, event="approved", actor=actor, comment=comment)
+            notify_promotion(promotion=p, event="approved", actor=actor, comment=comment)
         else:
             p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals})")
             p.save(update_fields=["log", "updated_at"])

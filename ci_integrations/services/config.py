@@ -21,6 +21,7 @@ from django.db.models import F
 from ci_integrations.models import Bucket, CiIdentity, Integration, Registry, Webhook, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
+from ci_integrations.services.config_freeze import freeze_windows_apply, freeze_windows_export
 from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config_read, format_duration
 from ci_integrations.services.config_teams import apply_roles, apply_teams, export_roles, export_teams
 
@@ -290,6 +291,7 @@ def config_apply(*, data: dict, actor: Actor, source: str = "config", check: boo
                 apply_teams(applier, specs.teams)
             if specs.roles is not None:
                 apply_roles(applier, specs.roles)
+            applier.changes += freeze_windows_apply(specs=specs.freeze_windows, actor=actor, source=source)
             # Kinds are checked once every row is written: a workflow and its integrations may change kind together.
             mismatched = (
                 Integration.objects.filter(workflow__isnull=False)
@@ -345,6 +347,8 @@ def config_export() -> dict:
                 entry["auto"] = True
             if step.tag_rule:
                 entry["tag_rule"] = step.tag_rule
+            if step.approval_timeout:
+                entry["approval_timeout"] = format_duration(step.approval_timeout)
             steps.append(entry)
         workflows.append(
             {
@@ -396,6 +400,8 @@ def config_export() -> dict:
         exported["teams"] = teams
     if roles := export_roles():
         exported["roles"] = roles
+    if windows := freeze_windows_export(format_duration):
+        exported["freeze_windows"] = windows
     return exported
 
 

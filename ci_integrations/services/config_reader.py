@@ -4,7 +4,7 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules, ci_trust.
+May import: models, input_rules, ci_trust, config_teams, config_freeze (the freeze_windows section).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from ci_integrations.models import (
     validate_repository,
 )
 from ci_integrations.services.ci_trust import ci_identity_read
+from ci_integrations.services.config_freeze import freeze_windows_read
 from ci_integrations.services.config_teams import read_roles, read_teams
 
-TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles"}
+TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles", "freeze_windows"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
 WORKFLOW_KEYS = {"name", "kind", "description", "steps"}
 STEP_KEYS = {
@@ -46,6 +47,7 @@ STEP_KEYS = {
     "self_approval",
     "auto",
     "tag_rule",
+    "approval_timeout",
 }
 INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks", "ci_identities"}
 BUCKET_KEYS = {
@@ -79,6 +81,7 @@ class ConfigSpecs:
     problems: list[str]
     teams: dict[str, dict] | None = None  # None: the file has no teams section, so teams stay as they are
     roles: dict[str, list[str]] | None = None
+    freeze_windows: dict[str, dict] | None = None  # None: the file has no freeze_windows key
 
 
 def config_read(data: dict) -> ConfigSpecs:
@@ -92,7 +95,16 @@ def config_read(data: dict) -> ConfigSpecs:
     reader.workflow_buckets_hold(workflows, integrations)
     teams = read_teams(reader, integrations)
     roles = read_roles(reader)
-    return ConfigSpecs(registries, workflows, integrations, reader.problems, teams=teams, roles=roles)
+    freeze_windows = freeze_windows_read(reader, data)
+    return ConfigSpecs(
+        registries,
+        workflows,
+        integrations,
+        reader.problems,
+        teams=teams,
+        roles=roles,
+        freeze_windows=freeze_windows,
+    )
 
 
 def format_duration(value: timedelta | None) -> str | None:
@@ -322,6 +334,7 @@ class _Reader:
             "self_approval": self.boolean(f"{path}.self_approval", step.get("self_approval"), False),
             "auto_promote": self.boolean(f"{path}.auto", step.get("auto"), False),
             "tag_rule": tag_rule,
+            "approval_timeout": self.duration(f"{path}.approval_timeout", step.get("approval_timeout")),
         }
 
     def step_route(self, path: str, from_env: str, to_env: str, earlier: list[dict]) -> None:

@@ -187,6 +187,7 @@ def matrix(world) -> dict[str, Row]:
         other_team_rm=404,
     )
     request = {"rm": 201, "ci_rm_owned": 201, "team_member": 201, "other_team_rm": 404}
+    people_only = authed(**{k: 403 for k in CALLERS[4:]})
     return {
         "api-schema": Row("GET", "/api/schema/", {**everyone(200), **BAD_TOKENS}),
         "api-docs": Row("GET", "/api/docs/", {**everyone(200), **BAD_TOKENS}),
@@ -258,6 +259,9 @@ def matrix(world) -> dict[str, Row]:
                 other_team_rm=200,
             ),
         ),
+        "api-stop": Row("GET", "/api/v1/stop/", authed(**{k: 404 for k in CALLERS[4:]})),
+        "api-stop POST": Row("POST", "/api/v1/stop/", {**people_only, "rm": 201, "admin": 201}, {"reason": "INC-1"}),
+        "api-stop DELETE": Row("DELETE", "/api/v1/stop/", {**people_only, "rm": 409, "admin": 409}),
         "api-insights-dora": Row("GET", f"/api/v1/insights/dora/?integration={shop}", READ_OWN),
         "api-audit-verify": Row(
             "GET",

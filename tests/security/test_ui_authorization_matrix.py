@@ -27,7 +27,16 @@ from django.contrib.contenttypes.models import ContentType
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion, Registry, Team
+from ci_integrations.models import (
+    ApiToken,
+    Approval,
+    AuditEntry,
+    EmergencyStop,
+    FreezeWindow,
+    Promotion,
+    Registry,
+    Team,
+)
 from ci_integrations.services.audit_verification import RESULT_KEY, RUNNING_KEY
 from tests.security.conftest import ROLES as ROLES_WITHOUT_TEAMS
 from tests.security.conftest import World, client_for, in_savepoint, make_user
@@ -246,6 +255,14 @@ MATRIX: dict[str, Row] = {
         get=everyone(NO_SUCH_METHOD),
         post=only("platform_admin", then=DONE),
         effect=lambda w, c: FreezeWindow.objects.get(pk=w.freeze.pk).ends_at <= timezone.now(),
+    ),
+    # --- the emergency stop: release managers and platform admins -------------------------------------------------
+    "stop/": Row(
+        lambda w: reverse("emergency_stop"),
+        get=only(*MANAGERS),
+        post=only(*MANAGERS, then=DONE),
+        data=lambda w: {"action": "pull", "reason": "INC-42 bad images"},
+        effect=lambda w, c: EmergencyStop.objects.filter(active=True).count(),
     ),
     # --- the admin site's own pages ---------------------------------------------------------------------------------
     "admin/": Row(lambda w: reverse("admin:index"), get=staff_only(OK)),

@@ -490,3 +490,28 @@ def test_the_decision_panel_runs_the_policy_in_a_constant_number_of_queries(worl
     before = _count(client, url)
     _more_of_everything(world, 10)
     assert _count(client, url) == before <= 17
+
+
+def test_an_admin_makes_a_recurring_window_and_the_page_shows_its_next_occurrences(world):
+    admin = client_for(world.users["admin"])
+    response = admin.post(
+        reverse("freeze_windows"),
+        {
+            "name": "weekend",
+            "kind": "deny",
+            "environments": "prod",
+            "rrule": "FREQ=WEEKLY;BYDAY=FR;BYHOUR=16;BYMINUTE=0",
+            "duration": "64h",
+            "time_zone": "Europe/London",
+        },
+    )
+    assert response.status_code == 302
+    window = FreezeWindow.objects.get()
+    assert window.is_recurring and window.duration == timedelta(hours=64) and window.ends_at is None
+    page = admin.get(reverse("freeze_windows")).content.decode()
+    assert "Next windows per environment" in page and page.count("weekend</strong>") == 2  # two Fridays ahead
+    bad = admin.post(
+        reverse("freeze_windows"),
+        {"name": "x", "environments": "prod", "rrule": "FREQ=HOURLY", "duration": "1h", "time_zone": "UTC"},
+    )
+    assert "FREQ must be one of" in bad.content.decode() and FreezeWindow.objects.count() == 1
