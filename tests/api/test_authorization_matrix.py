@@ -260,8 +260,13 @@ def matrix(world) -> dict[str, Row]:
             ),
         ),
         "api-stop": Row("GET", "/api/v1/stop/", authed(**{k: 404 for k in CALLERS[4:]})),
-        "api-stop POST": Row("POST", "/api/v1/stop/", {**people_only, "rm": 201, "admin": 201}, {"reason": "INC-1"}),
-        "api-stop DELETE": Row("DELETE", "/api/v1/stop/", {**people_only, "rm": 409, "admin": 409}),
+        # The emergency stop is for every release manager (whatever their team) and platform admins.
+        "api-stop POST": Row(
+            "POST", "/api/v1/stop/", {**people_only, "rm": 201, "admin": 201, "other_team_rm": 201}, {"reason": "INC-1"}
+        ),
+        "api-stop DELETE": Row(
+            "DELETE", "/api/v1/stop/", {**people_only, "rm": 409, "admin": 409, "other_team_rm": 409}
+        ),
         "api-insights-dora": Row("GET", f"/api/v1/insights/dora/?integration={shop}", READ_OWN),
         "api-audit-verify": Row(
             "GET",

@@ -259,8 +259,9 @@ MATRIX: dict[str, Row] = {
     # --- the emergency stop: release managers and platform admins -------------------------------------------------
     "stop/": Row(
         lambda w: reverse("emergency_stop"),
-        get=only(*MANAGERS),
-        post=only(*MANAGERS, then=DONE),
+        # Every release manager, whatever their team, and platform admins: the stop is for the whole portal.
+        get=only(*MANAGERS, "other_team_rm"),
+        post=only(*MANAGERS, "other_team_rm", then=DONE),
         data=lambda w: {"action": "pull", "reason": "INC-42 bad images"},
         effect=lambda w, c: EmergencyStop.objects.filter(active=True).count(),
     ),

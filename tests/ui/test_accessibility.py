@@ -340,7 +340,9 @@ def test_every_page_has_labels_one_h1_landmarks_a_skip_link_named_tables_and_err
     page.get_by_role("button", name="Create freeze window").click()
     assert_page_structure(page, "/freeze-windows/ (errors)")
     expect(page.get_by_label("Environments")).to_have_attribute("aria-invalid", "true")
-    expect(page.get_by_label("Ends (UTC)")).to_have_accessible_description("The window must end after it starts.")
+    expect(page.get_by_label("Ends (UTC)")).to_have_accessible_description(
+        "One-off windows only. The window must end after it starts."
+    )
     page = admin.goto("/tokens/")
     page.get_by_label("Name").fill("ci")
     page.get_by_label("Kind").select_option("ci")
