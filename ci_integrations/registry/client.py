@@ -286,21 +286,38 @@ class RegistryClient:
                 raise ProtocolError(f"tags of {repository}: the registry's next-page links go round in a loop")
         return tags
 
-    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
-        """The referrers API; None when the registry does not implement it."""
-        response = self.transport.request(
-            "GET",
-            f"/v2/{repository}/referrers/{digest}",
-            scopes=(repository_scope(repository, "pull"),),
-            headers={"Accept": OCI_INDEX},
-            allow=(400, 404, 405),
-            what=f"referrers of {repository}@{digest}",
-            max_bytes=MAX_MANIFEST_BYTES,
-        )
-        if response.status_code != 200 or _media_type(response.headers.get("Content-Type")) != OCI_INDEX:
-            response.close()
-            return None
-        return Manifest(response.content, OCI_INDEX, sha256_digest(response.content)).children()
+    def referrers(self, repository: str, digest: str) -> list[dict] | None:
+        """The referrers API's descriptors for `digest` (artifactType and annotations kept), every page followed
+        through `Link: <…>; rel="next"`; None when the registry does not implement the API."""
+        entries: list[dict] = []
+        path: str | None = f"/v2/{repository}/referrers/{digest}"
+        seen: set[str] = set()
+        while path:
+            response = self.transport.request(
+                "GET",
+                path,
+                scopes=(repository_scope(repository, "pull"),),
+                headers={"Accept": OCI_INDEX},
+                allow=(400, 404, 405),
+                what=f"referrers of {repository}@{digest}",
+                max_bytes=MAX_MANIFEST_BYTES,
+            )
+            if response.status_code != 200 or _media_type(response.headers.get("Content-Type")) != OCI_INDEX:
+                response.close()
+                if not seen:
+                    return None
+                raise ProtocolError(f"referrers of {repository}@{digest}: a next page is not an OCI index")
+            seen.add(response.url)
+            page = Manifest(response.content, OCI_INDEX, sha256_digest(response.content))
+            page.children()  # validates every descriptor, and caps their number
+            entries.extend(page.parsed().get("manifests") or [])
+            if len(entries) > MAX_INDEX_CHILDREN:
+                raise IndexTooLarge(f"{repository}@{digest} has more than {MAX_INDEX_CHILDREN} referrers")
+            link = response.links.get("next", {}).get("url")
+            path = urljoin(response.url, link) if link else None
+            if path is not None and path in seen:
+                raise ProtocolError(f"referrers of {repository}@{digest}: the next-page links go round in a loop")
+        return entries
 
     # --- blobs ---------------------------------------------------------------------------------------------------
 
