@@ -155,6 +155,16 @@ class Workflow(models.Model):
                 )
 
 
+class Attached(models.TextChoices):
+    """Which attached artifacts (signatures, SBOMs, attestations) travel with an image; empty means "as the bucket
+    says", and a bucket's empty means all."""
+
+    INHERIT = "", "As the bucket (or all)"
+    ALL = "all", "All"
+    SIGNATURES = "signatures", "Signatures only"
+    NONE = "none", "None"
+
+
 class WorkflowStep(models.Model):
     """One allowed move (from_env → to_env) with its policy."""
 
@@ -172,6 +182,9 @@ class WorkflowStep(models.Model):
     auto_promote = models.BooleanField(default=False)
     # A regular expression the tag must match in full, e.g. r"v\d+\.\d+\.\d+"; empty means any tag.
     tag_rule = models.CharField(max_length=255, blank=True, default="")
+    attached = models.CharField(max_length=10, choices=Attached.choices, blank=True, default=Attached.INHERIT)
+    # {"keys": [{"name": …, "pem": …}], "keyless": [{"issuer": …, "subject": …}]}; empty means no signature needed.
+    require_signature = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["workflow", "position"]
@@ -235,6 +248,7 @@ class Bucket(models.Model):
     allow_push_credentials = models.BooleanField(default=False)
     # Images reach a bucket a workflow step leads into by promotion only; this lets CI put them there directly.
     allow_direct_register = models.BooleanField(default=False)
+    attached = models.CharField(max_length=10, choices=Attached.choices, blank=True, default=Attached.INHERIT)
     # How a cloud registry scopes push credentials to this bucket's repository (see services/credentials.py).
     push_role_arn = models.CharField(max_length=600, blank=True, default="", validators=[validate_role_arn])
     push_service_account = models.CharField(
@@ -364,6 +378,8 @@ class Arrival(models.Model):
     promotion = models.ForeignKey("Promotion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     arrived_at = models.DateTimeField(default=timezone.now)
     arrived_by = models.CharField(max_length=150, blank=True, default="")
+    # The attachments that landed with the image: [{digest, artifact_type, kind[, tag]}].
+    attachments = models.JSONField(default=list, blank=True)
 
     objects = ArrivalQuerySet.as_manager()
 
@@ -462,6 +478,10 @@ class Promotion(models.Model):
     log = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
     result_digest = models.CharField(max_length=71, blank=True, default="")
+    attachments = models.JSONField(default=list, blank=True)  # those that landed: [{digest, artifact_type, kind}]
+    warnings = models.JSONField(default=list, blank=True)  # what did not travel, and why
+    # The signature check that let it through: {"message", "key"|"identity", …}; empty when none was required.
+    signature = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -762,3 +782,21 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → webhook {self.webhook_id} ({self.response_status or self.error[:40] or 'pending'})"
+
+
+class ImageDiff(models.Model):
+    """What changes between two images (what a bucket runs, and a candidate), computed once per digest pair: both
+    digests name immutable content, so the answer never goes stale (except for attachments added later)."""
+
+    base_digest = models.CharField(max_length=71, validators=[validate_digest])
+    candidate_digest = models.CharField(max_length=71, validators=[validate_digest])
+    body = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["base_digest", "candidate_digest"], name="image_diff_pair_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.base_digest[:19]} → {self.candidate_digest[:19]}"
