@@ -22,6 +22,7 @@ from ci_integrations.models import Bucket, Integration, Registry, Webhook, Workf
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.config_reader import config_read, format_duration
+from ci_integrations.services.supply_chain import require_signature_export
 
 # Bucket options that name who pushes; exported only when set.
 PUSH_OPTIONS = ("push_role_arn", "push_service_account")
@@ -300,6 +301,10 @@ def config_export() -> dict:
                 entry["auto"] = True
             if step.tag_rule:
                 entry["tag_rule"] = step.tag_rule
+            if step.attached:
+                entry["attached"] = step.attached
+            if step.require_signature:
+                entry["require_signature"] = require_signature_export(step.require_signature)
             steps.append(entry)
         workflows.append(
             {
@@ -326,6 +331,7 @@ def config_export() -> dict:
                 **({"immutable_tags": True} if bucket.immutable_tags else {}),
                 **({"allow_push_credentials": True} if bucket.allow_push_credentials else {}),
                 **({"allow_direct_register": True} if bucket.allow_direct_register else {}),
+                **({"attached": bucket.attached} if bucket.attached else {}),
                 **{
                     key: getattr(bucket, key)
                     for key in ("push_role_arn", "push_service_account")

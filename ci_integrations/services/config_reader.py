@@ -4,7 +4,7 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules.
+May import: models, input_rules, supply_chain.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from django.core.exceptions import ValidationError
 
 from ci_integrations.input_rules import CHECK_NAME, NAME, is_http_url
 from ci_integrations.models import (
+    Attached,
     Integration,
     IntegrationKind,
     Registry,
@@ -29,6 +30,7 @@ from ci_integrations.models import (
     validate_registry_url,
     validate_repository,
 )
+from ci_integrations.services.supply_chain import require_signature_parse
 
 TOP_LEVEL_KEYS = {"registries", "workflows", "integrations"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
@@ -44,6 +46,8 @@ STEP_KEYS = {
     "self_approval",
     "auto",
     "tag_rule",
+    "attached",
+    "require_signature",
 }
 INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks"}
 BUCKET_KEYS = {
@@ -55,6 +59,7 @@ BUCKET_KEYS = {
     "allow_direct_register",
     "push_role_arn",
     "push_service_account",
+    "attached",
 }
 WEBHOOK_KEYS = {"url", "secret", "events"}
 
@@ -161,6 +166,12 @@ class _Reader:
             self.problem(path, f"{value!r} is not one of {', '.join(choices)}")
             return None
         return value
+
+    def attached(self, path: str, value: Any) -> str:
+        """Which attachments travel (all, signatures, none); absent means as the bucket says, or all."""
+        if value is None:
+            return Attached.INHERIT
+        return self.choice(path, value, [c for c in Attached.values if c]) or Attached.INHERIT
 
     def boolean(self, path: str, value: Any, default: bool) -> bool:
         """true or false; a string or a number is refused rather than guessed at."""
@@ -307,6 +318,11 @@ class _Reader:
             "self_approval": self.boolean(f"{path}.self_approval", step.get("self_approval"), False),
             "auto_promote": self.boolean(f"{path}.auto", step.get("auto"), False),
             "tag_rule": tag_rule,
+            "attached": self.attached(f"{path}.attached", step.get("attached")),
+            "require_signature": require_signature_parse(
+                step.get("require_signature"),
+                lambda suffix, message: self.problem(f"{path}.require_signature{suffix}", message),
+            ),
         }
 
     def step_route(self, path: str, from_env: str, to_env: str, earlier: list[dict]) -> None:
@@ -398,6 +414,7 @@ class _Reader:
             ),
             "push_role_arn": str(bucket.get("push_role_arn") or ""),  # checked by the model's validator
             "push_service_account": str(bucket.get("push_service_account") or ""),
+            "attached": self.attached(f"{path}.attached", bucket.get("attached")),
         }
 
     def webhook(self, path: str, hook: dict, integration: Any) -> dict:
