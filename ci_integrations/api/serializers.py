@@ -3,6 +3,7 @@ services check meaning (does the bucket exist, does policy allow it)."""
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ci_integrations.input_rules import DIGEST, NAME, TAG, InputRule, control_character, control_character_problem
@@ -249,6 +250,21 @@ class ProgressOut(serializers.Serializer):
     bytes_done = serializers.IntegerField()
 
 
+class AttachmentOut(serializers.Serializer):
+    digest = serializers.CharField()
+    artifact_type = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["signature", "sbom", "attestation", "other"])
+    tag = serializers.CharField(required=False, help_text="the cosign tag it travelled under, if any")
+
+
+class SignatureOut(serializers.Serializer):
+    verified = serializers.BooleanField()
+    message = serializers.CharField()
+    key_id = serializers.CharField(required=False)
+    key_name = serializers.CharField(required=False)
+    signature = serializers.CharField(required=False, help_text="digest of the signature manifest that verified")
+
+
 class PromotionOut(serializers.Serializer):
     id = serializers.IntegerField()
     state = serializers.CharField()
@@ -268,11 +284,18 @@ class PromotionOut(serializers.Serializer):
     log_tail = serializers.SerializerMethodField()
     error = serializers.CharField()
     result_digest = serializers.CharField()
+    attachments = AttachmentOut(many=True, help_text="signatures, SBOMs and attestations that travelled with it")
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="what did not travel, and why")
+    signature = serializers.SerializerMethodField(help_text="the signature check, when the step requires one")
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     final = serializers.BooleanField(source="is_final")
+
+    @extend_schema_field(SignatureOut(allow_null=True))
+    def get_signature(self, promotion) -> dict | None:
+        return SignatureOut(promotion.signature).data if promotion.signature else None
 
     def get_progress(self, promotion) -> ProgressOut:
         return ProgressOut(promotion).data
