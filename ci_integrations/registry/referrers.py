@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .client import OCI_INDEX, OCI_MANIFEST, Manifest, RegistryClient, sha256_digest
@@ -37,6 +38,7 @@ SBOM_TYPES = {COSIGN_SBOM, "application/spdx+json", "application/vnd.cyclonedx+j
 TAG_SUFFIXES = {"sig": COSIGN_SIGNATURE, "att": DSSE_ENVELOPE, "sbom": COSIGN_SBOM}
 
 ALL, SIGNATURES, NONE = "all", "signatures", "none"
+PARALLEL_ATTACHMENTS = 4
 MODES = (ALL, SIGNATURES, NONE)
 
 
@@ -164,14 +166,23 @@ def copy_attachments(
     AttachmentRefused, since an admission policy that needs the signature would refuse the image anyway.
     """
     report = AttachmentReport(found=selected(attachments_of(source, source_repository, digest), mode))
-    for attachment in report.found:
+
+    def one(attachment: Attachment) -> str | None:
         try:
             copy_one(attachment.reference)
         except RegistryError as exc:
             log.warning("attachment %s of %s was refused: %s", attachment.digest, digest, exc.message)
-            report.refused.append((attachment, exc.message))
-            continue
-        report.landed.append(attachment)
+            return exc.message
+        return None
+
+    # In parallel: each attachment is a few small round trips, and an image may carry several.
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_ATTACHMENTS, len(report.found)))) as pool:
+        outcomes = list(pool.map(one, report.found))
+    for attachment, refusal in zip(report.found, outcomes, strict=True):
+        if refusal is None:
+            report.landed.append(attachment)
+        else:
+            report.refused.append((attachment, refusal))
     by_digest = [a for a in report.landed if not a.tag]
     if by_digest and destination.referrers(destination_repository, digest) is None:
         report.fallback_index = write_fallback_index(destination, destination_repository, digest, by_digest)
