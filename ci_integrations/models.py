@@ -782,21 +782,3 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → webhook {self.webhook_id} ({self.response_status or self.error[:40] or 'pending'})"
-
-
-class ImageDiff(models.Model):
-    """What changes between two images (what a bucket runs, and a candidate), computed once per digest pair: both
-    digests name immutable content, so the answer never goes stale (except for attachments added later)."""
-
-    base_digest = models.CharField(max_length=71, validators=[validate_digest])
-    candidate_digest = models.CharField(max_length=71, validators=[validate_digest])
-    body = models.JSONField(default=dict)
-    computed_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["base_digest", "candidate_digest"], name="image_diff_pair_unique")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.base_digest[:19]} → {self.candidate_digest[:19]}"
