@@ -335,6 +335,10 @@ class Artifact(models.Model):
     branch = models.CharField(max_length=255, blank=True, default="")
     build_url = models.URLField(max_length=1024, blank=True, default="")
     labels = models.JSONField(default=dict, blank=True)
+    # Where the source lives (the diff links commits there), and the commits CI says this build adds: [{sha, title,
+    # author}], newest first.
+    repo_url = models.URLField(max_length=1024, blank=True, default="")
+    changelog = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     created_by = models.CharField(max_length=150, blank=True, default="")
 
@@ -394,6 +398,22 @@ class Arrival(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket} ← {self.tag}@{self.artifact.short_digest}"
+
+
+class ImageDiff(models.Model):
+    """What the registry says changes between two images (config, layers, platforms, SBOM, vulnerabilities), kept by
+    digest pair so the approval screens do not ask the registry again; `before_digest` is empty when nothing ran."""
+
+    before_digest = models.CharField(max_length=71, blank=True, default="")
+    after_digest = models.CharField(max_length=71)
+    result = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["before_digest", "after_digest"], name="image_diff_pair_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.before_digest[:19] or 'nothing'} → {self.after_digest[:19]}"
 
 
 class CheckResult(models.Model):
@@ -482,6 +502,9 @@ class Promotion(models.Model):
     warnings = models.JSONField(default=list, blank=True)  # what did not travel, and why
     # The signature check that let it through: {"message", "key"|"identity", …}; empty when none was required.
     signature = models.JSONField(default=dict, blank=True)
+    # The signed in-toto statement attached at the destination on success: {digest, predicate_type, key_id}, or
+    # {error} when it could not be written; empty when the portal has no evidence key.
+    evidence = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -204,6 +204,9 @@ P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
+# How long the registry part of a diff (config, layers, SBOM, vulnerabilities) is kept for a digest pair: an SBOM
+# or a scan attached after the push shows once this has passed.
+P2P_DIFF_CACHE_SECONDS = env_whole_number("P2P_DIFF_CACHE_SECONDS", 3600)
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
 P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
 

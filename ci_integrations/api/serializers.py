@@ -70,6 +70,12 @@ class LabelsField(serializers.DictField):
         return value
 
 
+class ChangelogEntryIn(serializers.Serializer):
+    sha = Line(max_length=64)
+    title = Line(max_length=500, required=False, allow_blank=True)
+    author = Line(max_length=255, required=False, allow_blank=True)
+
+
 class MetadataIn(serializers.Serializer):
     git_sha = Line(max_length=64, required=False, allow_blank=True)
     branch = Line(max_length=255, required=False, allow_blank=True)
@@ -77,6 +83,10 @@ class MetadataIn(serializers.Serializer):
     labels = LabelsField(required=False)
     # ISO 8601 with its zone; the service checks and normalises it (lead time in insights starts here).
     commit_time = Line(max_length=40, required=False, allow_blank=True)
+    repo_url = serializers.URLField(
+        max_length=1024, required=False, allow_blank=True, help_text="the source repository; the diff links commits"
+    )
+    changelog = ChangelogEntryIn(many=True, required=False, max_length=500, help_text="commits this build adds")
 
     def to_internal_value(self, data):
         if isinstance(data, dict):

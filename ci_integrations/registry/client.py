@@ -15,7 +15,7 @@ from urllib.parse import quote, urljoin
 import requests
 
 from .auth import Authenticator, repository_scope
-from .bodies import read_capped, response_error
+from .bodies import read_capped, read_up_to, response_error
 from .destinations import Guard
 from .errors import DigestMismatch, IndexTooLarge, ProtocolError
 from .transport import RetryPolicy, Timeouts, Transport
@@ -345,6 +345,22 @@ class RegistryClient:
         if response.status_code != 200:
             raise response_error(response, what=f"GET blob {repository}@{digest}")
         return response
+
+    def read_blob(self, repository: str, digest: str, *, limit: int, what: str = "blob") -> bytes:
+        """A small blob's bytes (a config, a signature payload, an SBOM), streamed and refused past `limit` bytes,
+        checked against its digest."""
+        hasher = hasher_for(digest)
+        response = self.open_blob(repository, digest)
+        try:
+            body, longer = read_up_to(response, limit, decode=False)
+        finally:
+            response.close()
+        if longer:
+            raise ProtocolError(f"{what} {digest} is over the {limit}-byte limit")
+        hasher.update(body)
+        if f"{hasher.name}:{hasher.hexdigest()}" != digest:
+            raise DigestMismatch(f"{what} {digest} does not match its digest")
+        return body
 
     def start_upload(
         self, repository: str, *, mount: str | None = None, from_repository: str | None = None

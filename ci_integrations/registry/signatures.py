@@ -24,8 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from .bodies import read_up_to
-from .client import Manifest, RegistryClient, hasher_for
+from .client import Manifest, RegistryClient
 from .client_cache import shared_client
 from .errors import ProtocolError, RegistryError
 from .referrers import attachments_of
@@ -210,18 +209,7 @@ def _payload(client: RegistryClient, repository: str, layer: dict) -> bytes:
     if declared < 0 or declared > MAX_PAYLOAD_BYTES:
         raise ProtocolError(f"a signature payload of {declared} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")
     check_reference(blob_digest)
-    response = client.open_blob(repository, blob_digest)
-    try:
-        body, longer = read_up_to(response, MAX_PAYLOAD_BYTES, decode=False)
-    finally:
-        response.close()
-    if longer:
-        raise ProtocolError(f"signature payload {blob_digest} is over the {MAX_PAYLOAD_BYTES}-byte limit")
-    hasher = hasher_for(blob_digest)
-    hasher.update(body)
-    if f"{hasher.name}:{hasher.hexdigest()}" != blob_digest:
-        raise ProtocolError(f"signature payload {blob_digest} does not match its digest")
-    return body
+    return client.read_blob(repository, blob_digest, limit=MAX_PAYLOAD_BYTES, what="signature payload")
 
 
 def _signed_digest(payload: bytes) -> str | None:

@@ -115,6 +115,7 @@ MATRIX: dict[str, Row] = {
     "insights/": Row(lambda w: reverse("insights"), get=signed_in(OK)),
     "promotions/<int:pk>/": Row(lambda w: reverse("promotion", args=[w.pending.pk]), get=signed_in(OK)),
     "promotions/<int:pk>/decision/": Row(lambda w: reverse("approval_panel", args=[w.pending.pk]), get=signed_in(OK)),
+    "promotions/<int:pk>/diff/": Row(lambda w: reverse("promotion_diff", args=[w.pending.pk]), get=signed_in(OK)),
     # --- promotion actions ----------------------------------------------------------------------------------------
     "artifacts/<int:pk>/promote/<slug:env>/": Row(
         lambda w: reverse("promote", args=[w.candidate.pk, "staging"]),
@@ -122,6 +123,9 @@ MATRIX: dict[str, Row] = {
         post=only(*MANAGERS, then=DONE),
         data=lambda w: {"tag": "", "reason": "ship it"},
         effect=lambda w, c: Promotion.objects.filter(artifact=w.candidate).count(),
+    ),
+    "artifacts/<int:pk>/promote/<slug:env>/diff/": Row(
+        lambda w: reverse("preview_diff", args=[w.candidate.pk, "staging"]), get=only(*MANAGERS)
     ),
     "integrations/<slug:name>/<slug:env>/rollback/<int:arrival_pk>/": Row(
         lambda w: reverse("rollback", args=[w.integration.name, "staging", w.rollback_to.pk]),
