@@ -201,6 +201,10 @@ P2P_AUDIT_CHECKPOINT_SECONDS = env_whole_number("P2P_AUDIT_CHECKPOINT_SECONDS", 
 # last background verification and queues a new one.
 P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 20000)
 
+# The portal's key for the evidence of each promotion (docs/configuration.md#evidence-of-each-promotion): a file
+# holding an unencrypted PEM private key, ECDSA P-256 (or Ed25519). Empty: no evidence is written.
+P2P_EVIDENCE_KEY_FILE = os.environ.get("P2P_EVIDENCE_KEY_FILE", "")
+
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))

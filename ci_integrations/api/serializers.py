@@ -275,6 +275,13 @@ class SignatureOut(serializers.Serializer):
     signature = serializers.CharField(required=False, help_text="digest of the signature manifest that verified")
 
 
+class EvidenceOut(serializers.Serializer):
+    predicate_type = serializers.CharField()
+    attestation = serializers.CharField(required=False, help_text="digest of the cosign .att manifest written")
+    key_id = serializers.CharField(required=False, help_text="sha256 of the portal's evidence public key (DER)")
+    error = serializers.CharField(required=False, help_text="why it could not be attached")
+
+
 class PromotionOut(serializers.Serializer):
     id = serializers.IntegerField()
     state = serializers.CharField()
@@ -297,6 +304,7 @@ class PromotionOut(serializers.Serializer):
     attachments = AttachmentOut(many=True, help_text="signatures, SBOMs and attestations that travelled with it")
     warnings = serializers.ListField(child=serializers.CharField(), help_text="what did not travel, and why")
     signature = serializers.SerializerMethodField(help_text="the signature check, when the step requires one")
+    evidence = serializers.SerializerMethodField(help_text="the signed in-toto statement attached on success")
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
@@ -306,6 +314,10 @@ class PromotionOut(serializers.Serializer):
     @extend_schema_field(SignatureOut(allow_null=True))
     def get_signature(self, promotion) -> dict | None:
         return SignatureOut(promotion.signature).data if promotion.signature else None
+
+    @extend_schema_field(EvidenceOut(allow_null=True))
+    def get_evidence(self, promotion) -> dict | None:
+        return EvidenceOut(promotion.evidence).data if promotion.evidence else None
 
     def get_progress(self, promotion) -> ProgressOut:
         return ProgressOut(promotion).data

@@ -417,6 +417,19 @@ class RegistryClient:
             follow_redirects=False,
         )
 
+    def push_blob(self, repository: str, data: bytes) -> str:
+        """Upload a small blob held in memory (an attestation, its config) unless it is there; returns its digest."""
+        digest = sha256_digest(data)
+        if self.head_blob(repository, digest) is not None:
+            return digest
+        _, location = self.start_upload(repository)
+        response = self.finish_upload(location, repository, digest, data, len(data))
+        if response.status_code not in (201, 204):
+            raise response_error(response, what=f"PUT blob {repository}@{digest}")
+        read_capped(response)
+        response.close()
+        return digest
+
 
 GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}
 

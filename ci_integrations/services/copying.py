@@ -31,6 +31,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_record, immutable_tag_holder
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import transition
+from ci_integrations.services.evidence import promotion_evidence_attach
 from ci_integrations.services.locks import artifact_locked, bucket_copy_lock
 from ci_integrations.services.policy import promotion_evaluate
 from ci_integrations.services.promotions import log_line, promotion_log_append, promotions_auto_request
@@ -205,7 +206,10 @@ def _run(p: Promotion) -> None:
     if summary.digest != p.digest:
         _finish_failed(p, f"the destination holds {summary.digest}, not {p.digest}")
         return
-    _finish_succeeded(p, summary, signature=signature)
+    entry = _finish_succeeded(p, summary, signature=signature)
+    if entry is not None:
+        # After the commit: the statement names the audit entry, and a registry write must not hold the transaction.
+        promotion_evidence_attach(promotion_id=p.pk, audit_entry_id=entry.pk)
 
 
 def _copy_with_progress(p: Promotion, src, dst):
@@ -255,10 +259,11 @@ def _copy_with_progress(p: Promotion, src, dst):
     return summary
 
 
-def _finish_succeeded(p: Promotion, summary, *, signature: dict | None = None) -> None:
+def _finish_succeeded(p: Promotion, summary, *, signature: dict | None = None):
+    """Record the success; returns its `promotion.succeeded` audit entry (None when a concurrent run did)."""
     with transaction.atomic():
         if Promotion.objects.select_for_update().filter(pk=p.pk, state=State.RUNNING).only("pk").first() is None:
-            return  # recorded by a concurrent run already
+            return None  # recorded by a concurrent run already
         # The artifact before the bucket and the audit chain, as promotion_request takes them: the auto-promotion
         # below requests with this lock, and taking it only after the audit lock deadlocks against a request of
         # this artifact that holds it and waits for its own audit entry.
@@ -297,7 +302,7 @@ def _finish_succeeded(p: Promotion, summary, *, signature: dict | None = None) -
             promotion=current,
             attachments=summary.attachments,
         )
-        audit_record(
+        entry = audit_record(
             actor=WORKER,
             action="promotion.succeeded",
             obj=current,
@@ -324,6 +329,7 @@ def _finish_succeeded(p: Promotion, summary, *, signature: dict | None = None) -
             # The next step counts as asked for by whoever asked for this one.
             cause = current.on_behalf_of if current.on_behalf_of_id else current.requested_by
             promotions_auto_request(artifact=current.artifact, from_bucket=current.to_bucket, cause=cause)
+    return entry
 
 
 def _finish_failed(p: Promotion, message: str) -> None:

@@ -6,7 +6,6 @@ listed in the fallback index, a cosign `.att` DSSE envelope).
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -19,7 +18,13 @@ from ci_integrations.services.artifacts import artifact_register
 from ci_integrations.services.diffs import compare_url, preview_diff, promotion_diff
 from ci_integrations.services.promotions import promotion_request
 from tests.promotions.conftest import place
-from tests.support.attachments import SPDX, push_fallback_index, push_referrer, referrer_entry
+from tests.support.attachments import (
+    SPDX,
+    attach_vuln_attestation,
+    push_fallback_index,
+    push_referrer,
+    referrer_entry,
+)
 from tests.support.images import get_manifest, push_blob, push_index, put_manifest
 from tests.support.registry_server import free_port
 from tests.support.sign_in import sign_in
@@ -29,7 +34,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
-DSSE = "application/vnd.dsse.envelope.v1+json"
 SARIF = "application/sarif+json"
 BASE_LAYER = b"base layer both images share" * 100
 
@@ -51,31 +55,6 @@ def attach_sbom(url: str, repository: str, digest: str, document: dict, artifact
     sbom = push_referrer(url, repository, digest, artifact_type=artifact_type, payload=json.dumps(document).encode())
     size = len(get_manifest(url, repository, sbom)[0])
     push_fallback_index(url, repository, digest, [referrer_entry(sbom, size, artifact_type)])
-
-
-def attach_vuln_attestation(url: str, repository: str, digest: str, trivy: dict) -> None:
-    """cosign attest --type vuln: a `.att` tag whose layer is a DSSE envelope around an in-toto statement."""
-    statement = {
-        "_type": "https://in-toto.io/Statement/v0.1",
-        "predicateType": "https://cosign.sigstore.dev/attestation/vuln/v1",
-        "subject": [{"name": repository, "digest": {"sha256": digest.removeprefix("sha256:")}}],
-        "predicate": {"scanner": {"uri": "pkg:github/aquasecurity/trivy", "result": trivy}},
-    }
-    envelope = json.dumps(
-        {
-            "payloadType": "application/vnd.in-toto+json",
-            "payload": base64.b64encode(json.dumps(statement).encode()).decode(),
-            "signatures": [],
-        }
-    ).encode()
-    config = b"{}"
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": push_blob(url, repository, config), "size": 2},
-        "layers": [{"mediaType": DSSE, "digest": push_blob(url, repository, envelope), "size": len(envelope)}],
-    }
-    put_manifest(url, repository, digest.replace(":", "-") + ".att", json.dumps(manifest).encode(), OCI_MANIFEST)
 
 
 def spdx(*packages: tuple[str, str]) -> dict:

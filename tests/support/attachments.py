@@ -7,6 +7,7 @@ descriptors per page with `Link: <…>; rel="next"`, as a registry implementing 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -21,6 +22,7 @@ EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 COSIGN_SIGNATURE = "application/vnd.dev.cosign.artifact.sig.v1+json"
 SPDX = "application/spdx+json"
 IN_TOTO = "application/vnd.in-toto+json"
+DSSE_ENVELOPE = "application/vnd.dsse.envelope.v1+json"
 
 
 def artifact_manifest(
@@ -135,3 +137,28 @@ class ReferrersApi:
             headers["Link"] = f'</v2/{repository}/referrers/{digest}?page={page + 1}>; rel="next"'
         body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": chunk}).encode()
         return 200, headers, body
+
+
+def attach_vuln_attestation(url: str, repository: str, digest: str, trivy: dict) -> None:
+    """cosign attest --type vuln: a `.att` tag whose layer is a DSSE envelope around an in-toto statement."""
+    statement = {
+        "_type": "https://in-toto.io/Statement/v0.1",
+        "predicateType": "https://cosign.sigstore.dev/attestation/vuln/v1",
+        "subject": [{"name": repository, "digest": {"sha256": digest.removeprefix("sha256:")}}],
+        "predicate": {"scanner": {"uri": "pkg:github/aquasecurity/trivy", "result": trivy}},
+    }
+    envelope = json.dumps(
+        {
+            "payloadType": "application/vnd.in-toto+json",
+            "payload": base64.b64encode(json.dumps(statement).encode()).decode(),
+            "signatures": [],
+        }
+    ).encode()
+    config = b"{}"
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": EMPTY_CONFIG, "digest": push_blob(url, repository, config), "size": 2},
+        "layers": [{"mediaType": DSSE_ENVELOPE, "digest": push_blob(url, repository, envelope), "size": len(envelope)}],
+    }
+    put_manifest(url, repository, digest.replace(":", "-") + ".att", json.dumps(manifest).encode(), OCI_MANIFEST)
