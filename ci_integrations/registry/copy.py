@@ -155,10 +155,36 @@ class _BlobBody:
         return self._chunks
 
 
+class _ImageGate:
+    """Opened once the image's manifest is at the destination (or its copy failed); attachments wait for it."""
+
+    def __init__(self) -> None:
+        self._opened = threading.Event()
+        self._copied = False
+
+    def open(self, *, copied: bool) -> None:
+        self._copied = copied
+        self._opened.set()
+
+    def wait(self) -> None:
+        self._opened.wait()
+        if not self._copied:
+            raise RegistryError("the image itself was not copied, so what is attached to it stays behind")
+
+
 class ImageCopier:
     """One copy_image run: the two clients, the abort flag and the counters."""
 
-    def __init__(self, src: ImageLocation, dst: ImageLocation, *, parallelism: int = 6, progress=None, clients=None):
+    def __init__(
+        self,
+        src: ImageLocation,
+        dst: ImageLocation,
+        *,
+        parallelism: int = 6,
+        progress=None,
+        clients=None,
+        gate: _ImageGate | None = None,
+    ):
         check_repository(src.repository)
         check_repository(dst.repository)
         check_reference(src.reference)
@@ -168,6 +194,7 @@ class ImageCopier:
         self.progress_callback = progress
         pool = 2 * self.parallelism + 4  # a shared client holds a GET and a PUT connection per stream
         self.owns_clients = clients is None  # an attachment's copy borrows the image copy's clients
+        self.gate = gate  # an attachment's copy puts its manifest once the image's is there
         if clients is not None:
             self.src_client, self.dst_client = clients
         else:
@@ -207,34 +234,51 @@ class ImageCopier:
                 f"{self.src} is {top.digest}, not the expected {expected_digest}; refusing to copy a different image"
             )
         summary = CopySummary(digest=top.digest, media_type=top.media_type)
-        self._check_destination_reference(top)
-        existing = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
-        if existing is not None and existing.digest == top.digest:
-            log.info("%s already holds %s; nothing to copy", self.dst, top.digest)
-        else:
-            fast_path = self._try_fast_path(top)
-            if fast_path:
-                summary.fast_path = fast_path
-                summary.manifests = 1
-            else:
-                self._copy_plain(top, summary)
         mode = attached or ("all" if copy_attached else NONE)
-        if mode != NONE:
-            report = copy_attachments(
-                source=self.src_client,
-                source_repository=self.src.repository,
-                destination=self.dst_client,
-                destination_repository=self.dst.repository,
-                digest=top.digest,
-                mode=mode,
-                copy_one=self._copy_attachment,
-                require_signatures=require_signatures,
-            )
+        if mode == NONE:
+            self._copy_image(top, summary)
+        else:
+            # Attachments are found and copied while the image copies, so their round trips cost no time of their
+            # own; each attachment's manifest waits for the image's, so nothing refers to an image not there yet.
+            gate = _ImageGate()
+            with ThreadPoolExecutor(max_workers=1) as side:
+                attaching = side.submit(
+                    copy_attachments,
+                    source=self.src_client,
+                    source_repository=self.src.repository,
+                    destination=self.dst_client,
+                    destination_repository=self.dst.repository,
+                    digest=top.digest,
+                    mode=mode,
+                    copy_one=lambda reference: self._copy_attachment(reference, gate),
+                    require_signatures=require_signatures,
+                )
+                try:
+                    self._copy_image(top, summary)
+                except BaseException:
+                    gate.open(copied=False)
+                    raise
+                gate.open(copied=True)
+                report = attaching.result()
             summary.attached = len(report.landed)
             summary.attachments = [a.as_dict() for a in report.landed]
             summary.attachment_warnings = report.warnings
         summary.seconds = round(time.monotonic() - started, 4)
         return summary
+
+    def _copy_image(self, top: Manifest, summary: CopySummary) -> None:
+        self._check_destination_reference(top)
+        existing = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
+        if existing is not None and existing.digest == top.digest:
+            log.info("%s already holds %s; nothing to copy", self.dst, top.digest)
+        else:
+            # An attachment is small, and a fast path would put its manifest before the image's is there.
+            fast_path = self._try_fast_path(top) if self.gate is None else None
+            if fast_path:
+                summary.fast_path = fast_path
+                summary.manifests = 1
+            else:
+                self._copy_plain(top, summary)
 
     def _check_destination_reference(self, top: Manifest) -> None:
         if ":" in self.dst.reference and self.dst.reference != top.digest:
@@ -336,6 +380,8 @@ class ImageCopier:
             raise DigestMismatch(f"{self.dst.repository}@{child.digest} was stored as {digest}")
 
     def _put_top(self, top: Manifest) -> None:
+        if self.gate is not None:
+            self.gate.wait()
         try:
             digest = self.dst_client.put_manifest(self.dst.repository, self.dst.reference, top)
         except TransientError:
@@ -477,13 +523,14 @@ class ImageCopier:
 
     # --- attached artifacts --------------------------------------------------------------------------------------
 
-    def _copy_attachment(self, reference: str) -> None:
+    def _copy_attachment(self, reference: str, gate: _ImageGate) -> None:
         """One attached artifact, by digest or cosign tag, to the same reference at the destination."""
         child = ImageCopier(
             ImageLocation(self.src.registry, self.src.repository, reference),
             ImageLocation(self.dst.registry, self.dst.repository, reference),
             parallelism=self.parallelism,
             clients=(self.src_client, self.dst_client),
+            gate=gate,
         )
         child.run()
 

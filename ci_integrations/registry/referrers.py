@@ -115,24 +115,23 @@ def attachments_of(client: RegistryClient, repository: str, digest: str) -> list
         if attachment is not None:
             found.setdefault(attachment.digest, attachment)
     prefix = fallback_tag(digest)
-    for tag in client.tags(repository):
-        if tag == prefix:
-            index = client.get_manifest(repository, tag)
-            if index.is_index:
-                for entry in index.parsed().get("manifests") or []:
-                    attachment = _from_descriptor(entry)
-                    if attachment is not None:
-                        found.setdefault(attachment.digest, attachment)
-            continue
-        stem, dot, suffix = tag.rpartition(".")
-        if not dot or stem != prefix:
-            continue
-        info = client.head_manifest(repository, tag)
+    tags = client.tags(repository)
+    cosign_tags = [t for t in tags if t.rpartition(".")[0] == prefix and t.rpartition(".")[1]]
+    # The fallback index and each cosign tag's HEAD at once: one round trip, however many cosign wrote.
+    with ThreadPoolExecutor(max_workers=max(1, min(PARALLEL_ATTACHMENTS, len(cosign_tags) + 1))) as pool:
+        index = pool.submit(client.get_manifest, repository, prefix) if prefix in tags else None
+        heads = list(pool.map(lambda tag: client.head_manifest(repository, tag), cosign_tags))
+    if index is not None and index.result().is_index:
+        for entry in index.result().parsed().get("manifests") or []:
+            attachment = _from_descriptor(entry)
+            if attachment is not None:
+                found.setdefault(attachment.digest, attachment)
+    for tag, info in zip(cosign_tags, heads, strict=True):
         if info is None:
             continue  # deleted between the listing and now
         found[info.digest] = Attachment(
             digest=info.digest,
-            artifact_type=TAG_SUFFIXES.get(suffix, f"cosign .{suffix}"),
+            artifact_type=TAG_SUFFIXES.get(tag.rpartition(".")[2], f"cosign .{tag.rpartition('.')[2]}"),
             media_type=info.media_type,
             size=info.size,
             tag=tag,

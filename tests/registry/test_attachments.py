@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from ci_integrations.registry import AttachmentRefused, copy_image, list_attachments
+from ci_integrations.registry import AttachmentRefused, RegistryError, copy_image, list_attachments
 from tests.registry.conftest import location
 from tests.support.attachments import (
     COSIGN_SIGNATURE,
@@ -22,7 +22,7 @@ from tests.support.attachments import (
     push_referrer,
     referrer_entry,
 )
-from tests.support.images import get_manifest, get_manifest_digest, push_random_image
+from tests.support.images import delete_blob, get_manifest, get_manifest_digest, push_random_image
 
 
 @pytest.fixture
@@ -182,3 +182,19 @@ def test_list_attachments_counts_what_a_mode_selects(registry):
     assert len(list_attachments(here, "all")) == 3
     assert [a.kind for a in list_attachments(here, "signatures")] == ["signature"]
     assert list_attachments(here, "none") == []
+
+
+def test_attachments_copied_alongside_the_image_never_land_when_the_image_does_not(registry, other_registry):
+    digest = push_random_image(registry.url, "team/api", "1.0", layers=2, layer_size=64 * 1024)
+    tags = _cosign_tags(registry.url, "team/api", digest)
+    layer = json.loads(get_manifest(registry.url, "team/api", digest)[0])["layers"][0]["digest"]
+    delete_blob(registry.url, "team/api", layer)  # the image cannot be copied; its attachments still can
+
+    with pytest.raises(RegistryError):
+        copy_image(
+            location(registry.url, "team/api", "1.0"), location(other_registry.url, "prod/api", "1.0"), attached="all"
+        )
+
+    assert get_manifest_digest(other_registry.url, "prod/api", "1.0") is None
+    for tag in tags:
+        assert get_manifest_digest(other_registry.url, "prod/api", tag) is None, f"{tag} refers to a missing image"
