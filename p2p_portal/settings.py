@@ -205,6 +205,10 @@ P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 
 # holding an unencrypted PEM private key, ECDSA P-256 (or Ed25519). Empty: no evidence is written.
 P2P_EVIDENCE_KEY_FILE = os.environ.get("P2P_EVIDENCE_KEY_FILE", "")
 
+# A sigstore trusted root (JSON, as `cosign trusted-root create` or sigstore's TUF repository give it) against which
+# keyless signatures of `require_signature.keyless` are verified, offline. Empty: keyless signatures are refused.
+P2P_SIGSTORE_TRUSTED_ROOT = os.environ.get("P2P_SIGSTORE_TRUSTED_ROOT", "")
+
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))

@@ -6,7 +6,8 @@ type `application/vnd.dev.cosign.artifact.sig.v1+json`) whose layers are simple-
 `critical.image.docker-manifest-digest` names the image it signs. A signature counts when it verifies under an
 accepted key (ECDSA P-256 with SHA-256, as cosign makes them; Ed25519 and RSA keys work too) and names this digest.
 
-Keyless signatures (a Fulcio certificate instead of a key) are not verified here yet: they count as no signature.
+Keyless signatures (a Fulcio certificate in a sigstore bundle) are checked by keyless.py when the requirement
+names identities.
 
 Everything read is bounded: a signature manifest by the client's manifest cap, at most MAX_SIGNATURE_LAYERS
 layers, each payload at most MAX_PAYLOAD_BYTES.
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from .client import Manifest, RegistryClient
 from .client_cache import shared_client
 from .errors import ProtocolError, RegistryError
+from .keyless import SIGSTORE_BUNDLE_TYPES, KeylessIdentity, KeylessUnavailable, verify_keyless
 from .referrers import attachments_of
 from .refs import ImageLocation, check_reference, check_repository
 
@@ -37,7 +39,7 @@ MAX_PAYLOAD_BYTES = 64 * 1024  # a simple-signing payload is a few hundred bytes
 MAX_SIGNATURE_LAYERS = 64
 MAX_SIGNATURE_MANIFESTS = 16
 
-NO_ACCEPTED_KEY = "no signature by an accepted key"
+NO_ACCEPTED_KEY = "no signature by an accepted key"  # or identity, for keyless signatures
 OTHER_DIGEST = "the signature is for another digest"
 
 
@@ -87,9 +89,12 @@ class TrustedKey:
 
 @dataclass(frozen=True)
 class SignatureRequirement:
-    """What a step accepts: signatures by any of these keys."""
+    """What a step accepts: signatures by any of these keys, or keyless ones by any of these identities (checked
+    against the sigstore trusted root in the file `trusted_root`)."""
 
     keys: tuple[TrustedKey, ...] = ()
+    keyless: tuple[KeylessIdentity, ...] = ()
+    trusted_root: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,11 +106,12 @@ class SignatureVerdict:
     key_id: str = ""
     key_name: str = ""
     signature: str = ""  # digest of the signature manifest that verified
+    identity: str = ""  # for a keyless signature: the certificate's subject (issuer)
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     def as_dict(self) -> dict:
         found = {"verified": self.verified, "message": self.message}
-        for key in ("key_id", "key_name", "signature"):
+        for key in ("key_id", "key_name", "signature", "identity"):
             if getattr(self, key):
                 found[key] = getattr(self, key)
         return found
@@ -141,6 +147,21 @@ def verify_signatures(
 ) -> SignatureVerdict:
     findings = _Findings()
     signatures = [a for a in attachments_of(client, repository, digest) if a.kind == "signature"]
+    bundles = [a for a in signatures if a.artifact_type in SIGSTORE_BUNDLE_TYPES]
+    if requirement.keyless and bundles:
+        try:
+            keyless = verify_keyless(client, repository, digest, bundles, requirement.keyless, requirement.trusted_root)
+        except KeylessUnavailable as exc:
+            findings.problems.append(f"keyless signatures cannot be checked: {exc}")
+        else:
+            if keyless.verified:
+                return SignatureVerdict(True, keyless.message, signature=keyless.bundle, identity=keyless.identity)
+            findings.other_digest = findings.other_digest or keyless.other_digest
+            findings.checked += len(bundles)
+            findings.problems.append(f"keyless: {keyless.message}")
+    signatures = [a for a in signatures if a.artifact_type not in SIGSTORE_BUNDLE_TYPES]
+    if not requirement.keys:
+        return findings.verdict()
     for attachment in signatures[:MAX_SIGNATURE_MANIFESTS]:
         try:
             manifest = client.get_manifest(repository, attachment.digest)

@@ -14,9 +14,11 @@ from ci_integrations.services.config_reader import config_read
 from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import PolicyViolation
 from ci_integrations.services.promotions import promotion_request
+from ci_integrations.services.supply_chain import require_signature_parse
 from tests.support.attachments import SPDX, push_fallback_index, push_referrer, referrer_entry
 from tests.support.cosign import generate_key_pair, sign_image
 from tests.support.images import get_manifest, get_manifest_digest
+from tests.support.sigstore_bundle import GITHUB_ISSUER, OfflineSigstore, attach_bundle, image_statement
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -127,3 +129,33 @@ def test_config_file_sets_attached_and_require_signature_and_refuses_a_bad_key(w
     assert any("attached" in p and "'some'" in p for p in problems)
     assert any("require_signature.keys[0]" in p for p in problems)
     assert any("require_signature.keyless" in p for p in problems)
+
+
+def test_a_keyless_step_lets_in_an_image_signed_by_the_workflow_and_records_the_identity(
+    world, run_worker, settings, tmp_path
+):
+    sigstore = OfflineSigstore()
+    settings.P2P_SIGSTORE_TRUSTED_ROOT = sigstore.write_trusted_root(tmp_path / "trusted_root.json")
+    identity = {"issuer": GITHUB_ISSUER, "subject": "https://github.com/acme/*"}
+    problems: list[str] = []
+    world.to_staging.require_signature = require_signature_parse(
+        {"keyless": [identity]}, lambda where, why: problems.append(where + why)
+    )
+    assert problems == [] and world.to_staging.require_signature == {"keys": [], "keyless": [identity]}
+    world.to_staging.save()
+    artifact = world.register("qa", "v1")
+    with pytest.raises(PolicyViolation):
+        promotion_request(artifact=artifact, to_env="staging", actor=world.actor(world.alice))
+    workflow = "https://github.com/acme/checkout/.github/workflows/release.yml@refs/heads/main"
+    statement = image_statement(world.qa.repository, artifact.digest)
+    bundle = sigstore.bundle(subject=workflow, issuer=GITHUB_ISSUER, statement=statement)
+    attach_bundle(world.build_url, world.qa.repository, artifact.digest, bundle)
+
+    promotion = promotion_request(artifact=artifact, to_env="staging", actor=world.actor(world.alice))
+    run_worker()
+
+    promotion.refresh_from_db()
+    assert promotion.state == Promotion.State.SUCCEEDED, promotion.error
+    assert promotion.signature["identity"] == f"{workflow} ({GITHUB_ISSUER})"
+    entry = AuditEntry.objects.get(action="promotion.succeeded", object_id=str(promotion.pk))
+    assert entry.after["signature"]["identity"] == promotion.signature["identity"]
