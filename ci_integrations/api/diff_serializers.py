@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ci_integrations.api.serializers import Line, valid_environment
+from ci_integrations.api.serializers import ChangelogOut, Line, valid_environment
 
 UNAVAILABLE = {"required": False, "help_text": "why this part could not be computed; the other fields are absent"}
 
@@ -16,12 +16,6 @@ UNAVAILABLE = {"required": False, "help_text": "why this part could not be compu
 class DiffSideOut(serializers.Serializer):
     digest = serializers.CharField()
     artifact = serializers.IntegerField()
-
-
-class ChangelogOut(serializers.Serializer):
-    sha = serializers.CharField()
-    title = serializers.CharField()
-    author = serializers.CharField()
 
 
 class CommitsOut(serializers.Serializer):

@@ -76,6 +76,12 @@ class ChangelogEntryIn(serializers.Serializer):
     author = Line(max_length=255, required=False, allow_blank=True)
 
 
+class ChangelogOut(serializers.Serializer):
+    sha = serializers.CharField()
+    title = serializers.CharField()
+    author = serializers.CharField()
+
+
 class MetadataIn(serializers.Serializer):
     git_sha = Line(max_length=64, required=False, allow_blank=True)
     branch = Line(max_length=255, required=False, allow_blank=True)
@@ -166,6 +172,8 @@ class ArtifactOut(serializers.Serializer):
     branch = serializers.CharField()
     build_url = serializers.CharField()
     labels = serializers.DictField(child=serializers.CharField())
+    repo_url = serializers.CharField()
+    changelog = ChangelogOut(many=True, help_text="the commits CI said this build adds")
     created_at = serializers.DateTimeField()
     created_by = serializers.CharField()
     checks = CheckOut(many=True)
@@ -273,6 +281,7 @@ class SignatureOut(serializers.Serializer):
     key_id = serializers.CharField(required=False)
     key_name = serializers.CharField(required=False)
     signature = serializers.CharField(required=False, help_text="digest of the signature manifest that verified")
+    identity = serializers.CharField(required=False, help_text="keyless: the certificate's subject (issuer)")
 
 
 class EvidenceOut(serializers.Serializer):
