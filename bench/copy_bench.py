@@ -6,6 +6,8 @@ Starts its own docker-registry instances on free loopback ports and builds the i
   P3  re-promotion when the destination already has the digest
   P4  2-platform index (4 × 32 MiB layers per platform), `skopeo copy --all` for reference
   P5  one 1 GiB layer, peak RSS of a copy running in its own process
+  A1  cross-registry promotion of a small image with a cosign signature and an SBOM referrer attached, against
+      the same promotion with attached=none (fresh destination each run)
 
     .venv/bin/python bench/copy_bench.py            # medians of 5
     .venv/bin/python bench/copy_bench.py --quick    # one run each
@@ -32,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from ci_integrations.registry import ImageLocation, RegistrySpec, copy_image  # noqa: E402
+from tests.support.attachments import SPDX, push_fallback_index, push_referrer, referrer_entry  # noqa: E402
+from tests.support.cosign import generate_key_pair, sign_image  # noqa: E402
 from tests.support.images import (  # noqa: E402
     OCI_CONFIG,
     OCI_LAYER,
@@ -153,6 +157,54 @@ def fresh() -> RegistryServer:
     server = start_registry(data_dir=data_dir)
     server.owns_data_dir = True  # stop() removes it
     return server
+
+
+def attachment_rows(source: RegistryServer, runs: int) -> list[dict]:
+    """A1: the cost of carrying a signature and an SBOM with a promotion."""
+    rows: list[dict] = []
+    digest_a1 = push_random_image(source.url, "team/signed", "a1", layers=2, layer_size=MiB)
+    sign_image(source.url, "team/signed", digest_a1, generate_key_pair())
+    sbom = push_referrer(source.url, "team/signed", digest_a1, artifact_type=SPDX, payload=os.urandom(32 * 1024))
+    sbom_size = len(get_manifest(source.url, "team/signed", sbom)[0])
+    push_fallback_index(source.url, "team/signed", digest_a1, [referrer_entry(sbom, sbom_size, SPDX)])
+    with_them, without = [], []
+    for i in range(runs):
+        for mode in ("all", "none") if i % 2 == 0 else ("none", "all"):
+            dst = fresh()
+            try:
+                seconds, summary = timed(
+                    lambda dst=dst, mode=mode: copy_image(
+                        loc(source, "team/signed", "a1"), loc(dst, "prod/signed", "a1"), attached=mode
+                    )
+                )
+                assert summary.attached == (2 if mode == "all" else 0)
+                (with_them if mode == "all" else without).append(seconds)
+            finally:
+                dst.stop()
+    added = median(with_them) - median(without)
+    rows.append(
+        {
+            "id": "A1",
+            "what": "promotion, signature + SBOM attached",
+            "ours": median(with_them),
+            "skopeo": None,
+            "raw": None,
+            "bar": f"+{added:.3f}s over none; ≤ +0.1 s",
+            "ok": added <= 0.1,
+        }
+    )
+    rows.append(
+        {
+            "id": "A1",
+            "what": "same promotion, attached=none",
+            "ours": median(without),
+            "skopeo": None,
+            "raw": None,
+            "bar": "(reference)",
+            "ok": None,
+        }
+    )
+    return rows
 
 
 def bench(runs: int, big: bool) -> list[dict]:
@@ -279,6 +331,8 @@ def bench(runs: int, big: bool) -> list[dict]:
             }
         )
 
+        rows.extend(attachment_rows(source, runs))
+
         # P5: 1 GiB layer, peak RSS of our copy in its own process (and skopeo's, for reference).
         if big:
             print("building the 1 GiB layer…", file=sys.stderr)
@@ -366,8 +420,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one run of each")
     parser.add_argument("--no-big", action="store_true", help="skip the 1 GiB layer (P5)")
+    parser.add_argument("--attachments-only", action="store_true", help="only A1 (attached signature and SBOM)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
+    if args.attachments_only:
+        source = fresh()
+        try:
+            print_table(attachment_rows(source, runs), runs)
+        finally:
+            source.stop()
+        return
     if not shutil.which("skopeo"):
         sys.exit("skopeo is not installed")
     os.environ.setdefault("TMPDIR", tempfile.gettempdir())

@@ -155,6 +155,16 @@ class Workflow(models.Model):
                 )
 
 
+class Attached(models.TextChoices):
+    """Which attached artifacts (signatures, SBOMs, attestations) travel with an image; empty means "as the bucket
+    says", and a bucket's empty means all."""
+
+    INHERIT = "", "As the bucket (or all)"
+    ALL = "all", "All"
+    SIGNATURES = "signatures", "Signatures only"
+    NONE = "none", "None"
+
+
 class WorkflowStep(models.Model):
     """One allowed move (from_env → to_env) with its policy."""
 
@@ -176,6 +186,9 @@ class WorkflowStep(models.Model):
     approval_timeout = models.DurationField(null=True, blank=True)
     # A regular expression the tag must match in full, e.g. r"v\d+\.\d+\.\d+"; empty means any tag.
     tag_rule = models.CharField(max_length=255, blank=True, default="")
+    attached = models.CharField(max_length=10, choices=Attached.choices, blank=True, default=Attached.INHERIT)
+    # {"keys": [{"name": …, "pem": …}], "keyless": [{"issuer": …, "subject": …}]}; empty means no signature needed.
+    require_signature = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["workflow", "position"]
@@ -323,6 +336,7 @@ class Bucket(models.Model):
     allow_push_credentials = models.BooleanField(default=False)
     # Images reach a bucket a workflow step leads into by promotion only; this lets CI put them there directly.
     allow_direct_register = models.BooleanField(default=False)
+    attached = models.CharField(max_length=10, choices=Attached.choices, blank=True, default=Attached.INHERIT)
     # How a cloud registry scopes push credentials to this bucket's repository (see services/credentials.py).
     push_role_arn = models.CharField(max_length=600, blank=True, default="", validators=[validate_role_arn])
     push_service_account = models.CharField(
@@ -409,6 +423,10 @@ class Artifact(models.Model):
     branch = models.CharField(max_length=255, blank=True, default="")
     build_url = models.URLField(max_length=1024, blank=True, default="")
     labels = models.JSONField(default=dict, blank=True)
+    # Where the source lives (the diff links commits there), and the commits CI says this build adds: [{sha, title,
+    # author}], newest first.
+    repo_url = models.URLField(max_length=1024, blank=True, default="")
+    changelog = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     created_by = models.CharField(max_length=150, blank=True, default="")
 
@@ -452,6 +470,8 @@ class Arrival(models.Model):
     promotion = models.ForeignKey("Promotion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     arrived_at = models.DateTimeField(default=timezone.now)
     arrived_by = models.CharField(max_length=150, blank=True, default="")
+    # The attachments that landed with the image: [{digest, artifact_type, kind[, tag]}].
+    attachments = models.JSONField(default=list, blank=True)
 
     objects = ArrivalQuerySet.as_manager()
 
@@ -466,6 +486,22 @@ class Arrival(models.Model):
 
     def __str__(self) -> str:
         return f"{self.bucket} ← {self.tag}@{self.artifact.short_digest}"
+
+
+class ImageDiff(models.Model):
+    """What the registry says changes between two images (config, layers, platforms, SBOM, vulnerabilities), kept by
+    digest pair so the approval screens do not ask the registry again; `before_digest` is empty when nothing ran."""
+
+    before_digest = models.CharField(max_length=71, blank=True, default="")
+    after_digest = models.CharField(max_length=71)
+    result = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["before_digest", "after_digest"], name="image_diff_pair_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.before_digest[:19] or 'nothing'} → {self.after_digest[:19]}"
 
 
 class CheckResult(models.Model):
@@ -562,6 +598,13 @@ class Promotion(models.Model):
     log = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
     result_digest = models.CharField(max_length=71, blank=True, default="")
+    attachments = models.JSONField(default=list, blank=True)  # those that landed: [{digest, artifact_type, kind}]
+    warnings = models.JSONField(default=list, blank=True)  # what did not travel, and why
+    # The signature check that let it through: {"message", "key"|"identity", …}; empty when none was required.
+    signature = models.JSONField(default=dict, blank=True)
+    # The signed in-toto statement attached at the destination on success: {digest, predicate_type, key_id}, or
+    # {error} when it could not be written; empty when the portal has no evidence key.
+    evidence = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -52,6 +52,7 @@ from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
 from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.services.copying import promotion_preflight
+from ci_integrations.services.diffs import preview_diff, promotion_diff
 from ci_integrations.services.emergency_stop import emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
@@ -305,6 +306,32 @@ def approvals(request: HttpRequest) -> HttpResponse:
     waiting_ids = {p.pk for p in mine}
     others = [p for p in selectors.promotions_pending(request.user) if p.pk not in waiting_ids]
     return render(request, "ci_integrations/approvals.html", {"mine": mine, "others": others})
+
+
+@require_GET
+@login_required
+def promotion_diff_panel(request: HttpRequest, pk: int) -> HttpResponse:
+    """What the promotion changes in its target; htmx loads it into the promotion page, the approval panel and the
+    inbox, since it may read the registry."""
+    try:
+        promotion = selectors.promotion_detail(pk)
+    except Promotion.DoesNotExist:
+        raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
+    return render(request, "ci_integrations/partials/diff.html", {"diff": promotion_diff(promotion=promotion)})
+
+
+@require_GET
+@permission(REQUEST)
+def preview_diff_panel(request: HttpRequest, pk: int, env: str) -> HttpResponse:
+    """What promoting the artifact into `env` would change there: the promote preview loads it with htmx."""
+    artifact = get_object_or_404(Artifact.objects.select_related("integration"), pk=pk)
+    shown_to(request, artifact.integration, "No such artifact.")
+    try:
+        diff = preview_diff(artifact=artifact, to_env=env)
+    except ServiceError as exc:
+        raise Http404(exc.message) from None
+    return render(request, "ci_integrations/partials/diff.html", {"diff": diff})
 
 
 # --- promotion actions -----------------------------------------------------------------------------------------------

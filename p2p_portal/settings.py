@@ -202,6 +202,14 @@ P2P_AUDIT_CHECKPOINT_SECONDS = env_whole_number("P2P_AUDIT_CHECKPOINT_SECONDS", 
 # last background verification and queues a new one.
 P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 20000)
 
+# The portal's key for the evidence of each promotion (docs/configuration.md#evidence-of-each-promotion): a file
+# holding an unencrypted PEM private key, ECDSA P-256 (or Ed25519). Empty: no evidence is written.
+P2P_EVIDENCE_KEY_FILE = os.environ.get("P2P_EVIDENCE_KEY_FILE", "")
+
+# A sigstore trusted root (JSON, as `cosign trusted-root create` or sigstore's TUF repository give it) against which
+# keyless signatures of `require_signature.keyless` are verified, offline. Empty: keyless signatures are refused.
+P2P_SIGSTORE_TRUSTED_ROOT = os.environ.get("P2P_SIGSTORE_TRUSTED_ROOT", "")
+
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 # Seconds between scheduler passes (auto steps whose soak or freeze ended, scheduled promotions, approval expiry).
 P2P_SCHEDULER_SECONDS = env_whole_number("P2P_SCHEDULER_SECONDS", 30)
@@ -209,6 +217,9 @@ P2P_SCHEDULER_SECONDS = env_whole_number("P2P_SCHEDULER_SECONDS", 30)
 P2P_REMINDER_HOURS = env_whole_number("P2P_REMINDER_HOURS", 24)
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
+# How long the registry part of a diff (config, layers, SBOM, vulnerabilities) is kept for a digest pair: an SBOM
+# or a scan attached after the push shows once this has passed.
+P2P_DIFF_CACHE_SECONDS = env_whole_number("P2P_DIFF_CACHE_SECONDS", 3600)
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
 P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
 # CI's OIDC token exchange (POST /api/v1/auth/oidc/): minutes an exchanged CI token lives at most (never past the ID

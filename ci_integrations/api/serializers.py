@@ -4,6 +4,7 @@ services check meaning (does the bucket exist, does policy allow it)."""
 from __future__ import annotations
 
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from ci_integrations.input_rules import DIGEST, NAME, TAG, InputRule, control_character, control_character_problem
@@ -70,6 +71,18 @@ class LabelsField(serializers.DictField):
         return value
 
 
+class ChangelogEntryIn(serializers.Serializer):
+    sha = Line(max_length=64)
+    title = Line(max_length=500, required=False, allow_blank=True)
+    author = Line(max_length=255, required=False, allow_blank=True)
+
+
+class ChangelogOut(serializers.Serializer):
+    sha = serializers.CharField()
+    title = serializers.CharField()
+    author = serializers.CharField()
+
+
 class MetadataIn(serializers.Serializer):
     git_sha = Line(max_length=64, required=False, allow_blank=True)
     branch = Line(max_length=255, required=False, allow_blank=True)
@@ -77,6 +90,10 @@ class MetadataIn(serializers.Serializer):
     labels = LabelsField(required=False)
     # ISO 8601 with its zone; the service checks and normalises it (lead time in insights starts here).
     commit_time = Line(max_length=40, required=False, allow_blank=True)
+    repo_url = serializers.URLField(
+        max_length=1024, required=False, allow_blank=True, help_text="the source repository; the diff links commits"
+    )
+    changelog = ChangelogEntryIn(many=True, required=False, max_length=500, help_text="commits this build adds")
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
@@ -156,6 +173,8 @@ class ArtifactOut(serializers.Serializer):
     branch = serializers.CharField()
     build_url = serializers.CharField()
     labels = serializers.DictField(child=serializers.CharField())
+    repo_url = serializers.CharField()
+    changelog = ChangelogOut(many=True, help_text="the commits CI said this build adds")
     created_at = serializers.DateTimeField()
     created_by = serializers.CharField()
     checks = CheckOut(many=True)
@@ -264,6 +283,29 @@ class ProgressOut(serializers.Serializer):
     bytes_done = serializers.IntegerField()
 
 
+class AttachmentOut(serializers.Serializer):
+    digest = serializers.CharField()
+    artifact_type = serializers.CharField()
+    kind = serializers.ChoiceField(choices=["signature", "sbom", "attestation", "other"])
+    tag = serializers.CharField(required=False, help_text="the cosign tag it travelled under, if any")
+
+
+class SignatureOut(serializers.Serializer):
+    verified = serializers.BooleanField()
+    message = serializers.CharField()
+    key_id = serializers.CharField(required=False)
+    key_name = serializers.CharField(required=False)
+    signature = serializers.CharField(required=False, help_text="digest of the signature manifest that verified")
+    identity = serializers.CharField(required=False, help_text="keyless: the certificate's subject (issuer)")
+
+
+class EvidenceOut(serializers.Serializer):
+    predicate_type = serializers.CharField()
+    attestation = serializers.CharField(required=False, help_text="digest of the cosign .att manifest written")
+    key_id = serializers.CharField(required=False, help_text="sha256 of the portal's evidence public key (DER)")
+    error = serializers.CharField(required=False, help_text="why it could not be attached")
+
+
 class PromotionOut(serializers.Serializer):
     id = serializers.IntegerField()
     state = serializers.CharField()
@@ -286,11 +328,23 @@ class PromotionOut(serializers.Serializer):
     not_before = serializers.DateTimeField(allow_null=True, help_text="the copy starts no earlier than this")
     waiting_for = serializers.CharField(help_text="why an approved promotion is not queued yet (empty otherwise)")
     result_digest = serializers.CharField()
+    attachments = AttachmentOut(many=True, help_text="signatures, SBOMs and attestations that travelled with it")
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="what did not travel, and why")
+    signature = serializers.SerializerMethodField(help_text="the signature check, when the step requires one")
+    evidence = serializers.SerializerMethodField(help_text="the signed in-toto statement attached on success")
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     final = serializers.BooleanField(source="is_final")
+
+    @extend_schema_field(SignatureOut(allow_null=True))
+    def get_signature(self, promotion) -> dict | None:
+        return SignatureOut(promotion.signature).data if promotion.signature else None
+
+    @extend_schema_field(EvidenceOut(allow_null=True))
+    def get_evidence(self, promotion) -> dict | None:
+        return EvidenceOut(promotion.evidence).data if promotion.evidence else None
 
     def get_progress(self, promotion) -> ProgressOut:
         return ProgressOut(promotion).data

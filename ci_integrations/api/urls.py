@@ -3,7 +3,7 @@
 from django.urls import include, path, re_path, register_converter
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from ci_integrations.api import insights, views
+from ci_integrations.api import diffs, insights, views
 from ci_integrations.api.errors import json_not_found
 
 
@@ -34,6 +34,7 @@ v1 = [
     path("integrations/<slug:name>/artifacts/", views.ArtifactsView.as_view(), name="api-artifacts"),
     path("integrations/<slug:name>/imports/", views.ImportCreateView.as_view(), name="api-imports"),
     path("integrations/<slug:name>/rollback/", views.RollbackView.as_view(), name="api-rollback"),
+    path("integrations/<slug:name>/diff/", diffs.PreviewDiffView.as_view(), name="api-preview-diff"),
     path(
         "integrations/<slug:name>/push-credentials/", views.PushCredentialsView.as_view(), name="api-push-credentials"
     ),
@@ -42,6 +43,7 @@ v1 = [
     path("jobs/<id:pk>/", views.JobDetailView.as_view(), name="api-job"),
     path("promotions/", views.PromotionCreateView.as_view(), name="api-promotions"),
     path("promotions/<id:pk>/", views.PromotionDetailView.as_view(), name="api-promotion"),
+    path("promotions/<id:pk>/diff/", diffs.PromotionDiffView.as_view(), name="api-promotion-diff"),
     path("promotions/<id:pk>/approve/", views.PromotionApproveView.as_view(), name="api-promotion-approve"),
     path("promotions/<id:pk>/reject/", views.PromotionRejectView.as_view(), name="api-promotion-reject"),
     path("promotions/<id:pk>/cancel/", views.PromotionCancelView.as_view(), name="api-promotion-cancel"),

@@ -14,6 +14,7 @@ from .copy import (
 from .destinations import AddressGuard, address_guard
 from .errors import (
     AccessDenied,
+    AttachmentRefused,
     AuthenticationError,
     CannotScope,
     DestinationRefused,
@@ -29,6 +30,8 @@ from .errors import (
     cut,
 )
 from .providers import PushCredentials, PushScope
+from .referrers import MODES as ATTACHED_MODES
+from .referrers import Attachment, list_attachments
 from .refs import (
     ImageLocation,
     ImageReference,
@@ -40,7 +43,10 @@ from .refs import (
 )
 
 __all__ = [
+    "ATTACHED_MODES",
     "AccessDenied",
+    "Attachment",
+    "AttachmentRefused",
     "AddressGuard",
     "AuthenticationError",
     "CannotScope",
@@ -70,6 +76,7 @@ __all__ = [
     "is_valid_digest",
     "is_valid_repository",
     "is_valid_tag",
+    "list_attachments",
     "parse_reference",
     "plan_copy",
     "push_credentials",

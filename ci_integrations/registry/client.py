@@ -15,7 +15,7 @@ from urllib.parse import quote, urljoin
 import requests
 
 from .auth import Authenticator, repository_scope
-from .bodies import read_capped, response_error
+from .bodies import read_capped, read_up_to, response_error
 from .destinations import Guard
 from .errors import DigestMismatch, IndexTooLarge, ProtocolError
 from .transport import RetryPolicy, Timeouts, Transport
@@ -286,21 +286,38 @@ class RegistryClient:
                 raise ProtocolError(f"tags of {repository}: the registry's next-page links go round in a loop")
         return tags
 
-    def referrers(self, repository: str, digest: str) -> list[Descriptor] | None:
-        """The referrers API; None when the registry does not implement it."""
-        response = self.transport.request(
-            "GET",
-            f"/v2/{repository}/referrers/{digest}",
-            scopes=(repository_scope(repository, "pull"),),
-            headers={"Accept": OCI_INDEX},
-            allow=(400, 404, 405),
-            what=f"referrers of {repository}@{digest}",
-            max_bytes=MAX_MANIFEST_BYTES,
-        )
-        if response.status_code != 200 or _media_type(response.headers.get("Content-Type")) != OCI_INDEX:
-            response.close()
-            return None
-        return Manifest(response.content, OCI_INDEX, sha256_digest(response.content)).children()
+    def referrers(self, repository: str, digest: str) -> list[dict] | None:
+        """The referrers API's descriptors for `digest` (artifactType and annotations kept), every page followed
+        through `Link: <…>; rel="next"`; None when the registry does not implement the API."""
+        entries: list[dict] = []
+        path: str | None = f"/v2/{repository}/referrers/{digest}"
+        seen: set[str] = set()
+        while path:
+            response = self.transport.request(
+                "GET",
+                path,
+                scopes=(repository_scope(repository, "pull"),),
+                headers={"Accept": OCI_INDEX},
+                allow=(400, 404, 405),
+                what=f"referrers of {repository}@{digest}",
+                max_bytes=MAX_MANIFEST_BYTES,
+            )
+            if response.status_code != 200 or _media_type(response.headers.get("Content-Type")) != OCI_INDEX:
+                response.close()
+                if not seen:
+                    return None
+                raise ProtocolError(f"referrers of {repository}@{digest}: a next page is not an OCI index")
+            seen.add(response.url)
+            page = Manifest(response.content, OCI_INDEX, sha256_digest(response.content))
+            page.children()  # validates every descriptor, and caps their number
+            entries.extend(page.parsed().get("manifests") or [])
+            if len(entries) > MAX_INDEX_CHILDREN:
+                raise IndexTooLarge(f"{repository}@{digest} has more than {MAX_INDEX_CHILDREN} referrers")
+            link = response.links.get("next", {}).get("url")
+            path = urljoin(response.url, link) if link else None
+            if path is not None and path in seen:
+                raise ProtocolError(f"referrers of {repository}@{digest}: the next-page links go round in a loop")
+        return entries
 
     # --- blobs ---------------------------------------------------------------------------------------------------
 
@@ -328,6 +345,22 @@ class RegistryClient:
         if response.status_code != 200:
             raise response_error(response, what=f"GET blob {repository}@{digest}")
         return response
+
+    def read_blob(self, repository: str, digest: str, *, limit: int, what: str = "blob") -> bytes:
+        """A small blob's bytes (a config, a signature payload, an SBOM), streamed and refused past `limit` bytes,
+        checked against its digest."""
+        hasher = hasher_for(digest)
+        response = self.open_blob(repository, digest)
+        try:
+            body, longer = read_up_to(response, limit, decode=False)
+        finally:
+            response.close()
+        if longer:
+            raise ProtocolError(f"{what} {digest} is over the {limit}-byte limit")
+        hasher.update(body)
+        if f"{hasher.name}:{hasher.hexdigest()}" != digest:
+            raise DigestMismatch(f"{what} {digest} does not match its digest")
+        return body
 
     def start_upload(
         self, repository: str, *, mount: str | None = None, from_repository: str | None = None
@@ -383,6 +416,19 @@ class RegistryClient:
             replayable=False,
             follow_redirects=False,
         )
+
+    def push_blob(self, repository: str, data: bytes) -> str:
+        """Upload a small blob held in memory (an attestation, its config) unless it is there; returns its digest."""
+        digest = sha256_digest(data)
+        if self.head_blob(repository, digest) is not None:
+            return digest
+        _, location = self.start_upload(repository)
+        response = self.finish_upload(location, repository, digest, data, len(data))
+        if response.status_code not in (201, 204):
+            raise response_error(response, what=f"PUT blob {repository}@{digest}")
+        read_capped(response)
+        response.close()
+        return digest
 
 
 GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .bodies import read_capped, response_error
 from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, hasher_for
@@ -35,6 +35,7 @@ from .errors import (
     redact,
 )
 from .providers import PushCredentials, PushScope, provider_for
+from .referrers import NONE, copy_attachments
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
 from .transport import RetryableFailure, with_retries
 
@@ -63,6 +64,8 @@ class CopySummary:
     seconds: float = 0.0
     fast_path: str | None = None
     attached: int = 0
+    attachments: list[dict] = field(default_factory=list)  # those that landed: digest, artifact type, kind
+    attachment_warnings: list[str] = field(default_factory=list)  # those the destination refused, and why
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -152,10 +155,36 @@ class _BlobBody:
         return self._chunks
 
 
+class _ImageGate:
+    """Opened once the image's manifest is at the destination (or its copy failed); attachments wait for it."""
+
+    def __init__(self) -> None:
+        self._opened = threading.Event()
+        self._copied = False
+
+    def open(self, *, copied: bool) -> None:
+        self._copied = copied
+        self._opened.set()
+
+    def wait(self) -> None:
+        self._opened.wait()
+        if not self._copied:
+            raise RegistryError("the image itself was not copied, so what is attached to it stays behind")
+
+
 class ImageCopier:
     """One copy_image run: the two clients, the abort flag and the counters."""
 
-    def __init__(self, src: ImageLocation, dst: ImageLocation, *, parallelism: int = 6, progress=None):
+    def __init__(
+        self,
+        src: ImageLocation,
+        dst: ImageLocation,
+        *,
+        parallelism: int = 6,
+        progress=None,
+        clients=None,
+        gate: _ImageGate | None = None,
+    ):
         check_repository(src.repository)
         check_repository(dst.repository)
         check_reference(src.reference)
@@ -164,24 +193,40 @@ class ImageCopier:
         self.parallelism = max(1, int(parallelism))
         self.progress_callback = progress
         pool = 2 * self.parallelism + 4  # a shared client holds a GET and a PUT connection per stream
-        self.src_client = provider_for(src.registry).client(src.registry, pool_size=pool)
-        self.dst_client = (
-            self.src_client
-            if src.registry == dst.registry
-            else provider_for(dst.registry).client(dst.registry, pool_size=pool)
-        )
+        self.owns_clients = clients is None  # an attachment's copy borrows the image copy's clients
+        self.gate = gate  # an attachment's copy puts its manifest once the image's is there
+        if clients is not None:
+            self.src_client, self.dst_client = clients
+        else:
+            self.src_client = provider_for(src.registry).client(src.registry, pool_size=pool)
+            self.dst_client = (
+                self.src_client
+                if src.registry == dst.registry
+                else provider_for(dst.registry).client(dst.registry, pool_size=pool)
+            )
         self.same_registry = self.src_client.host == self.dst_client.host
         self.abort = threading.Event()
         self.tracker: _Tracker | None = None
 
     def close(self) -> None:
+        if not self.owns_clients:
+            return
         self.src_client.close()
         if self.dst_client is not self.src_client:
             self.dst_client.close()
 
     # --- the whole image -----------------------------------------------------------------------------------------
 
-    def run(self, *, expected_digest: str | None = None, copy_attached: bool = False) -> CopySummary:
+    def run(
+        self,
+        *,
+        expected_digest: str | None = None,
+        copy_attached: bool = False,
+        attached: str | None = None,
+        require_signatures: bool = False,
+    ) -> CopySummary:
+        """Copy the image, then what `attached` (all, signatures, none) selects of what is attached to it;
+        `copy_attached=True` is `attached="all"`."""
         started = time.monotonic()
         top = self.src_client.get_manifest(self.src.repository, self.src.reference)
         if expected_digest and top.digest != expected_digest:
@@ -189,21 +234,51 @@ class ImageCopier:
                 f"{self.src} is {top.digest}, not the expected {expected_digest}; refusing to copy a different image"
             )
         summary = CopySummary(digest=top.digest, media_type=top.media_type)
+        mode = attached or ("all" if copy_attached else NONE)
+        if mode == NONE:
+            self._copy_image(top, summary)
+        else:
+            # Attachments are found and copied while the image copies, so their round trips cost no time of their
+            # own; each attachment's manifest waits for the image's, so nothing refers to an image not there yet.
+            gate = _ImageGate()
+            with ThreadPoolExecutor(max_workers=1) as side:
+                attaching = side.submit(
+                    copy_attachments,
+                    source=self.src_client,
+                    source_repository=self.src.repository,
+                    destination=self.dst_client,
+                    destination_repository=self.dst.repository,
+                    digest=top.digest,
+                    mode=mode,
+                    copy_one=lambda reference: self._copy_attachment(reference, gate),
+                    require_signatures=require_signatures,
+                )
+                try:
+                    self._copy_image(top, summary)
+                except BaseException:
+                    gate.open(copied=False)
+                    raise
+                gate.open(copied=True)
+                report = attaching.result()
+            summary.attached = len(report.landed)
+            summary.attachments = [a.as_dict() for a in report.landed]
+            summary.attachment_warnings = report.warnings
+        summary.seconds = round(time.monotonic() - started, 4)
+        return summary
+
+    def _copy_image(self, top: Manifest, summary: CopySummary) -> None:
         self._check_destination_reference(top)
         existing = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
         if existing is not None and existing.digest == top.digest:
             log.info("%s already holds %s; nothing to copy", self.dst, top.digest)
         else:
-            fast_path = self._try_fast_path(top)
+            # An attachment is small, and a fast path would put its manifest before the image's is there.
+            fast_path = self._try_fast_path(top) if self.gate is None else None
             if fast_path:
                 summary.fast_path = fast_path
                 summary.manifests = 1
             else:
                 self._copy_plain(top, summary)
-        if copy_attached:
-            summary.attached = self._copy_attached(top.digest)
-        summary.seconds = round(time.monotonic() - started, 4)
-        return summary
 
     def _check_destination_reference(self, top: Manifest) -> None:
         if ":" in self.dst.reference and self.dst.reference != top.digest:
@@ -305,6 +380,8 @@ class ImageCopier:
             raise DigestMismatch(f"{self.dst.repository}@{child.digest} was stored as {digest}")
 
     def _put_top(self, top: Manifest) -> None:
+        if self.gate is not None:
+            self.gate.wait()
         try:
             digest = self.dst_client.put_manifest(self.dst.repository, self.dst.reference, top)
         except TransientError:
@@ -446,37 +523,16 @@ class ImageCopier:
 
     # --- attached artifacts --------------------------------------------------------------------------------------
 
-    def _copy_attached(self, digest: str) -> int:
-        """Copy signatures, SBOMs and attestations that refer to `digest` (referrers API, else the tag scheme)."""
-        copied = 0
-        referrers = self.src_client.referrers(self.src.repository, digest)
-        if referrers is not None:
-            for referrer in referrers:
-                child = ImageCopier(
-                    ImageLocation(self.src.registry, self.src.repository, referrer.digest),
-                    ImageLocation(self.dst.registry, self.dst.repository, referrer.digest),
-                    parallelism=self.parallelism,
-                )
-                try:
-                    child.run()
-                finally:
-                    child.close()
-                copied += 1
-            return copied
-        prefix = digest.replace(":", "-")
-        for tag in self.src_client.tags(self.src.repository):
-            if tag == prefix or tag.startswith(prefix + "."):
-                child = ImageCopier(
-                    ImageLocation(self.src.registry, self.src.repository, tag),
-                    ImageLocation(self.dst.registry, self.dst.repository, tag),
-                    parallelism=self.parallelism,
-                )
-                try:
-                    child.run()
-                finally:
-                    child.close()
-                copied += 1
-        return copied
+    def _copy_attachment(self, reference: str, gate: _ImageGate) -> None:
+        """One attached artifact, by digest or cosign tag, to the same reference at the destination."""
+        child = ImageCopier(
+            ImageLocation(self.src.registry, self.src.repository, reference),
+            ImageLocation(self.dst.registry, self.dst.repository, reference),
+            parallelism=self.parallelism,
+            clients=(self.src_client, self.dst_client),
+            gate=gate,
+        )
+        child.run()
 
     # --- preflight -----------------------------------------------------------------------------------------------
 
@@ -562,11 +618,22 @@ def copy_image(
     parallelism: int = 6,
     copy_attached: bool = False,
     expected_digest: str | None = None,
+    attached: str | None = None,
+    require_signatures: bool = False,
 ) -> CopySummary:
-    """Copy src to dst (a tag, or a digest to push by digest only); idempotent, verified by digest."""
+    """Copy src to dst (a tag, or a digest to push by digest only); idempotent, verified by digest.
+
+    `attached` (all, signatures, none; default none, or all with copy_attached) says which attached artifacts
+    travel too; with `require_signatures`, a signature the destination refuses fails the copy.
+    """
     copier = ImageCopier(src, dst, parallelism=parallelism, progress=progress)
     try:
-        return copier.run(expected_digest=expected_digest, copy_attached=copy_attached)
+        return copier.run(
+            expected_digest=expected_digest,
+            copy_attached=copy_attached,
+            attached=attached,
+            require_signatures=require_signatures,
+        )
     finally:
         copier.close()
 

@@ -73,6 +73,10 @@ class TagConflict(RegistryError):
         self.existing_digest = existing_digest
 
 
+class AttachmentRefused(RegistryError):
+    """The destination refused a signature that the step requires to travel with the image."""
+
+
 class TransientError(RegistryError):
     """5xx, 429, connection resets and timeouts; raised once the retries are spent."""
 

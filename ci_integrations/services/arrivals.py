@@ -33,26 +33,52 @@ def immutable_tag_holder(bucket: Bucket, tag: str, digest: str) -> Arrival | Non
     return immutable_tag_conflict(bucket, latest, digest)
 
 
-def arrival_record(*, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None) -> Arrival:
-    """Record that `artifact` landed in `bucket` under `tag`, and make it what the bucket runs. Audited."""
+def arrival_record(
+    *, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None, attachments=None
+) -> Arrival:
+    """Record that `artifact` landed in `bucket` under `tag` (with the `attachments` that landed with it), and make
+    it what the bucket runs. Audited."""
     if how not in Arrival.How.values:
         raise InvalidInput(f"unknown arrival kind {how!r}")
     with transaction.atomic():
         locked = bucket_locked(bucket.pk)
         arrival, previous = arrival_insert(
-            locked=locked, bucket=bucket, artifact=artifact, tag=tag, how=how, actor=actor, promotion=promotion
+            locked=locked,
+            bucket=bucket,
+            artifact=artifact,
+            tag=tag,
+            how=how,
+            actor=actor,
+            promotion=promotion,
+            attachments=attachments,
         )
         audit_record(**arrival_audit(arrival=arrival, previous=previous, actor=actor))
     return arrival
 
 
 def arrival_insert(
-    *, locked: Bucket, bucket: Bucket, artifact: Artifact, tag: str, how: str, actor: Actor, promotion=None
+    *,
+    locked: Bucket,
+    bucket: Bucket,
+    artifact: Artifact,
+    tag: str,
+    how: str,
+    actor: Actor,
+    promotion=None,
+    attachments=None,
 ) -> tuple[Arrival, int | None]:
     """The arrival row and the bucket's pointer to it; the caller holds the bucket row lock (`locked`) and writes
     the audit entry (arrival_audit) last in its transaction. Returns the arrival and the previous arrival's id."""
     previous = locked.current_arrival_id
-    arrival = Arrival(bucket=bucket, artifact=artifact, tag=tag, how=how, promotion=promotion, arrived_by=actor.label)
+    arrival = Arrival(
+        bucket=bucket,
+        artifact=artifact,
+        tag=tag,
+        how=how,
+        promotion=promotion,
+        arrived_by=actor.label,
+        attachments=list(attachments or []),
+    )
     insert([arrival])
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {table(Bucket)} SET current_arrival_id = %s WHERE id = %s", [arrival.pk, locked.pk])
@@ -74,5 +100,6 @@ def arrival_audit(*, arrival: Arrival, previous: int | None, actor: Actor) -> di
             "tag": arrival.tag,
             "how": arrival.how,
             "promotion": arrival.promotion_id,
+            **({"attachments": arrival.attachments} if arrival.attachments else {}),
         },
     }

@@ -44,7 +44,9 @@ from ci_integrations.services.rows import columns, fetch_one, insert_unless_exis
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEYS = {"git_sha", "branch", "build_url", "labels", "commit_time"}
+METADATA_KEYS = {"git_sha", "branch", "build_url", "labels", "commit_time", "repo_url", "changelog"}
+MAX_CHANGELOG = 500  # commits listed for one build; a longer list is refused rather than cut silently
+CHANGELOG_LIMITS = {"sha": 64, "title": 500, "author": 255}
 COMMIT_TIME_LABEL = "commit_time"  # where the commit time is kept, normalised to UTC (insights reads it)
 
 
@@ -76,6 +78,11 @@ def clean_metadata(metadata: dict | None) -> dict:
     if build_url and not is_http_url(build_url):
         raise InvalidInput("metadata build_url must be an http(s) URL", details={"build_url": "invalid"})
     cleaned["build_url"] = build_url
+    repo_url = metadata.get("repo_url") or ""
+    if repo_url and not is_http_url(repo_url):
+        raise InvalidInput("metadata repo_url must be an http(s) URL", details={"repo_url": "invalid"})
+    cleaned["repo_url"] = repo_url
+    cleaned["changelog"] = _changelog(metadata.get("changelog"))
     labels = metadata.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise InvalidInput("metadata labels must map text to text", details={"labels": "invalid"})
@@ -84,6 +91,34 @@ def clean_metadata(metadata: dict | None) -> dict:
         labels = {**labels, COMMIT_TIME_LABEL: _commit_time_text(commit_time)}
     cleaned["labels"] = labels
     return cleaned
+
+
+def _changelog(value) -> list[dict]:
+    """The commits CI lists for a build: at most MAX_CHANGELOG of {sha, title, author}, each a short text."""
+    if value in (None, ""):
+        return []
+    if not isinstance(value, list) or len(value) > MAX_CHANGELOG:
+        raise InvalidInput(
+            f"metadata changelog must be a list of at most {MAX_CHANGELOG} commits {{sha, title, author}}",
+            details={"changelog": "invalid"},
+        )
+    commits = []
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or set(entry) - set(CHANGELOG_LIMITS) or not entry.get("sha"):
+            raise InvalidInput(
+                f"metadata changelog[{index}] must be {{sha, title?, author?}}", details={"changelog": index}
+            )
+        commit = {}
+        for key, limit in CHANGELOG_LIMITS.items():
+            text = entry.get(key) or ""
+            if not isinstance(text, str) or len(text) > limit or control_character(text) is not None:
+                raise InvalidInput(
+                    f"metadata changelog[{index}].{key} must be text of at most {limit} characters",
+                    details={"changelog": index},
+                )
+            commit[key] = text
+        commits.append(commit)
+    return commits
 
 
 def _commit_time_text(value) -> str:

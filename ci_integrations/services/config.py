@@ -24,6 +24,7 @@ from ci_integrations.services.audit import audit_record
 from ci_integrations.services.config_freeze import freeze_windows_apply, freeze_windows_export
 from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config_read, format_duration
 from ci_integrations.services.config_teams import apply_roles, apply_teams, export_roles, export_teams
+from ci_integrations.services.supply_chain import require_signature_export
 
 # Bucket options that name who pushes; exported only when set.
 PUSH_OPTIONS = ("push_role_arn", "push_service_account")
@@ -349,6 +350,10 @@ def config_export() -> dict:
                 entry["tag_rule"] = step.tag_rule
             if step.approval_timeout:
                 entry["approval_timeout"] = format_duration(step.approval_timeout)
+            if step.attached:
+                entry["attached"] = step.attached
+            if step.require_signature:
+                entry["require_signature"] = require_signature_export(step.require_signature)
             steps.append(entry)
         workflows.append(
             {
@@ -377,6 +382,7 @@ def config_export() -> dict:
                 **({"immutable_tags": True} if bucket.immutable_tags else {}),
                 **({"allow_push_credentials": True} if bucket.allow_push_credentials else {}),
                 **({"allow_direct_register": True} if bucket.allow_direct_register else {}),
+                **({"attached": bucket.attached} if bucket.attached else {}),
                 **{
                     key: getattr(bucket, key)
                     for key in ("push_role_arn", "push_service_account")

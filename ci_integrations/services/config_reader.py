@@ -4,7 +4,7 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules, ci_trust, config_teams, config_freeze (the freeze_windows section).
+May import: models, input_rules, ci_trust, config_teams, config_rules, supply_chain, config_freeze.
 """
 
 from __future__ import annotations
@@ -20,18 +20,19 @@ from django.core.exceptions import ValidationError
 
 from ci_integrations.input_rules import CHECK_NAME, NAME, is_http_url
 from ci_integrations.models import (
-    Integration,
+    Attached,
     IntegrationKind,
     Registry,
     Webhook,
     Workflow,
-    WorkflowStep,
     validate_registry_url,
     validate_repository,
 )
 from ci_integrations.services.ci_trust import ci_identity_read
 from ci_integrations.services.config_freeze import freeze_windows_read
+from ci_integrations.services.config_rules import workflow_buckets_hold, workflow_environments, workflow_kinds_hold
 from ci_integrations.services.config_teams import read_roles, read_teams
+from ci_integrations.services.supply_chain import require_signature_parse
 
 TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles", "freeze_windows"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
@@ -48,6 +49,8 @@ STEP_KEYS = {
     "auto",
     "tag_rule",
     "approval_timeout",
+    "attached",
+    "require_signature",
 }
 INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks", "ci_identities"}
 BUCKET_KEYS = {
@@ -59,6 +62,7 @@ BUCKET_KEYS = {
     "allow_direct_register",
     "push_role_arn",
     "push_service_account",
+    "attached",
 }
 WEBHOOK_KEYS = {"url", "secret", "events"}
 
@@ -91,8 +95,8 @@ def config_read(data: dict) -> ConfigSpecs:
     registries = reader.registries()
     workflows = reader.workflows()
     integrations = reader.integrations(registries, workflows)
-    reader.workflow_kinds_hold(workflows, integrations)
-    reader.workflow_buckets_hold(workflows, integrations)
+    workflow_kinds_hold(reader, workflows, integrations)
+    workflow_buckets_hold(reader, workflows, integrations)
     teams = read_teams(reader, integrations)
     roles = read_roles(reader)
     freeze_windows = freeze_windows_read(reader, data)
@@ -181,6 +185,12 @@ class _Reader:
             self.problem(path, f"{value!r} is not one of {', '.join(choices)}")
             return None
         return value
+
+    def attached(self, path: str, value: Any) -> str:
+        """Which attachments travel (all, signatures, none); absent means as the bucket says, or all."""
+        if value is None:
+            return Attached.INHERIT
+        return self.choice(path, value, [c for c in Attached.values if c]) or Attached.INHERIT
 
     def boolean(self, path: str, value: Any, default: bool) -> bool:
         """true or false; a string or a number is refused rather than guessed at."""
@@ -335,6 +345,11 @@ class _Reader:
             "auto_promote": self.boolean(f"{path}.auto", step.get("auto"), False),
             "tag_rule": tag_rule,
             "approval_timeout": self.duration(f"{path}.approval_timeout", step.get("approval_timeout")),
+            "attached": self.attached(f"{path}.attached", step.get("attached")),
+            "require_signature": require_signature_parse(
+                step.get("require_signature"),
+                lambda suffix, message: self.problem(f"{path}.require_signature{suffix}", message),
+            ),
         }
 
     def step_route(self, path: str, from_env: str, to_env: str, earlier: list[dict]) -> None:
@@ -365,7 +380,7 @@ class _Reader:
                 buckets.append(self.bucket(bucket_path, bucket, index, buckets, known_registries))
             if workflow:
                 have = {bucket["env"] for bucket in buckets}
-                for env in dict.fromkeys(self.workflow_environments(workflow, workflows)):
+                for env in dict.fromkeys(workflow_environments(workflow, workflows)):
                     if env not in have:
                         self.problem(f"{path}.buckets", f"workflow {workflow!r} needs a bucket for {env!r}")
             webhooks = [
@@ -432,6 +447,7 @@ class _Reader:
             ),
             "push_role_arn": str(bucket.get("push_role_arn") or ""),  # checked by the model's validator
             "push_service_account": str(bucket.get("push_service_account") or ""),
+            "attached": self.attached(f"{path}.attached", bucket.get("attached")),
         }
 
     def webhook(self, path: str, hook: dict, integration: Any) -> dict:
@@ -451,42 +467,3 @@ class _Reader:
         elif not (isinstance(url, str) and Webhook.objects.filter(integration__name=integration, url=url).exists()):
             self.problem(f"{path}.secret", "a new webhook needs a secret (${NAME} reads it from the env)")
         return {"url": url, "secret": secret, "events": [] if unknown else events}
-
-    # Rules across the file and the database.
-
-    @staticmethod
-    def workflow_environments(name: str, workflows: dict) -> list[str]:
-        """Every environment a workflow moves between: as the file describes it, else as the database holds it."""
-        if name in workflows:
-            pairs = [(step["from_env"], step["to_env"]) for step in workflows[name]["steps"]]
-        else:
-            steps = WorkflowStep.objects.filter(workflow__name=name).order_by("position")
-            pairs = list(steps.values_list("from_env", "to_env"))
-        return [env for pair in pairs for env in pair if env]
-
-    def workflow_kinds_hold(self, workflows: dict, integrations: dict) -> None:
-        """A workflow whose kind the file changes must not leave integrations outside the file on the old kind."""
-        for name, spec in workflows.items():
-            if not spec["kind"]:
-                continue
-            users = Integration.objects.filter(workflow__name=name).exclude(kind=spec["kind"])
-            for other, other_kind in users.exclude(name__in=list(integrations)).values_list("name", "kind")[:5]:
-                self.problem(
-                    f"{spec['path']}.kind",
-                    f"integration {other!r} (not in this file) uses workflow {name!r} with kind {other_kind}",
-                )
-
-    def workflow_buckets_hold(self, workflows: dict, integrations: dict) -> None:
-        """A workflow the file changes must not reach an environment where integrations outside the file have no
-        bucket (the file's own integrations are checked against their buckets as they are read)."""
-        for name, spec in workflows.items():
-            envs = set(self.workflow_environments(name, workflows))
-            users = Integration.objects.filter(workflow__name=name).exclude(name__in=list(integrations))
-            for integration in users.order_by("name").prefetch_related("buckets")[:5]:
-                missing = sorted(envs - {bucket.env for bucket in integration.buckets.all()})
-                if missing:
-                    self.problem(
-                        f"{spec['path']}.steps",
-                        f"integration {integration.name!r} (not in this file) uses workflow {name!r} and has no "
-                        f"bucket for {', '.join(repr(env) for env in missing)}",
-                    )

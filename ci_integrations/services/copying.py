@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from ci_integrations.encryption import CredentialsUnreadable
 from ci_integrations.models import Arrival, Artifact, Promotion
-from ci_integrations.registry import check_access, copy_image, plan_copy, resolve_manifest
+from ci_integrations.registry import check_access, copy_image, list_attachments, plan_copy, resolve_manifest
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_record, immutable_tag_holder
@@ -36,10 +36,12 @@ from ci_integrations.services.emergency_stop import (
     emergency_stop_waiting_text,
     no_emergency_stop,
 )
+from ci_integrations.services.evidence import promotion_evidence_attach
 from ci_integrations.services.locks import artifact_locked, bucket_copy_lock
 from ci_integrations.services.notifications import notify_promotion
 from ci_integrations.services.policy import promotion_evaluate
 from ci_integrations.services.promotions import log_line, promotion_log_append, promotions_auto_request
+from ci_integrations.services.supply_chain import attached_mode, signature_requirement, signature_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ def promotion_preflight(*, artifact: Artifact, to_env: str) -> dict:
         "blobs_total": None,
         "bytes_total": None,
         "bytes_to_move": None,
+        "attachments": None,
         "errors": [],
     }
     if ev.from_bucket is None or ev.to_bucket is None:
@@ -107,6 +110,11 @@ def promotion_preflight(*, artifact: Artifact, to_env: str) -> dict:
         result["errors"].append(f"plan: {exc.message}")
     except Exception as exc:  # noqa: BLE001
         result["errors"].append(registry_errors.redact(f"plan: {exc}"))
+    try:
+        mode = attached_mode(step=ev.step, bucket=ev.to_bucket)
+        result["attachments"] = len(list_attachments(locations["source_readable"], mode))
+    except registry_errors.RegistryError as exc:
+        result["errors"].append(f"attachments: {exc.message}")
     return result
 
 
@@ -184,6 +192,14 @@ def _run(p: Promotion) -> None:
     if holder is not None:
         _finish_failed(p, f"tag {p.tag!r} is immutable in {p.to_bucket.env} and already holds {holder.artifact.digest}")
         return
+    signature = None
+    if p.kind != Promotion.Kind.ROLLBACK:
+        # Checked again as the copy starts: the signature seen at request time may have been removed since.
+        verdict = signature_verdict(step=p.step, bucket=p.from_bucket, digest=p.digest)
+        if verdict is not None and not verdict.verified:
+            _finish_failed(p, f"signature: {verdict.message}")
+            return
+        signature = verdict.as_dict() if verdict is not None else None
     delays = _copy_retry_delays()
     summary = None
     for attempt in range(len(delays) + 1):
@@ -209,7 +225,10 @@ def _run(p: Promotion) -> None:
     if summary.digest != p.digest:
         _finish_failed(p, f"the destination holds {summary.digest}, not {p.digest}")
         return
-    _finish_succeeded(p, summary)
+    entry = _finish_succeeded(p, summary, signature=signature)
+    if entry is not None:
+        # After the commit: the statement names the audit entry, and a registry write must not hold the transaction.
+        promotion_evidence_attach(promotion_id=p.pk, audit_entry_id=entry.pk)
 
 
 def _copy_with_progress(p: Promotion, src, dst):
@@ -240,7 +259,14 @@ def _copy_with_progress(p: Promotion, src, dst):
     promotion_log_append(p.pk, registry_errors.cut(f"copying {src} → {dst}"))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"promotion-{p.pk}") as pool:
         future = pool.submit(
-            copy_image, src, dst, progress=progress, parallelism=settings.P2P_COPY_PARALLELISM, expected_digest=p.digest
+            copy_image,
+            src,
+            dst,
+            progress=progress,
+            parallelism=settings.P2P_COPY_PARALLELISM,
+            expected_digest=p.digest,
+            attached=attached_mode(step=p.step, bucket=p.to_bucket),
+            require_signatures=p.kind != Promotion.Kind.ROLLBACK and signature_requirement(p.step) is not None,
         )
         while True:
             try:
@@ -252,16 +278,24 @@ def _copy_with_progress(p: Promotion, src, dst):
     return summary
 
 
-def _finish_succeeded(p: Promotion, summary) -> None:
+def _finish_succeeded(p: Promotion, summary, *, signature: dict | None = None):
+    """Record the success; returns its `promotion.succeeded` audit entry (None when a concurrent run did)."""
     with transaction.atomic():
         if Promotion.objects.select_for_update().filter(pk=p.pk, state=State.RUNNING).only("pk").first() is None:
-            return  # recorded by a concurrent run already
+            return None  # recorded by a concurrent run already
         # The artifact before the bucket and the audit chain, as promotion_request takes them: the auto-promotion
         # below requests with this lock, and taking it only after the audit lock deadlocks against a request of
         # this artifact that holds it and waits for its own audit entry.
         artifact_locked(p.artifact_id)
         details = summary.as_dict()
         moved = f"{summary.blobs_copied} copied, {summary.blobs_mounted} mounted, {summary.blobs_skipped} present"
+        lines = [f"copied {summary.digest} ({moved}, {summary.bytes_transferred} bytes, {summary.seconds:.2f}s)"]
+        if summary.attachments:
+            kinds = ", ".join(sorted({a["kind"] for a in summary.attachments}))
+            lines.append(f"{len(summary.attachments)} attachment(s) travelled ({kinds})")
+        lines.extend(f"warning: {w}" for w in summary.attachment_warnings)
+        if signature:
+            lines.append(f"signature: {signature['message']}")
         transition(
             Promotion.objects.filter(pk=p.pk, state=State.RUNNING),
             state=State.SUCCEEDED,
@@ -271,14 +305,10 @@ def _finish_succeeded(p: Promotion, summary) -> None:
             error="",
             blobs_done=F("blobs_total"),
             bytes_done=F("bytes_total"),
-            log=Concat(
-                F("log"),
-                Value(
-                    log_line(
-                        f"copied {summary.digest} ({moved}, {summary.bytes_transferred} bytes, {summary.seconds:.2f}s)"
-                    )
-                ),
-            ),
+            attachments=summary.attachments,
+            warnings=summary.attachment_warnings,
+            signature=signature or {},
+            log=Concat(F("log"), Value("".join(log_line(registry_errors.cut(line)) for line in lines))),
         )
         current = Promotion.objects.select_related("to_bucket", "from_bucket", "artifact", "integration").get(pk=p.pk)
         rollback = current.kind == Promotion.Kind.ROLLBACK
@@ -289,13 +319,21 @@ def _finish_succeeded(p: Promotion, summary) -> None:
             how=Arrival.How.ROLLBACK if rollback else Arrival.How.PROMOTION,
             actor=WORKER,
             promotion=current,
+            attachments=summary.attachments,
         )
-        audit_record(
+        entry = audit_record(
             actor=WORKER,
             action="promotion.succeeded",
             obj=current,
             before={"state": State.RUNNING},
-            after={"state": State.SUCCEEDED, "result_digest": summary.digest, "copy": details},
+            after={
+                "state": State.SUCCEEDED,
+                "result_digest": summary.digest,
+                "copy": details,
+                "attachments": summary.attachments,
+                **({"warnings": summary.attachment_warnings} if summary.attachment_warnings else {}),
+                **({"signature": signature} if signature else {}),
+            },
         )
         if rollback:
             audit_record(
@@ -310,6 +348,7 @@ def _finish_succeeded(p: Promotion, summary) -> None:
             # The next step counts as asked for by whoever asked for this one.
             cause = current.on_behalf_of if current.on_behalf_of_id else current.requested_by
             promotions_auto_request(artifact=current.artifact, from_bucket=current.to_bucket, cause=cause)
+    return entry
 
 
 def _finish_failed(p: Promotion, message: str) -> None:

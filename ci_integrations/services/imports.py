@@ -42,6 +42,7 @@ from ci_integrations.services.artifacts import artifact_register, clean_metadata
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import RUN_IMPORT, transition
 from ci_integrations.services.errors import InvalidInput, ServiceError, StateConflict
+from ci_integrations.services.supply_chain import attached_mode
 
 logger = logging.getLogger(__name__)
 
@@ -310,6 +311,7 @@ def artifact_import_execute(*, job_id: int) -> None:
             dst,
             expected_digest=expected,
             parallelism=settings.P2P_COPY_PARALLELISM,
+            attached=attached_mode(step=None, bucket=bucket),
         )
         artifact, arrival, created = artifact_register(
             integration=job.integration,
@@ -320,6 +322,8 @@ def artifact_import_execute(*, job_id: int) -> None:
             actor=actor,
             how=Arrival.How.IMPORT,
         )
+        if summary.attachments:
+            Arrival.objects.filter(pk=arrival.pk).update(attachments=summary.attachments)
     except Exception as exc:  # noqa: BLE001 - whatever broke, the job must not stay running
         if isinstance(exc, registry_errors.RegistryError | ServiceError):
             message = exc.message

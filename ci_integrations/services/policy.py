@@ -16,6 +16,7 @@ from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Promo
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.emergency_stop import emergency_stop_banner
 from ci_integrations.services.freeze import freeze_blocks
+from ci_integrations.services.supply_chain import signature_verdict
 from ci_integrations.services.teams import may_request_for
 
 REQUEST_SCOPE = "promotions:request"
@@ -31,6 +32,7 @@ OPEN_PROMOTION = "open promotion"
 PERMISSION = "permission"
 ARRIVAL = "earlier arrival"
 STOP = "emergency stop"
+SIGNATURE = "signature"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class PolicyEvaluation:
     rollback: bool = False
     # The moment the conditions are judged for: now, or a scheduled promotion's not_before.
     at: datetime | None = None
+    signature: dict | None = None  # the signature check's verdict, when the step requires one
 
     @property
     def unmet(self) -> list[str]:
@@ -226,6 +229,7 @@ def promotion_evaluate(
         _checks(ev, artifact)
         _soak(ev, source_arrival)
         _tag_rule(ev)
+        _signature(ev, artifact)
         holder = immutable_tag_holder(ev.to_bucket, ev.tag, artifact)
         if holder is not None:
             ev.add(TAG_RULE, False, f"tag {ev.tag!r} is immutable in {to_env} and holds {holder.artifact.short_digest}")
@@ -316,6 +320,18 @@ def _tag_rule(ev: PolicyEvaluation) -> None:
     ev.add(
         TAG_RULE, matched, f"tag {ev.tag!r} matches {rule!r}" if matched else f"tag {ev.tag!r} does not match {rule!r}"
     )
+
+
+def _signature(ev: PolicyEvaluation, artifact: Artifact) -> None:
+    """Only for steps that require a signature: the check reads the registry."""
+    if not ev.step.require_signature:
+        return
+    if ev.from_bucket is None:
+        ev.add(SIGNATURE, False, "no source bucket to check the signature in")
+        return
+    verdict = signature_verdict(step=ev.step, bucket=ev.from_bucket, digest=artifact.digest)
+    ev.signature = verdict.as_dict()
+    ev.add(SIGNATURE, verdict.verified, verdict.message)
 
 
 def _freeze(ev: PolicyEvaluation, actor: Actor, override_reason: str) -> None:

@@ -239,6 +239,10 @@ def matrix(world) -> dict[str, Row]:
             {"integration": shop, "artifact": c.digest, "to_env": "staging"},
         ),
         "api-promotion": Row("GET", f"/api/v1/promotions/{pending.pk}/", READ_OWN),
+        "api-promotion-diff": Row("GET", f"/api/v1/promotions/{pending.pk}/diff/", READ_OWN),
+        "api-preview-diff": Row(
+            "GET", f"/api/v1/integrations/{shop}/diff/?artifact={c.digest}&to_env=staging", READ_OWN
+        ),
         "api-promotion-approve": Row("POST", f"/api/v1/promotions/{pending.pk}/approve/", decide, {"comment": "ok"}),
         "api-promotion-reject": Row("POST", f"/api/v1/promotions/{pending.pk}/reject/", decide, {"comment": "no"}),
         "api-promotion-cancel": Row("POST", f"/api/v1/promotions/{pending.pk}/cancel/", manage, {"comment": "x"}),

@@ -160,6 +160,7 @@ MATRIX: dict[str, Row] = {
     "insights/": Row(lambda w: reverse("insights"), get=signed_in(OK)),
     "promotions/<int:pk>/": Row(lambda w: reverse("promotion", args=[w.pending.pk]), get=team_page()),
     "promotions/<int:pk>/decision/": Row(lambda w: reverse("approval_panel", args=[w.pending.pk]), get=team_page()),
+    "promotions/<int:pk>/diff/": Row(lambda w: reverse("promotion_diff", args=[w.pending.pk]), get=team_page()),
     # --- promotion actions ----------------------------------------------------------------------------------------
     "artifacts/<int:pk>/promote/<slug:env>/": Row(
         lambda w: reverse("promote", args=[w.candidate.pk, "staging"]),
@@ -167,6 +168,10 @@ MATRIX: dict[str, Row] = {
         post={**only(*REQUESTERS, then=DONE), "other_team_rm": HIDDEN},
         data=lambda w: {"tag": "", "reason": "ship it"},
         effect=lambda w, c: Promotion.objects.filter(artifact=w.candidate).count(),
+    ),
+    "artifacts/<int:pk>/promote/<slug:env>/diff/": Row(
+        lambda w: reverse("preview_diff", args=[w.candidate.pk, "staging"]),
+        get={**only(*REQUESTERS), "other_team_rm": HIDDEN},
     ),
     "integrations/<slug:name>/<slug:env>/rollback/<int:arrival_pk>/": Row(
         lambda w: reverse("rollback", args=[w.integration.name, "staging", w.rollback_to.pk]),

@@ -25,6 +25,9 @@ def promote_from_integration_page(session, world, candidate_tag: str, reason: st
     expect(page.get_by_role("heading", name="Promote to staging")).to_be_visible()
     expect(page.get_by_role("list", name="Policy")).to_contain_text("1 needed from release-managers")
     expect(page.get_by_role("list", name="Preflight")).to_contain_text("source readable: yes")
+    # The diff comes after the page, from the registry, by htmx (no inline script: the CSP holds).
+    expect(page.locator(".diff")).to_contain_text("Layers")
+    expect(page.locator(".diff")).to_contain_text("nothing yet")
     session.screenshot("promote-preview")
     page.get_by_label("Reason").fill(reason)
     page.get_by_role("button", name="Request promotion").click()
@@ -49,6 +52,7 @@ def test_promote_approve_and_watch_the_copy_reach_the_target_registry(live_world
     approver = browse("release2")
     page = approver.goto("/approvals/")
     expect(page.get_by_role("button", name="Approve")).to_be_visible()
+    expect(page.locator(".diff")).to_contain_text("Checks and metadata")
     approver.screenshot("approvals-inbox")
     page.get_by_label("Comment", exact=True).fill("checked the changelog")
     page.get_by_role("button", name="Approve").click()
