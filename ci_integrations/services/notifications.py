@@ -19,10 +19,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from ci_integrations.models import EmailNotification, EmergencyStop, Promotion
+from ci_integrations.models import EmailNotification, EmergencyStop, NotificationPreference, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.background import transition
 from ci_integrations.services.deliveries import EMAIL_DELIVERIES
+from ci_integrations.services.errors import InvalidInput
 from ci_integrations.services.webhooks import webhooks_notify, webhooks_notify_stop
 
 logger = logging.getLogger(__name__)
@@ -101,3 +102,22 @@ def notify_reminders_due() -> int:
 def notifications_reconcile() -> int:
     """Re-enqueue emails whose job Redis lost (webhook deliveries are reconciled by webhooks.py)."""
     return EMAIL_DELIVERIES.reconcile()
+
+
+def notification_preferences_of(user) -> list[str]:
+    """The kinds of email `user` turned off."""
+    preference = NotificationPreference.objects.filter(user=user).first()
+    return list(preference.muted) if preference else []
+
+
+def notification_preferences_set(*, user, muted: list[str]) -> list[str]:
+    """Turn off the kinds of email in `muted` for `user` (and every other kind on). Not audited: it concerns only
+    what the person is told, never what happens."""
+    unknown = sorted(set(muted) - set(NotificationPreference.KINDS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown kinds of email {unknown}: use {NotificationPreference.KINDS}", details={"muted": unknown}
+        )
+    muted = [kind for kind in NotificationPreference.KINDS if kind in muted]
+    NotificationPreference.objects.update_or_create(user=user, defaults={"muted": muted})
+    return muted
