@@ -5,6 +5,8 @@ import base64
 import json
 
 import pytest
+from django.urls import reverse
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -193,3 +195,24 @@ def test_a_notification_that_cannot_be_recorded_never_fails_the_promotion(world,
     run_worker()
     promotion.refresh_from_db()
     assert promotion.state == "succeeded"
+
+
+def test_the_webhooks_page_shows_a_given_up_delivery_with_its_retry_button(world, client):
+    hook = webhook_create(
+        integration=world.integration, url="https://hooks.example.com/x", secret=SECRET, actor=world.actor(world.admin)
+    )
+    delivery = WebhookDelivery.objects.create(
+        webhook=hook,
+        event="failed",
+        payload={"event": "failed"},
+        attempts=5,
+        response_status=502,
+        error="HTTP 502: <b>",
+    )
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(given_up_at=timezone.now())
+    client.force_login(world.admin)
+    overview = client.get(reverse("webhooks")).content.decode()
+    assert world.integration.name in overview and "JSON" in overview
+    page = client.get(reverse("webhook_deliveries", args=[hook.pk])).content.decode()
+    assert "given up" in page and "502" in page and "HTTP 502: &lt;b&gt;" in page
+    assert reverse("webhook_delivery_retry", args=[delivery.pk]) in page
