@@ -43,8 +43,9 @@ migrate: venv
 	@mkdir -p var
 	$(PY) manage.py migrate --noinput
 
+# With no EMAIL_HOST the demo's emails are printed by the worker (P2P_EMAIL_CONSOLE): that is where mail would go.
 run: setup redis migrate
-	$(VENV)/bin/honcho start -f Procfile
+	P2P_EMAIL_CONSOLE=$${P2P_EMAIL_CONSOLE:-1} $(VENV)/bin/honcho start -f Procfile
 
 # Tests use PostgreSQL when it answers on 127.0.0.1:5432 (DATABASE_URL overrides), else SQLite with the
 # PostgreSQL-only tests skipped; Redis database 15 keeps test jobs apart from a running portal's.

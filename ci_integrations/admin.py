@@ -28,6 +28,7 @@ from ci_integrations.models import (
     AuditEntry,
     Bucket,
     CheckResult,
+    EmailNotification,
     FreezeWindow,
     IdempotencyRecord,
     ImportJob,
@@ -301,7 +302,7 @@ class WebhookForm(forms.ModelForm):
 
     class Meta:
         model = Webhook
-        fields = ["integration", "url", "events", "active"]
+        fields = ["integration", "name", "format", "url", "events", "active"]
 
     def clean(self):
         cleaned = super().clean()
@@ -313,7 +314,7 @@ class WebhookForm(forms.ModelForm):
 @admin.register(Webhook)
 class WebhookAdmin(AuditedAdmin):
     form = WebhookForm
-    list_display = ["integration", "url", "active"]
+    list_display = ["integration", "name", "format", "url", "active"]
     list_select_related = ["integration"]
 
     def save_model(self, request, obj, form, change):
@@ -454,6 +455,12 @@ class ImportJobAdmin(ReadOnlyAdmin):
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnlyAdmin):
     list_display = ["webhook", "event", "attempts", "response_status", "delivered_at"]
+
+
+@admin.register(EmailNotification)
+class EmailNotificationAdmin(ReadOnlyAdmin):
+    list_display = ["promotion", "kind", "attempts", "delivered_at", "given_up_at", "created_at"]
+    list_filter = ["kind"]
 
 
 @admin.register(IdempotencyRecord)

@@ -14,7 +14,7 @@ from django.core.validators import MaxLengthValidator
 from django.utils import timezone
 
 from ci_integrations.input_rules import control_character, control_character_problem
-from ci_integrations.models import ApiToken, FreezeWindow, Integration, validate_tag
+from ci_integrations.models import ApiToken, FreezeWindow, Integration, NotificationPreference, validate_tag
 from ci_integrations.selectors import AuditFilters, environment_names
 from ci_integrations.services.config_reader import DURATION, DURATION_UNITS
 
@@ -264,3 +264,29 @@ class SignInForm(UsernameLengthChecked, AuthenticationForm):
 
 class AdminSignInForm(UsernameLengthChecked, AdminAuthenticationForm):
     pass
+
+
+EMAIL_KINDS = {
+    "approval_needed": "A promotion waits for my approval",
+    "reminder": "Reminders of promotions still waiting for my approval",
+    "succeeded": "A promotion I requested succeeded",
+    "failed": "A promotion I requested failed",
+    "rejected": "A promotion I requested was rejected",
+    "expired": "A promotion I requested expired unapproved",
+}
+
+
+class NotificationPreferenceForm(forms.Form):
+    """The kinds of email a person gets: each ticked kind is on."""
+
+    wanted = forms.MultipleChoiceField(
+        choices=[(kind, EMAIL_KINDS[kind]) for kind in NotificationPreference.KINDS],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        label="Email me when",
+        help_text="Unticked kinds are not sent to you. Chat channels and webhooks are set up by platform admins.",
+    )
+
+    @property
+    def muted(self) -> list[str]:
+        return [kind for kind in NotificationPreference.KINDS if kind not in self.cleaned_data["wanted"]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ci_integrations.services.audit_verification import audit_verification_run
 from ci_integrations.services.copying import promotion_execute
+from ci_integrations.services.emails import email_send
 from ci_integrations.services.imports import artifact_import_execute
 from ci_integrations.services.webhooks import webhook_deliver
 from p2p_portal.logging_json import log_context
@@ -30,3 +31,8 @@ def deliver_webhook(delivery_id: int) -> None:
 
 def verify_audit() -> dict:
     return audit_verification_run()
+
+
+def send_email(email_id: int) -> None:
+    with log_context(email=email_id):
+        email_send(email_id=email_id)

@@ -1001,3 +1001,32 @@ class NotificationPreference(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user}: muted {', '.join(self.muted) or 'nothing'}"
+
+
+class EmailNotification(models.Model):
+    """One email about a promotion to the people it concerns (its approvers, or its requester), sent by an RQ job
+    with retries. The first attempt finds the recipients; each address is sent to once, even across retries."""
+
+    promotion = models.ForeignKey(Promotion, on_delete=models.CASCADE, related_name="emails")
+    kind = models.CharField(max_length=32)  # one of NotificationPreference.KINDS
+    recipients = models.JSONField(null=True, blank=True)  # None until the first attempt found them
+    sent_to = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.CharField(max_length=64, blank=True, default="")
+    given_up_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["created_at"],
+                name="emailnotification_open",
+                condition=Q(delivered_at__isnull=True, given_up_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} email about promotion {self.promotion_id} ({'sent' if self.delivered_at else 'open'})"

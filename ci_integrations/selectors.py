@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.db import connection
-from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, Window
+from django.db.models import Count, Exists, F, Max, OuterRef, Prefetch, Q, QuerySet, Subquery, Value, Window
 from django.db.models.functions import Coalesce, RowNumber
 from django.utils import timezone
 
@@ -34,6 +34,8 @@ from ci_integrations.models import (
     Integration,
     Promotion,
     Team,
+    Webhook,
+    WebhookDelivery,
     WorkflowStep,
 )
 from ci_integrations.services.actors import Actor
@@ -638,3 +640,21 @@ def team_names_visible_to(actor: Actor) -> list[str]:
         .order_by("name")
         .values_list("name", flat=True)
     )
+
+
+def webhooks_with_outcomes() -> list[Webhook]:
+    """Every webhook (system-wide first), each with how many of its deliveries are delivered, open and given up."""
+    hooks = Webhook.objects.select_related("integration").annotate(
+        delivered=Count("deliveries", filter=Q(deliveries__delivered_at__isnull=False)),
+        given_up=Count("deliveries", filter=Q(deliveries__given_up_at__isnull=False)),
+        pending=Count(
+            "deliveries", filter=Q(deliveries__delivered_at__isnull=True, deliveries__given_up_at__isnull=True)
+        ),
+        last_delivery_at=Max("deliveries__created_at"),
+    )
+    return list(hooks.order_by(F("integration__name").asc(nulls_first=True), "name", "id"))
+
+
+def webhook_deliveries_recent(webhook: Webhook, *, limit: int = 100) -> list[WebhookDelivery]:
+    """A webhook's latest deliveries, newest first."""
+    return list(webhook.deliveries.order_by("-created_at", "-id")[:limit])

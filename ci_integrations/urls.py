@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from ci_integrations import insight_views, metrics_endpoint, sso_views, views
+from ci_integrations import insight_views, metrics_endpoint, notification_views, sso_views, views
 from ci_integrations.forms import SignInForm
 
 urlpatterns = [
@@ -37,4 +37,12 @@ urlpatterns = [
     path("stop/", views.emergency_stop, name="emergency_stop"),
     path("freeze-windows/", views.freeze_windows, name="freeze_windows"),
     path("freeze-windows/<int:pk>/end/", views.freeze_window_end_view, name="freeze_window_end"),
+    path("notifications/", notification_views.notification_preferences, name="notification_preferences"),
+    path("webhooks/", notification_views.webhooks, name="webhooks"),
+    path("webhooks/<int:pk>/", notification_views.webhook_deliveries, name="webhook_deliveries"),
+    path(
+        "webhooks/deliveries/<int:pk>/retry/",
+        notification_views.webhook_delivery_retry_view,
+        name="webhook_delivery_retry",
+    ),
 ]

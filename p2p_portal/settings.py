@@ -215,6 +215,23 @@ P2P_SIGSTORE_TRUSTED_ROOT = os.environ.get("P2P_SIGSTORE_TRUSTED_ROOT", "")
 P2P_SCHEDULER_SECONDS = env_whole_number("P2P_SCHEDULER_SECONDS", 30)
 # Hours a promotion may wait for its approvers before they are reminded by email.
 P2P_REMINDER_HOURS = env_whole_number("P2P_REMINDER_HOURS", 24)
+
+# Email (services/emails.py): sent through EMAIL_HOST when it is set, and not at all when it is not, unless
+# P2P_EMAIL_CONSOLE is on (make run's demo), which prints each message where the worker logs instead.
+EMAIL_HOST = os.environ.get("EMAIL_HOST", "").strip()
+EMAIL_PORT = env_whole_number("EMAIL_PORT", 25)
+EMAIL_HOST_USER = os.environ.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = os.environ.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = 15
+DEFAULT_FROM_EMAIL = os.environ.get("DEFAULT_FROM_EMAIL", "").strip() or "P2P Portal <p2p-portal@localhost>"
+P2P_EMAIL_CONSOLE = env_bool("P2P_EMAIL_CONSOLE", default=False) and not EMAIL_HOST
+if P2P_EMAIL_CONSOLE:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+# Links in emails and chat messages point here (the portal's address as people reach it, without a trailing slash).
+P2P_BASE_URL = os.environ.get("P2P_BASE_URL", "").strip().rstrip("/") or ("http://127.0.0.1:8000" if DEBUG else "")
+if EMAIL_HOST and not P2P_BASE_URL:
+    raise ImproperlyConfigured("EMAIL_HOST is set but P2P_BASE_URL is not: emails need the portal's address for links.")
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
 # How long the registry part of a diff (config, layers, SBOM, vulnerabilities) is kept for a digest pair: an SBOM

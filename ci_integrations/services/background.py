@@ -1,10 +1,10 @@
 """Background work: what each kind of job is, how it is put on a queue, claimed, and found again when Redis lost it.
 
 PostgreSQL is the source of truth and Redis only carries work. Every job has a row that mirrors it (a Promotion, an
-ImportJob, a WebhookDelivery) whose `job_id` names the RQ job carrying it now. Work is enqueued only after the
-transaction that made it commits, by the dotted path of its entry point in jobs.py and with the row's id only, so
-services never import jobs.py. If the process dies between commit and enqueue, or Redis is flushed, the reconciler
-finds the row and calls requeue_if_lost, so nothing here needs to be durable.
+ImportJob, a WebhookDelivery, an EmailNotification) whose `job_id` names the RQ job carrying it now. Work is enqueued
+only after the transaction that made it commits, by the dotted path of its entry point in jobs.py and with the row's
+id only, so services never import jobs.py. If the process dies between commit and enqueue, or Redis is flushed, the
+reconciler finds the row and calls requeue_if_lost, so nothing here needs to be durable.
 
 May import: models and Django. Not jobs.py, not other services.
 """
@@ -96,6 +96,7 @@ RUN_IMPORT = Task(
     kind="import", function="ci_integrations.jobs.run_import", queue=IMPORTS_QUEUE, job_timeout=import_job_timeout
 )
 DELIVER_WEBHOOK = Task(kind="webhook", function="ci_integrations.jobs.deliver_webhook", queue=DEFAULT_QUEUE)
+SEND_EMAIL = Task(kind="email", function="ci_integrations.jobs.send_email", queue=DEFAULT_QUEUE)
 VERIFY_AUDIT = Task(kind="audit-verification", function="ci_integrations.jobs.verify_audit", queue=DEFAULT_QUEUE)
 
 

@@ -4,7 +4,7 @@ The whole document is checked first (services/config_reader.py), so every proble
 anything is written; the apply is one transaction: all of it or nothing. Applying the same file twice changes nothing
 and writes no audit entry. Nothing is ever deleted by an apply, except workflow steps that the file no longer lists.
 
-May import: models, config_reader, audit, actors.
+May import: models, config_reader, config_freeze, config_notifications, config_teams, audit, actors.
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ from ci_integrations.models import Bucket, CiIdentity, Integration, Registry, We
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.config_freeze import freeze_windows_apply, freeze_windows_export
+from ci_integrations.services.config_notifications import (
+    notifications_apply,
+    notifications_export,
+    webhook_apply,
+    webhook_export,
+)
 from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config_read, format_duration
 from ci_integrations.services.config_teams import apply_roles, apply_teams, export_roles, export_teams
 from ci_integrations.services.supply_chain import require_signature_export
@@ -207,23 +213,10 @@ class _Applier:
                 Bucket, {"integration": integration, "env": bucket["env"]}, desired, f"bucket {name}/{bucket['env']}"
             )
         for hook in spec["webhooks"]:
-            existing = integration.webhooks.filter(url=hook["url"]).first()
-            same_secret = hook["secret"] is None or (existing and existing.get_secret() == hook["secret"])
-            if existing and same_secret and existing.events == hook["events"]:
-                continue
-            webhook = existing or Webhook(integration=integration, url=hook["url"])
-            webhook.events = hook["events"]
-            if hook["secret"] is not None:
-                webhook.set_secret(hook["secret"])
-            webhook.save()
-            self.changes.append(f"{'~' if existing else '+'} webhook {name} → {hook['url']}")
-            audit_record(
-                actor=self.actor,
-                action="config.update" if existing else "config.create",
-                obj=webhook,
-                after={"url": hook["url"], "events": hook["events"]},
-                reason=f"apply_config {self.source}",
-            )
+            webhook = integration.webhooks.filter(url=hook["url"], name="").first()
+            webhook = webhook or Webhook(integration=integration, url=hook["url"])
+            if line := webhook_apply(webhook, hook, actor=self.actor, source=self.source, label=name):
+                self.changes.append(line)
         self.ci_identities(integration, spec["ci_identities"])
 
     def ci_identities(self, integration: Integration, wanted: list[dict]) -> None:
@@ -293,6 +286,7 @@ def config_apply(*, data: dict, actor: Actor, source: str = "config", check: boo
             if specs.roles is not None:
                 apply_roles(applier, specs.roles)
             applier.changes += freeze_windows_apply(specs=specs.freeze_windows, actor=actor, source=source)
+            applier.changes += notifications_apply(specs=specs.notifications, actor=actor, source=source)
             # Kinds are checked once every row is written: a workflow and its integrations may change kind together.
             mismatched = (
                 Integration.objects.filter(workflow__isnull=False)
@@ -391,10 +385,7 @@ def config_export() -> dict:
             }
             for bucket in integration.buckets.order_by("position", "env")
         ]
-        webhooks = [
-            {"url": webhook.url, **({"events": list(webhook.events)} if webhook.events else {})}
-            for webhook in integration.webhooks.order_by("id")
-        ]
+        webhooks = [webhook_export(webhook) for webhook in integration.webhooks.order_by("id")]
         if webhooks:
             item["webhooks"] = webhooks  # secrets stay stored; apply keeps them when the file names none
         identities = sorted(integration.ci_identities.all(), key=lambda identity: (identity.position, identity.id))
@@ -408,6 +399,8 @@ def config_export() -> dict:
         exported["roles"] = roles
     if windows := freeze_windows_export(format_duration):
         exported["freeze_windows"] = windows
+    if notifications := notifications_export():
+        exported["notifications"] = notifications
     return exported
 
 

@@ -4,7 +4,8 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules, ci_trust, config_teams, config_rules, supply_chain, config_freeze.
+May import: models, input_rules, ci_trust, config_teams, config_rules, supply_chain, config_freeze (the
+freeze_windows section), config_notifications (webhooks, and the notifications section).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from ci_integrations.input_rules import CHECK_NAME, NAME, is_http_url
+from ci_integrations.input_rules import CHECK_NAME, NAME
 from ci_integrations.models import (
     Attached,
     IntegrationKind,
@@ -30,11 +31,12 @@ from ci_integrations.models import (
 )
 from ci_integrations.services.ci_trust import ci_identity_read
 from ci_integrations.services.config_freeze import freeze_windows_read
+from ci_integrations.services.config_notifications import notifications_read, webhook_read
 from ci_integrations.services.config_rules import workflow_buckets_hold, workflow_environments, workflow_kinds_hold
 from ci_integrations.services.config_teams import read_roles, read_teams
 from ci_integrations.services.supply_chain import require_signature_parse
 
-TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles", "freeze_windows"}
+TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles", "freeze_windows", "notifications"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
 WORKFLOW_KEYS = {"name", "kind", "description", "steps"}
 STEP_KEYS = {
@@ -64,7 +66,6 @@ BUCKET_KEYS = {
     "push_service_account",
     "attached",
 }
-WEBHOOK_KEYS = {"url", "secret", "events"}
 
 # `approver_group: "@release_managers"`: the release managers of the integration's team.
 TEAM_RELEASE_MANAGERS = "@release_managers"
@@ -86,6 +87,7 @@ class ConfigSpecs:
     teams: dict[str, dict] | None = None  # None: the file has no teams section, so teams stay as they are
     roles: dict[str, list[str]] | None = None
     freeze_windows: dict[str, dict] | None = None  # None: the file has no freeze_windows key
+    notifications: dict[str, dict] | None = None  # None: the file has no notifications key
 
 
 def config_read(data: dict) -> ConfigSpecs:
@@ -100,6 +102,7 @@ def config_read(data: dict) -> ConfigSpecs:
     teams = read_teams(reader, integrations)
     roles = read_roles(reader)
     freeze_windows = freeze_windows_read(reader, data)
+    notifications = notifications_read(reader, data)
     return ConfigSpecs(
         registries,
         workflows,
@@ -108,6 +111,7 @@ def config_read(data: dict) -> ConfigSpecs:
         teams=teams,
         roles=roles,
         freeze_windows=freeze_windows,
+        notifications=notifications,
     )
 
 
@@ -383,8 +387,11 @@ class _Reader:
                 for env in dict.fromkeys(workflow_environments(workflow, workflows)):
                     if env not in have:
                         self.problem(f"{path}.buckets", f"workflow {workflow!r} needs a bucket for {env!r}")
+            stored = {
+                hook.url: hook for hook in Webhook.objects.filter(integration__name=item.get("name") or "", name="")
+            }
             webhooks = [
-                self.webhook(hook_path, hook, item.get("name"))
+                webhook_read(self, hook_path, hook, stored=stored.get(hook.get("url")))
                 for _, hook_path, hook in self.mappings(f"{path}.webhooks", item.get("webhooks"))
             ]
             ci_identities = []
@@ -449,21 +456,3 @@ class _Reader:
             "push_service_account": str(bucket.get("push_service_account") or ""),
             "attached": self.attached(f"{path}.attached", bucket.get("attached")),
         }
-
-    def webhook(self, path: str, hook: dict, integration: Any) -> dict:
-        """One webhook of an integration. Its secret may be left out only when the webhook is already stored (export
-        never writes a secret); `secret` None then means "keep the stored one"."""
-        self.known_keys(path, hook, WEBHOOK_KEYS)
-        url = hook.get("url")
-        if not is_http_url(url):
-            self.problem(f"{path}.url", f"{url!r} is not an http(s) URL")
-        events = self.listed(f"{path}.events", hook.get("events"))
-        unknown = [event for event in events if event not in Webhook.EVENTS]
-        if unknown:
-            self.problem(f"{path}.events", f"unknown events {unknown}; known: {', '.join(Webhook.EVENTS)}")
-        secret = None
-        if "secret" in hook:
-            secret = self.secret_text(f"{path}.secret", hook["secret"])
-        elif not (isinstance(url, str) and Webhook.objects.filter(integration__name=integration, url=url).exists()):
-            self.problem(f"{path}.secret", "a new webhook needs a secret (${NAME} reads it from the env)")
-        return {"url": url, "secret": secret, "events": [] if unknown else events}

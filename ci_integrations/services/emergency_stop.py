@@ -5,7 +5,7 @@ promotion approved and waiting, queued promotions are held (moved back to approv
 (the claim in services/copying.py is conditional on no stop). Copies already running finish. Releasing it lets the
 scheduler (services/scheduler.py) queue whatever waits, on its next pass. Pulling and releasing are audited.
 
-May import: models, audit, actors, errors, background.
+May import: models, audit, actors, errors, background, notifications.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import transition
 from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
+from ci_integrations.services.notifications import notify_emergency_stop
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def emergency_stop_pull(*, reason: str, actor: Actor) -> EmergencyStop:
                 after={"reason": reason, "held_promotions": held},
                 reason=reason,
             )
+            notify_emergency_stop(stop=stop, actor=actor)
     except IntegrityError:
         current = emergency_stop_active()
         by = f" (by {current.started_by}: {current.reason})" if current else ""

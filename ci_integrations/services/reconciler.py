@@ -25,7 +25,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import RUN_IMPORT, RUN_PROMOTION, requeue_if_lost, transition
 from ci_integrations.services.locks import bucket_copy_lock_free
-from ci_integrations.services.notifications import notify_promotion
+from ci_integrations.services.notifications import notifications_reconcile, notify_promotion
 from ci_integrations.services.promotions import log_line
 from ci_integrations.services.webhooks import webhooks_reconcile
 
@@ -36,7 +36,7 @@ MAX_ATTEMPTS = 5  # a promotion whose worker keeps dying is failed rather than r
 
 def reconcile() -> int:
     """Re-enqueue everything Redis lost. Returns how many jobs were enqueued again."""
-    return _queued_promotions() + _stale_promotions() + _imports() + webhooks_reconcile()
+    return _queued_promotions() + _stale_promotions() + _imports() + webhooks_reconcile() + notifications_reconcile()
 
 
 def _queued_promotions() -> int:

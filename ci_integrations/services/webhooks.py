@@ -1,9 +1,16 @@
-"""Outgoing webhooks: signed JSON notifications of promotion events, delivered by RQ jobs with retries.
+"""Outgoing webhooks: signed notifications of promotion events, delivered by RQ jobs with retries.
 
-Body: JSON with a Slack-compatible `text`. Header `X-P2P-Signature: sha256=<hex HMAC-SHA256 of the raw body>`
-under the webhook's secret. Each delivery is a WebhookDelivery row counting its attempts and keeping the last
-outcome; the job raises on failure so RQ retries it at the configured intervals. A delivery whose attempts are spent
-is marked given up; the reconciler re-enqueues open deliveries whose job Redis lost.
+A webhook belongs to an integration, or is system-wide (no integration: the config file's `notifications:` section)
+and then hears about every integration, and about the emergency stop. Its `format` shapes the body (our JSON, Slack
+Block Kit, a Teams Adaptive Card: webhook_formats.py), built at each attempt from the payload the delivery keeps.
+
+Signatures, both over the raw body: `X-P2P-Signature: sha256=<hex HMAC-SHA256>` under the webhook's secret, and the
+Standard Webhooks headers (https://www.standardwebhooks.com/: `webhook-id`, stable across retries, `webhook-timestamp`
+of the attempt and `webhook-signature: v1,<base64>`), made with the `standardwebhooks` package. Their key is the
+secret's UTF-8 bytes, so a receiver's verifier takes `whsec_` + base64(secret); a secret that is itself `whsec_…`
+is used as Standard Webhooks secrets are. Each delivery is a WebhookDelivery row (deliveries.py keeps its retries).
+
+May import: models, deliveries, webhook_formats, links, audit, background.
 """
 
 from __future__ import annotations
@@ -12,22 +19,24 @@ import hashlib
 import hmac
 import json
 import logging
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import requests
-from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Q
 from django.utils import timezone
-from rq import Retry
+from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from ci_integrations.input_rules import is_http_url
-from ci_integrations.models import Integration, Promotion, Webhook, WebhookDelivery
+from ci_integrations.models import EmergencyStop, Integration, Promotion, Webhook, WebhookDelivery
 from ci_integrations.registry.errors import cut, redact
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.background import DELIVER_WEBHOOK, requeue_if_lost, transition
-from ci_integrations.services.errors import InvalidInput, NotAllowed
+from ci_integrations.services.deliveries import WEBHOOK_DELIVERIES
+from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
+from ci_integrations.services.links import portal_url
+from ci_integrations.services.webhook_formats import webhook_body
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +46,20 @@ DELIVERY_HEADER = "X-P2P-Delivery"
 TIMEOUT = (5, 10)
 
 
-class DeliveryFailed(Exception):
-    """Raised by the delivery job so RQ schedules the next attempt."""
-
-
-def _retry_intervals() -> list[int]:
-    return list(getattr(settings, "P2P_WEBHOOK_RETRY_INTERVALS", [10, 60, 300, 900]))
-
-
-def _max_attempts() -> int:
-    """One try plus one per retry interval."""
-    return len(_retry_intervals()) + 1
-
-
-def _retry_left(attempts_done: int) -> Retry | None:
-    """RQ's retries for a delivery that has made `attempts_done` attempts."""
-    intervals = _retry_intervals()[attempts_done:]
-    return Retry(max=len(intervals), interval=intervals) if intervals else None
-
-
 def webhook_sign(secret: str, body: bytes) -> str:
     """The signature header value for `body`: "sha256=<hex>"."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def standard_webhook_headers(secret: str, *, message_id: str, body: bytes, at: datetime) -> dict[str, str]:
+    """The Standard Webhooks headers signing `body` as message `message_id` sent `at` (UTC)."""
+    signer = StandardWebhook(secret if secret.startswith("whsec_") else secret.encode())
+    at = at.astimezone(UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": signer.sign(msg_id=message_id, timestamp=at, data=body.decode()),
+    }
 
 
 def _check_url(url: str) -> str:
@@ -67,24 +68,40 @@ def _check_url(url: str) -> str:
     return url
 
 
+def _is_platform_admin(actor: Actor) -> bool:
+    return bool(actor.person and actor.person.is_staff)
+
+
 def webhook_create(
-    *, integration: Integration, url: str, secret: str, events: list[str] | None = None, actor: Actor
+    *,
+    integration: Integration,
+    url: str,
+    secret: str,
+    events: list[str] | None = None,
+    format: str = Webhook.Format.JSON,  # noqa: A002 - the config file's word
+    actor: Actor,
 ) -> Webhook:
     """Add a webhook to an integration (platform admins). Audited without the secret."""
-    if not (actor.person and actor.person.is_staff):
+    if not _is_platform_admin(actor):
         raise NotAllowed("only platform admins may add webhooks")
     _check_url(url)
     if not secret or len(secret) < 16:
         raise InvalidInput("the webhook secret must be at least 16 characters", details={"secret": "too short"})
+    if format not in Webhook.Format.values:
+        raise InvalidInput(
+            f"unknown webhook format {format!r}: use {Webhook.Format.values}", details={"format": format}
+        )
     events = list(events or [])
     unknown = sorted(set(events) - set(Webhook.EVENTS))
     if unknown:
         raise InvalidInput(f"unknown webhook events {unknown}: use {Webhook.EVENTS}", details={"events": unknown})
     with transaction.atomic():
-        hook = Webhook(integration=integration, url=url, events=events)
+        hook = Webhook(integration=integration, url=url, events=events, format=format)
         hook.set_secret(secret)
         hook.save()
-        audit_record(actor=actor, action="webhook.created", obj=hook, after={"url": url, "events": events})
+        audit_record(
+            actor=actor, action="webhook.created", obj=hook, after={"url": url, "events": events, "format": format}
+        )
     return hook
 
 
@@ -93,24 +110,45 @@ def _text(promotion: Promotion, event: str, actor: Actor, comment: str) -> str:
     route = f"{promotion.from_bucket.env if promotion.from_bucket_id else '?'} → {promotion.to_bucket.env}"
     sentences = {
         "requested": f"{actor.label} requested promoting {what} ({route})",
+        "approval_needed": f"Promoting {what} ({route}) waits for {promotion.required_approvals} approval(s)",
         "approved": f"{actor.label} approved promoting {what} ({route}); copying",
         "rejected": f"{actor.label} rejected promoting {what} ({route})",
         "succeeded": f"Promoted {what} ({route})",
         "failed": f"Promotion of {what} ({route}) failed: {promotion.error}",
         "rolled_back": f"Rolled {promotion.to_bucket.env} of {promotion.integration.name} back to {what}",
+        "expired": f"The request to promote {what} ({route}) expired: {promotion.error}",
     }
     text = sentences.get(event, f"{event}: {what}")
     return f"{text}: {comment}" if comment else text
 
 
+def _listening(event: str, integration_id: int | None) -> list[Webhook]:
+    """Active webhooks that want `event`: the integration's own and the system-wide ones (only those for events that
+    concern no integration)."""
+    scope = Q(integration__isnull=True)
+    if integration_id is not None:
+        scope |= Q(integration_id=integration_id)
+    return [hook for hook in Webhook.objects.filter(scope, active=True) if hook.wants(event)]
+
+
+def _deliver_on_commit(hooks: list[Webhook], event: str, payload: dict) -> list[WebhookDelivery]:
+    deliveries = []
+    for hook in hooks:
+        delivery = WebhookDelivery.objects.create(webhook=hook, event=event, payload=payload)
+        WEBHOOK_DELIVERIES.enqueue_on_commit(delivery)
+        deliveries.append(delivery)
+    return deliveries
+
+
 def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: str = "") -> list[WebhookDelivery]:
     """Create one delivery per interested webhook and enqueue them after the caller's transaction commits."""
-    hooks = [h for h in Webhook.objects.filter(integration_id=promotion.integration_id, active=True) if h.wants(event)]
+    hooks = _listening(event, promotion.integration_id)
     if not hooks:
         return []
     payload = {
         "event": event,
         "text": _text(promotion, event, actor, comment),
+        "url": portal_url("promotion", promotion.pk),
         "promotion": {
             "id": promotion.pk,
             "kind": promotion.kind,
@@ -122,19 +160,30 @@ def webhooks_notify(*, promotion: Promotion, event: str, actor: Actor, comment: 
             "tag": promotion.tag,
             "image": f"{promotion.to_bucket.image_name}@{promotion.digest}",
             "error": promotion.error,
+            "required_approvals": promotion.required_approvals,
         },
         "actor": actor.label,
         "comment": comment,
         "at": timezone.now().isoformat(),
     }
-    deliveries = []
-    for hook in hooks:
-        delivery = WebhookDelivery.objects.create(webhook=hook, event=event, payload=payload)
-        delivery.job_id = DELIVER_WEBHOOK.new_job_id(delivery.pk)
-        delivery.save(update_fields=["job_id"])
-        DELIVER_WEBHOOK.enqueue_on_commit(delivery.pk, job_id=delivery.job_id, retry=_retry_left(0))
-        deliveries.append(delivery)
-    return deliveries
+    return _deliver_on_commit(hooks, event, payload)
+
+
+def webhooks_notify_stop(*, stop: EmergencyStop, actor: Actor) -> list[WebhookDelivery]:
+    """Tell the system-wide webhooks that want `stopped` that the emergency stop was pulled."""
+    hooks = _listening("stopped", None)
+    if not hooks:
+        return []
+    payload = {
+        "event": "stopped",
+        "text": f"Emergency stop pulled by {actor.label}: no promotion starts until it is released ({stop.reason})",
+        "url": portal_url("emergency_stop"),
+        "stop": {"reason": stop.reason, "started_by": stop.started_by, "started_at": stop.started_at.isoformat()},
+        "actor": actor.label,
+        "comment": stop.reason,
+        "at": timezone.now().isoformat(),
+    }
+    return _deliver_on_commit(hooks, "stopped", payload)
 
 
 def _scrubbed(text: str, url: str) -> str:
@@ -148,19 +197,28 @@ def _scrubbed(text: str, url: str) -> str:
     return redact(text)
 
 
+def webhook_message_id(delivery: WebhookDelivery) -> str:
+    """The Standard Webhooks message id of a delivery: the same for every attempt, so receivers can drop repeats."""
+    return f"msg_p2p_{delivery.pk}"
+
+
 def webhook_deliver(*, delivery_id: int) -> None:
     """One delivery attempt; raises DeliveryFailed (so RQ retries) unless the endpoint answered 2xx."""
     delivery = WebhookDelivery.objects.select_related("webhook").filter(pk=delivery_id).first()
     if delivery is None or delivery.delivered_at is not None or delivery.given_up_at is not None:
         return
     hook = delivery.webhook
-    body = json.dumps(delivery.payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    body = json.dumps(
+        webhook_body(hook.format, delivery.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+    secret = hook.get_secret()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "p2p-portal-webhooks",
-        SIGNATURE_HEADER: webhook_sign(hook.get_secret(), body),
+        SIGNATURE_HEADER: webhook_sign(secret, body),
         EVENT_HEADER: delivery.event,
         DELIVERY_HEADER: str(delivery.pk),
+        **standard_webhook_headers(secret, message_id=webhook_message_id(delivery), body=body, at=timezone.now()),
     }
     status, error = None, ""
     try:
@@ -173,37 +231,27 @@ def webhook_deliver(*, delivery_id: int) -> None:
     except (requests.RequestException, InvalidInput) as exc:
         error = _scrubbed(f"{exc.__class__.__name__}: {exc}", hook.url)
     # Scrubbed before it is cut, so no secret's prefix is left behind; cut so no endpoint can fill the row.
-    error = cut(error)
-    WebhookDelivery.objects.filter(pk=delivery_id).update(
-        attempts=F("attempts") + 1,
-        response_status=status,
-        error=error,
-        delivered_at=timezone.now() if not error else None,
-    )
-    if error:
-        # The last retry failed: the delivery is finished, and the reconciler leaves it alone.
-        WebhookDelivery.objects.filter(pk=delivery_id, delivered_at__isnull=True, attempts__gte=_max_attempts()).update(
-            given_up_at=timezone.now()
+    WEBHOOK_DELIVERIES.attempted(delivery_id, error=cut(error), response_status=status)
+
+
+def webhook_delivery_retry(*, delivery: WebhookDelivery, actor: Actor) -> WebhookDelivery:
+    """One more attempt at a delivery that was given up (platform admins). Audited."""
+    if not _is_platform_admin(actor):
+        raise NotAllowed("only platform admins may retry webhook deliveries")
+    with transaction.atomic():
+        if not WEBHOOK_DELIVERIES.retry_once(delivery.pk):
+            raise StateConflict(f"delivery {delivery.pk} is not given up: it was delivered or is still being tried")
+        audit_record(
+            actor=actor,
+            action="webhook.delivery_retried",
+            obj=delivery.webhook,
+            after={"delivery": delivery.pk, "event": delivery.event, "attempts": delivery.attempts},
         )
-        raise DeliveryFailed(f"webhook {hook.pk} delivery {delivery_id}: {error}")
+    delivery.refresh_from_db()
+    return delivery
 
 
 def webhooks_reconcile() -> int:
     """Re-enqueue open deliveries whose RQ job is gone (Redis flushed, worker killed); mark those whose attempts
     are spent as given up. Returns how many were re-enqueued. Called by the reconciler."""
-    count = 0
-    open_deliveries = WebhookDelivery.objects.filter(delivered_at__isnull=True, given_up_at__isnull=True)
-    for delivery in open_deliveries.only("pk", "job_id", "attempts").order_by("created_at"):
-        if delivery.attempts >= _max_attempts():
-            if not DELIVER_WEBHOOK.is_live(delivery.job_id):
-                transition(open_deliveries.filter(pk=delivery.pk, job_id=delivery.job_id), given_up_at=timezone.now())
-            continue
-        requeued = requeue_if_lost(
-            DELIVER_WEBHOOK,
-            open_deliveries,
-            pk=delivery.pk,
-            job_id=delivery.job_id,
-            retry=_retry_left(delivery.attempts),
-        )
-        count += requeued is not None
-    return count
+    return WEBHOOK_DELIVERIES.reconcile()

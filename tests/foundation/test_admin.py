@@ -158,13 +158,14 @@ def test_webhook_secret_is_write_only_and_never_logged(admin_client):
         {
             "integration": integration.pk,
             "url": "https://hooks.example.com/x",
+            "format": "slack",
             "events": "[]",
             "active": "on",
             "new_secret": "whsec-123",
         },
     )
     assert response.status_code == 302, response.content.decode()[:3000]
-    assert Webhook.objects.get().get_secret() == "whsec-123"
+    assert Webhook.objects.get().get_secret() == "whsec-123" and Webhook.objects.get().format == "slack"
     assert "whsec-123" not in str(AuditEntry.objects.get().after)
 
 

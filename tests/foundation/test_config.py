@@ -12,7 +12,7 @@ import pytest
 import yaml
 from django.core.management import CommandError, call_command
 
-from ci_integrations.models import Artifact, AuditEntry, Bucket, Integration, Registry, Workflow, WorkflowStep
+from ci_integrations.models import Artifact, AuditEntry, Bucket, Integration, Registry, Webhook, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.artifacts import check_report
 from ci_integrations.services.errors import InvalidInput
@@ -211,6 +211,7 @@ def test_the_documented_example_applies_cleanly(db, tmp_path, monkeypatch):
     example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
     monkeypatch.setenv("BUILD_REGISTRY_PASSWORD", "from-the-environment")
     monkeypatch.setenv("PAYMENTS_WEBHOOK_SECRET", "whsec-example")
+    monkeypatch.setenv("RELEASES_WEBHOOK_SECRET", "releases-channel-secret")
     path = tmp_path / "example.yaml"
     path.write_text(example, encoding="utf-8")
     out, _ = run("apply_config", str(path))
@@ -218,6 +219,12 @@ def test_the_documented_example_applies_cleanly(db, tmp_path, monkeypatch):
     step = WorkflowStep.objects.get(to_env="prod")
     assert (step.rollback_approvals, step.tag_rule) == (1, r"v\d+\.\d+\.\d+")
     assert Registry.objects.get(name="build").get_credentials()["password"] == "from-the-environment"
+    channel = Webhook.objects.get(integration__isnull=True)
+    assert (channel.name, channel.format, channel.get_secret()) == (
+        "releases-channel",
+        "slack",
+        "releases-channel-secret",
+    )
     assert run("apply_config", str(path))[0].strip() == "No changes."
 
 

@@ -14,6 +14,7 @@ from ci_integrations.services.artifacts import artifact_register
 from tests.support.images import push_random_image
 from tests.support.registry_server import start_registry
 from tests.support.roles import restore_roles
+from tests.support.webhook_receiver import Receiver
 
 
 @pytest.fixture(scope="session")
@@ -140,3 +141,16 @@ def place(world: World, env: str, tag: str, *, digest: str | None = None, arrive
     if arrived_at is not None:
         type(arrival).objects.filter(pk=arrival.pk).update(arrived_at=arrived_at)
     return artifact
+
+
+@pytest.fixture
+def receiver_factory():
+    made = []
+
+    def make(*statuses):
+        made.append(Receiver(statuses))
+        return made[-1]
+
+    yield make
+    for receiver in made:
+        receiver.close()

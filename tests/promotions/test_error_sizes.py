@@ -14,6 +14,7 @@ from ci_integrations.models import AuditEntry, ImportJob, Promotion, Registry, W
 from ci_integrations.registry.errors import MAX_MESSAGE_LENGTH
 from ci_integrations.services import copying, imports, webhooks
 from ci_integrations.services.copying import promotion_execute
+from ci_integrations.services.deliveries import DeliveryFailed
 from ci_integrations.services.imports import artifact_import, artifact_import_execute
 from ci_integrations.services.promotions import promotion_request
 from ci_integrations.services.webhooks import webhook_create, webhook_deliver
@@ -101,7 +102,7 @@ def test_a_crash_quoting_a_5_mb_registry_answer_is_cut_in_every_row(world, rq_qu
     artifact_import_execute(job_id=job.pk)
     deliveries = list(WebhookDelivery.objects.all())
     for delivery in deliveries:
-        with pytest.raises(webhooks.DeliveryFailed):
+        with pytest.raises(DeliveryFailed):
             webhook_deliver(delivery_id=delivery.pk)
 
     promotion.refresh_from_db()

@@ -156,7 +156,7 @@ def test_a_scheduled_time_without_offset_in_the_past_or_too_far_ahead_is_refused
 
 
 def test_a_promotion_pending_approval_past_its_timeout_expires_audited_and_announced(world, run_worker):
-    from tests.promotions.test_webhooks import Receiver
+    from tests.support.webhook_receiver import Receiver
 
     receiver = Receiver([200])
     try:

@@ -33,9 +33,12 @@ from ci_integrations.models import (
     AuditEntry,
     EmergencyStop,
     FreezeWindow,
+    NotificationPreference,
     Promotion,
     Registry,
     Team,
+    Webhook,
+    WebhookDelivery,
 )
 from ci_integrations.services.audit_verification import RESULT_KEY, RUNNING_KEY
 from tests.security.conftest import ROLES as ROLES_WITHOUT_TEAMS
@@ -99,6 +102,12 @@ def world(world) -> World:
     team.members.add(world.users["team_member"])
     world.users["other_team_rm"] = make_user("release9", "release-managers")
     Team.objects.create(name="other-team").members.add(world.users["other_team_rm"])
+    hook = Webhook(name="releases", url="https://hooks.example.com/releases")
+    hook.set_secret("s3cret-s3cret-s3cret")
+    hook.save()
+    world.given_up = WebhookDelivery.objects.create(
+        webhook=hook, event="failed", payload={"event": "failed"}, attempts=5, given_up_at=timezone.now()
+    )
     return world
 
 
@@ -269,6 +278,26 @@ MATRIX: dict[str, Row] = {
         post=only(*MANAGERS, "other_team_rm", then=DONE),
         data=lambda w: {"action": "pull", "reason": "INC-42 bad images"},
         effect=lambda w, c: EmergencyStop.objects.filter(active=True).count(),
+    ),
+    # --- notifications: everyone chooses their own emails; platform admins see the webhooks' deliveries ---------
+    "notifications/": Row(
+        lambda w: reverse("notification_preferences"),
+        get=signed_in(OK),
+        post=signed_in(DONE),
+        data=lambda w: {"wanted": ["succeeded", "failed"]},
+        effect=lambda w, c: list(
+            NotificationPreference.objects.filter(user_id=c.session.get("_auth_user_id")).values_list("muted")
+        ),
+    ),
+    "webhooks/": Row(lambda w: reverse("webhooks"), get=only("platform_admin")),
+    "webhooks/<int:pk>/": Row(
+        lambda w: reverse("webhook_deliveries", args=[w.given_up.webhook_id]), get=only("platform_admin")
+    ),
+    "webhooks/deliveries/<int:pk>/retry/": Row(
+        lambda w: reverse("webhook_delivery_retry", args=[w.given_up.pk]),
+        get=everyone(NO_SUCH_METHOD),
+        post=only("platform_admin", then=DONE),
+        effect=lambda w, c: WebhookDelivery.objects.get(pk=w.given_up.pk).given_up_at is None,
     ),
     # --- the admin site's own pages ---------------------------------------------------------------------------------
     "admin/": Row(lambda w: reverse("admin:index"), get=staff_only(OK)),

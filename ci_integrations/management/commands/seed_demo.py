@@ -143,6 +143,9 @@ class Command(BaseCommand):
                 user, created = User.objects.get_or_create(
                     username=name, defaults={"is_staff": spec.get("is_staff", False)}
                 )
+                if not user.email:  # so the demo's console shows where each email would go
+                    user.email = f"{name}@demo.example"
+                    user.save(update_fields=["email"])
                 if created or name not in known:
                     known[name] = secrets.token_urlsafe(12)
                     user.set_password(known[name])
