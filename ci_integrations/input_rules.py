@@ -14,7 +14,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
-from ci_integrations.registry.refs import DIGEST_PATTERN, IMAGE_REFERENCE_PATTERN, MAX_REPOSITORY_LENGTH, TAG_PATTERN
+from ci_integrations.registry.refs import (
+    DIGEST_PATTERN,
+    IMAGE_REFERENCE_PATTERN,
+    IPV6_PATTERN,
+    MAX_REPOSITORY_LENGTH,
+    PORT_PATTERN,
+    TAG_PATTERN,
+)
 
 MAX_URL_LENGTH = 1024
 # Unicode's control characters (category Cc: C0, DEL and C1) as a character-class body. Tabs and line breaks are part
@@ -81,6 +88,12 @@ NAME = InputRule(
     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?",
     sentence="{word} {value!r} must be {explanation}",
 )
+LABEL_NAME = InputRule(
+    "label name",
+    "1 to 63 printable characters",
+    f"[^{CONTROL_CHARACTERS}]{{1,63}}",
+    sentence="{word} {value!r} must be {explanation}",
+)
 CHECK_NAME = InputRule(
     "check name",
     "1 to 63 letters, digits, '_' or '-', not starting with '-'",
@@ -110,7 +123,8 @@ def control_character_problem(char: str) -> str:
 HTTP_URL = InputRule(
     "URL",
     f"an http(s) URL with a host, at most {MAX_URL_LENGTH} characters",
-    r"[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]+@)?(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    r"[Hh][Tt][Tt][Pp][Ss]?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]+@)?"
+    rf"(?:[A-Za-z0-9._~%!$&'()*+,;=-]+|{IPV6_PATTERN})(?::{PORT_PATTERN})?"
     f"(?:[/?#][^{_SPACES}{CONTROL_CHARACTERS}]*)?",
     max_length=MAX_URL_LENGTH,
 )

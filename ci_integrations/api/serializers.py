@@ -15,6 +15,7 @@ from ci_integrations.input_rules import (
     FILLED_LINE_PATTERN,
     HTTP_URL,
     IMAGE_SOURCE,
+    LABEL_NAME,
     LINE_PATTERN,
     NAME,
     TAG,
@@ -27,7 +28,6 @@ from ci_integrations.models import CheckResult
 
 LOG_TAIL_LINES = 50
 MAX_LABELS = 50
-MAX_LABEL_NAME = 63
 
 
 class PrintableValidator(RegexValidator):
@@ -143,22 +143,6 @@ class StrictInput(serializers.Serializer):
         return super().to_internal_value(data)
 
 
-MAX_LABEL_VALUE = 255
-
-
-@extend_schema_field(
-    {
-        "type": "object",
-        "maxProperties": MAX_LABELS,
-        "propertyNames": {
-            "type": "string",
-            "minLength": 1,
-            "maxLength": MAX_LABEL_NAME,
-            "pattern": f"^{LINE_PATTERN}$",
-        },
-        "additionalProperties": {"type": "string", "maxLength": MAX_LABEL_VALUE, "pattern": f"^{LINE_PATTERN}$"},
-    }
-)
 class QueryIn(serializers.Serializer):
     """Query-string parameters: a parameter given empty (`?tag=`) is refused unless empty means something for it,
     so `?tag=` never silently searches every tag. Parameters it does not define (cursor, limit) pass by."""
@@ -174,6 +158,24 @@ class QueryIn(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+MAX_LABEL_VALUE = 255
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": MAX_LABELS,
+        # Label names as patternProperties (valid in OpenAPI 3.0 and 3.1); any other name is refused.
+        "patternProperties": {
+            LABEL_NAME.anchored_pattern: {
+                "type": "string",
+                "maxLength": MAX_LABEL_VALUE,
+                "pattern": f"^(?:{LINE_PATTERN})$",
+            }
+        },
+        "additionalProperties": False,
+    }
+)
 class LabelsField(serializers.DictField):
     """Labels: at most 50, each name 1 to 63 printable characters, each value one line of at most 255."""
 
@@ -185,10 +187,8 @@ class LabelsField(serializers.DictField):
         if len(value) > MAX_LABELS:
             raise serializers.ValidationError(f"at most {MAX_LABELS} labels")
         for key in value:
-            if not key or len(key) > MAX_LABEL_NAME or control_character(key) is not None:
-                raise serializers.ValidationError(
-                    f"label name {key[:70]!r} must be 1 to {MAX_LABEL_NAME} printable characters"
-                )
+            if not LABEL_NAME.is_valid(key):
+                raise serializers.ValidationError(LABEL_NAME.problem(key[:70]))
         return value
 
 

@@ -20,7 +20,7 @@ import pytest
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-EXAMPLES_PER_OPERATION = 25
+EXAMPLES_PER_OPERATION = 15
 # A 422 is the API's answer to a well-formed request it cannot act on as it stands (an Idempotency-Key reused with
 # another body: generated keys repeat); everything else positive data may meet is schemathesis's default.
 POSITIVE_STATUSES = ["2xx", "401", "403", "404", "409", "422", "429"]
