@@ -41,8 +41,8 @@ ERROR_MEANINGS = {
     422: "Well-formed, but not processable as it stands: an Idempotency-Key reused with another body "
     "(`idempotency_mismatch`), or a value the portal cannot use (code `unprocessable`).",
     429: "Over the token's rate limit (code `rate_limited`); `Retry-After` says when to retry.",
-    502: "The registry (or cloud) could not be reached or answered with an error (code `registry`).",
-    504: "The registry (or cloud) did not answer in time (code `registry_timeout`).",
+    502: "The registry (or cloud) could not be reached, did not answer in time after retries, or answered with an "
+    "error (code `registry`).",
 }
 READ_ERRORS = frozenset({400, 401, 403, 404, 429})
 WRITE_ERRORS = READ_ERRORS | {409, 413, 415, 422}

@@ -42,7 +42,7 @@ from ci_integrations.services.tokens import (
 )
 
 CLI_PATH = Path(__file__).resolve().parent.parent / "cli" / "p2p.py"
-REGISTRY_ERRORS = WRITE_ERRORS | {502, 504}
+REGISTRY_ERRORS = WRITE_ERRORS | {502}
 PROMOTION_LINKS = {
     "GetPromotion": ("promotion_detail", "id"),
     "ApprovePromotion": ("promotion_approve", "id"),

@@ -20,7 +20,7 @@ import pytest
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-EXAMPLES_PER_OPERATION = 15
+EXAMPLES_PER_OPERATION = 10
 # A 422 is the API's answer to a well-formed request it cannot act on as it stands (an Idempotency-Key reused with
 # another body: generated keys repeat); everything else positive data may meet is schemathesis's default.
 POSITIVE_STATUSES = ["2xx", "401", "403", "404", "409", "422", "429"]
@@ -55,6 +55,8 @@ def schemathesis_config(world, objects: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# About two minutes on a quiet 2-core machine; the limit leaves room for a loaded one.
+@pytest.mark.timeout(600)
 def test_schemathesis_with_every_check_finds_nothing(world, live_server, rq_queues, tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text(schemathesis_config(world, seeded_objects(world)))
@@ -90,10 +92,9 @@ def test_schemathesis_with_every_check_finds_nothing(world, live_server, rq_queu
         ],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=560,
     )
     output = run.stdout + run.stderr
-    Path("/tmp/st-api-out.txt").write_text(output)
     summary = [line for line in output.splitlines() if re.match(r"^=+ .* in [0-9.]+s =+$", line.strip())]
     cases = re.search(r"(\d+) generated", output)
     print(output[-6000:] if run.returncode else "\n".join(output.splitlines()[-12:]))
