@@ -93,6 +93,7 @@ def test_schemathesis_with_every_check_finds_nothing(world, live_server, rq_queu
         capture_output=True,
         text=True,
         timeout=560,
+        cwd=tmp_path,  # schemathesis keeps its cache in the working directory
     )
     output = run.stdout + run.stderr
     summary = [line.strip() for line in output.splitlines() if re.fullmatch(r"=+ .* in [0-9.]+s =+", line.strip())]
