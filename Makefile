@@ -5,9 +5,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := docker-registry skopeo chromium redis-server apache2-utils prometheus
+DEBIAN_PACKAGES := docker-registry skopeo chromium redis-server apache2-utils prometheus nodejs npm
 # Commands the packages above provide, in the same order.
-DEBIAN_COMMANDS := docker-registry skopeo chromium redis-server htpasswd promtool
+DEBIAN_COMMANDS := docker-registry skopeo chromium redis-server htpasswd promtool node npm
 PG_URL := postgres://postgres@127.0.0.1:5432/p2p_portal
 
 .PHONY: run test setup system-packages venv migrate redis lint bench clean

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import date, datetime, time, timedelta
+from datetime import timezone as dt_timezone
 
 from django import forms
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -13,8 +14,9 @@ from django.core.validators import MaxLengthValidator
 from django.utils import timezone
 
 from ci_integrations.input_rules import control_character, control_character_problem
-from ci_integrations.models import ApiToken, Integration, validate_tag
+from ci_integrations.models import ApiToken, FreezeWindow, Integration, validate_tag
 from ci_integrations.selectors import AuditFilters, environment_names
+from ci_integrations.services.config_reader import DURATION, DURATION_UNITS
 
 MAX_TEXT = 2000
 FORM_ONCE_SECONDS = 24 * 3600  # how long a sent token form is remembered
@@ -49,6 +51,24 @@ class PromoteForm(forms.Form):
         help_text="Only for platform admins promoting through an active freeze window.",
         widget=forms.Textarea(attrs={"rows": 2}),
     )
+    not_before = forms.DateTimeField(
+        required=False,
+        label="Not before",
+        help_text="In your browser's time zone (UTC without JavaScript). Empty: as soon as the policy allows.",
+        widget=forms.DateTimeInput(
+            attrs={"type": "datetime-local", "data-offset-field": "utc_offset_minutes"}, format="%Y-%m-%dT%H:%M"
+        ),
+    )
+    utc_offset_minutes = forms.IntegerField(required=False, min_value=-840, max_value=840, widget=forms.HiddenInput)
+
+    def clean(self):
+        data = super().clean()
+        picked = data.get("not_before")
+        if picked is not None:
+            # The picker sends wall-clock time; the offset of the browser's zone for that date makes it a moment.
+            offset = dt_timezone(timedelta(minutes=data.get("utc_offset_minutes") or 0))
+            data["not_before"] = picked.replace(tzinfo=None).replace(tzinfo=offset)
+        return data
 
 
 class RollbackForm(forms.Form):
@@ -155,14 +175,46 @@ class TokenCreateForm(forms.Form):
 
 class FreezeWindowForm(forms.Form):
     name = TextField(max_length=120)
+    kind = forms.ChoiceField(choices=FreezeWindow.Kind.choices, initial=FreezeWindow.Kind.DENY, required=False)
     environments = TextField(max_length=500, help_text="Comma-separated, e.g. staging, prod")
     starts_at = forms.DateTimeField(
-        label="Starts (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+        required=False,
+        label="Starts (UTC)",
+        help_text="A recurring window may leave this empty: it then repeats from the beginning of time.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
     )
     ends_at = forms.DateTimeField(
-        label="Ends (UTC)", widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M")
+        required=False,
+        label="Ends (UTC)",
+        help_text="One-off windows only.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+    rrule = TextField(
+        required=False,
+        max_length=500,
+        label="Repeats (RFC 5545 rule)",
+        help_text="e.g. FREQ=WEEKLY;BYDAY=FR;BYHOUR=16;BYMINUTE=0. Empty for a one-off window.",
+    )
+    duration = TextField(required=False, max_length=20, help_text="How long each occurrence lasts, e.g. 64h or 2d.")
+    time_zone = TextField(
+        required=False, max_length=64, label="Time zone", initial="UTC", help_text="e.g. Europe/London"
     )
     reason = TextField(required=False, max_length=MAX_TEXT, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def clean_duration(self) -> timedelta | None:
+        text = (self.cleaned_data.get("duration") or "").strip()
+        if not text:
+            return None
+        match = DURATION.match(text)
+        if not match:
+            raise forms.ValidationError("Write a duration like 90m, 64h or 2d.")
+        return timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+    def clean_kind(self) -> str:
+        return self.cleaned_data.get("kind") or FreezeWindow.Kind.DENY
+
+    def clean_time_zone(self) -> str:
+        return (self.cleaned_data.get("time_zone") or "").strip() or "UTC"
 
     def clean_environments(self) -> list[str]:
         envs = [e.strip() for e in self.cleaned_data["environments"].split(",") if e.strip()]
@@ -184,9 +236,17 @@ class FreezeWindowForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        if data.get("starts_at") and data.get("ends_at") and data["ends_at"] <= data["starts_at"]:
+        if data.get("rrule"):
+            data["ends_at"] = None
+        elif not (data.get("starts_at") and data.get("ends_at")):
+            self.add_error("ends_at", "A one-off window needs a start and an end; a recurring one a rule.")
+        elif data["ends_at"] <= data["starts_at"]:
             self.add_error("ends_at", "The window must end after it starts.")
         return data
+
+
+class EmergencyStopForm(forms.Form):
+    reason = TextField(max_length=1000, help_text="Shown on every page until the stop is released.")
 
 
 class UsernameLengthChecked:

@@ -10,14 +10,15 @@ from datetime import timedelta
 
 from django import forms
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
 
 from ci_integrations import charts, selectors
 from ci_integrations.insights import PERIOD_CHOICES, DoraReport, IntegrationFigures, dora_report
-from ci_integrations.models import Integration
+from ci_integrations.services.actors import Actor
+from ci_integrations.services.errors import NotFound
 
 BAND_WORDS = {"elite": "elite", "high": "high", "medium": "medium", "low": "low", None: "no band"}
 # Table columns that sort: query value → (header, key of a row); None sorts last whichever the direction.
@@ -36,14 +37,16 @@ class InsightsFilterForm(forms.Form):
     """Which environment, integration and period the page measures; anything unknown falls back to the default."""
 
     env = forms.ChoiceField(label="Environment", required=False)
+    team = forms.ChoiceField(label="Team", required=False)
     integration = forms.ChoiceField(label="Integration", required=False)
     days = forms.TypedChoiceField(
         label="Period", required=False, coerce=int, choices=[(d, f"last {d} days") for d in PERIOD_CHOICES]
     )
 
-    def __init__(self, data, *, environments: list[str], integrations: list[str]):
+    def __init__(self, data, *, environments: list[str], integrations: list[str], teams: list[str]):
         super().__init__(data)
         self.fields["env"].choices = [(env, env) for env in environments]
+        self.fields["team"].choices = [("", "all teams")] + [(n, n) for n in teams]
         self.fields["integration"].choices = [("", "all integrations")] + [(n, n) for n in integrations]
 
     def chosen(self, default_env: str) -> dict:
@@ -51,6 +54,7 @@ class InsightsFilterForm(forms.Form):
         data = self.cleaned_data if self.is_valid() else {}
         return {
             "env": data.get("env") or default_env,
+            "team": data.get("team") or "",
             "integration": data.get("integration") or "",
             "days": data.get("days") or 30,
         }
@@ -155,11 +159,20 @@ def _lead_time_chart(report: DoraReport, labels: list[str]) -> charts.Chart:
 @login_required
 def insights(request: HttpRequest) -> HttpResponse:
     """The DORA keys of one environment (prod by default) over 7, 30 or 90 days, for all or one integration."""
+    actor = Actor.from_request(request)
     environments = sorted(selectors.environment_names())
-    integrations = list(Integration.objects.order_by("name").values_list("pk", "name"))
-    form = InsightsFilterForm(request.GET or None, environments=environments, integrations=[n for _, n in integrations])
+    integrations = list(selectors.integrations_visible_to(actor).order_by("name").values_list("name", flat=True))
+    form = InsightsFilterForm(
+        request.GET or None,
+        environments=environments,
+        integrations=integrations,
+        teams=selectors.team_names_visible_to(actor),
+    )
     chosen = form.chosen("prod" if "prod" in environments or not environments else environments[-1])
-    ids = [pk for pk, name in integrations if name == chosen["integration"]] if chosen["integration"] else None
+    try:
+        ids = selectors.insight_integration_ids(actor, team=chosen["team"], integration=chosen["integration"])
+    except NotFound as exc:
+        raise Http404(exc.message) from None
     report = dora_report(env=chosen["env"], days=chosen["days"], integration_ids=ids)
     rows, sort_key, descending = _sorted_rows(report.integrations, request.GET.get("sort", "name"))
     labels = _chart_labels(report)

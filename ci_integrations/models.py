@@ -166,10 +166,14 @@ class WorkflowStep(models.Model):
     # Rollbacks into to_env may need fewer approvals; None means the same as a promotion.
     rollback_approvals = models.PositiveIntegerField(null=True, blank=True)
     approver_group = models.ForeignKey(Group, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # `approver_group: "@release_managers"`: the release managers of the integration's team approve.
+    approvers_from_team = models.BooleanField(default=False)
     self_approval = models.BooleanField(default=False)
     required_checks = models.JSONField(default=list, blank=True)
     min_soak = models.DurationField(null=True, blank=True)
     auto_promote = models.BooleanField(default=False)
+    # How long a promotion may wait for its approvals before it expires; None means P2P_APPROVAL_TIMEOUT (7 days).
+    approval_timeout = models.DurationField(null=True, blank=True)
     # A regular expression the tag must match in full, e.g. r"v\d+\.\d+\.\d+"; empty means any tag.
     tag_rule = models.CharField(max_length=255, blank=True, default="")
 
@@ -201,6 +205,68 @@ class WorkflowStep(models.Model):
         return self.required_approvals
 
 
+class Team(models.Model):
+    """People who own integrations: they see them, request their promotions and (their release managers) approve.
+
+    Membership comes from the company's identity provider (the OIDC groups the person had at their last sign-in, kept
+    on their PersonIdentity) or, for installations without single sign-on, from the local user names listed in the
+    config file. services/teams.py answers every "is this person in this team" question.
+    """
+
+    name = models.SlugField(max_length=63, unique=True, validators=[validate_name])
+    oidc_groups = models.JSONField(default=list, blank=True)
+    release_manager_groups = models.JSONField(default=list, blank=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="p2p_teams")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RoleGrant(models.Model):
+    """An org-wide role (one of the role groups: auditors, release-managers, platform-admins) given to the members of
+    an identity-provider group, from the config file's `roles:` section."""
+
+    oidc_group = models.CharField(max_length=255)
+    role = models.ForeignKey(Group, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        ordering = ["role__name", "oidc_group"]
+        constraints = [models.UniqueConstraint(fields=["oidc_group", "role"], name="one_grant_per_group_and_role")]
+
+    def __str__(self) -> str:
+        return f"{self.oidc_group} → {self.role.name}"
+
+
+class PersonIdentity(models.Model):
+    """How a person last signed in: through the identity provider (issuer and subject, and the groups it gave) or
+    with a local password."""
+
+    class Method(models.TextChoices):
+        SSO = "sso", "Single sign-on"
+        LOCAL = "local", "Local password"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
+    method = models.CharField(max_length=8, choices=Method.choices, default=Method.LOCAL)
+    issuer = models.CharField(max_length=512, blank=True, default="")
+    subject = models.CharField(max_length=255, blank=True, default="")
+    groups = models.JSONField(default=list, blank=True)
+    signed_in_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "subject"], condition=~Q(subject=""), name="one_person_per_sso_subject"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.method})"
+
+
 class Integration(models.Model):
     """One deployable service (CI Integration), of kind environment or release stream."""
 
@@ -208,6 +274,7 @@ class Integration(models.Model):
     kind = models.CharField(max_length=16, choices=IntegrationKind.choices, default=IntegrationKind.ENVIRONMENT)
     workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.PROTECT, related_name="integrations")
     description = models.TextField(blank=True, default="")
+    team = models.ForeignKey(Team, null=True, blank=True, on_delete=models.SET_NULL, related_name="integrations")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -221,6 +288,27 @@ class Integration(models.Model):
             raise ValidationError(
                 {"workflow": f"workflow {self.workflow.name!r} is for kind {self.workflow.kind}, not {self.kind}"}
             )
+
+
+class CiIdentity(models.Model):
+    """A trust policy of an integration: CI jobs whose OIDC ID token comes from `issuer`, for `audience`, with
+    `claims` matching (exact values, or globs such as "refs/tags/v*"), may exchange it for a short-lived CI token
+    with `scopes` on this integration (services/oidc_exchange.py). Kept from the config file's `ci_identities`."""
+
+    integration = models.ForeignKey("Integration", on_delete=models.CASCADE, related_name="ci_identities")
+    position = models.PositiveIntegerField(default=0)
+    issuer = models.CharField(max_length=512)
+    audience = models.CharField(max_length=255)
+    claims = models.JSONField(default=dict, blank=True)
+    scopes = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["integration", "position"]
+        verbose_name_plural = "CI identities"
+        indexes = [models.Index(fields=["issuer"], name="ci_identity_issuer_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.integration.name}: {self.issuer} ({self.audience})"
 
 
 class Bucket(models.Model):
@@ -407,23 +495,26 @@ class Promotion(models.Model):
 
     class State(models.TextChoices):
         PENDING_APPROVAL = "pending_approval", "Pending approval"
+        # Has its approvals and waits for its moment: a `not_before` time, a freeze window, the emergency stop.
+        APPROVED = "approved", "Approved, waiting"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         REJECTED = "rejected", "Rejected"
         CANCELLED = "cancelled", "Cancelled"
+        EXPIRED = "expired", "Expired"
 
     class Kind(models.TextChoices):
         PROMOTION = "promotion", "Promotion"
         ROLLBACK = "rollback", "Rollback"
 
     # Named groups of states: services, selectors, templates and the API use these, never lists of their own.
-    OPEN = (State.PENDING_APPROVAL, State.QUEUED, State.RUNNING)  # at most one per artifact and bucket
-    CANCELLABLE = (State.PENDING_APPROVAL, State.QUEUED)  # nothing has been copied yet
+    OPEN = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED, State.RUNNING)  # at most one per artifact and bucket
+    CANCELLABLE = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED)  # nothing has been copied yet
     RUNNABLE = (State.QUEUED,)  # what a copy job may claim
     ACTIVE = (State.QUEUED, State.RUNNING)  # a job carries it now: pages poll it
-    FINAL = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED)
+    FINAL = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED, State.EXPIRED)
 
     integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="promotions")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PROMOTION)
@@ -445,8 +536,17 @@ class Promotion(models.Model):
     on_behalf_of = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The CI job behind a request made with an exchanged token (issuer, subject, repository, ref, run id…); empty
+    # otherwise.
+    ci_identity = models.JSONField(default=dict, blank=True)
     reason = models.TextField(blank=True, default="")
     freeze_override_reason = models.TextField(blank=True, default="")
+    # The copy starts no earlier than this (approvals may be given before); None means as soon as it may.
+    not_before = models.DateTimeField(null=True, blank=True)
+    # Why an approved promotion is not queued yet, in words (empty when it is not waiting).
+    waiting_for = models.TextField(blank=True, default="")
+    # When the approvers were last reminded that it waits for them.
+    reminded_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -525,12 +625,30 @@ class Approval(models.Model):
 
 
 class FreezeWindow(models.Model):
-    """A time range during which promotions into the named environments are blocked."""
+    """A time range during which promotions are blocked (`deny`), or outside of which they are (`allow`).
+
+    One-off windows have a start and an end. Recurring ones have an RFC 5545 rule (`rrule`, read with
+    python-dateutil) whose occurrences last `duration` in wall-clock time of `time_zone`; the rule counts from
+    `starts_at` when given, else from the beginning of time. A window applies to the promotions matching every
+    selector it names (environments, integrations, teams); one naming none applies everywhere.
+    """
+
+    class Kind(models.TextChoices):
+        DENY = "deny", "Deny: no promotions inside"
+        ALLOW = "allow", "Allow: promotions only inside"
 
     name = models.CharField(max_length=120)
-    environments = models.JSONField(default=list)
-    starts_at = models.DateTimeField()
-    ends_at = models.DateTimeField()
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.DENY)
+    environments = models.JSONField(default=list, blank=True)
+    integrations = models.JSONField(default=list, blank=True)
+    teams = models.JSONField(default=list, blank=True)
+    starts_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    rrule = models.CharField(max_length=500, blank=True, default="")
+    duration = models.DurationField(null=True, blank=True)
+    time_zone = models.CharField(max_length=64, blank=True, default="UTC")
+    # Windows the config file defines are kept in step with it by name; the others come from the UI.
+    from_config = models.BooleanField(default=False)
     reason = models.TextField(blank=True, default="")
     created_by = models.CharField(max_length=150, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -539,16 +657,50 @@ class FreezeWindow(models.Model):
         ordering = ["-starts_at"]
         indexes = [models.Index(fields=["starts_at", "ends_at"], name="freeze_window_time_idx")]
         constraints = [
-            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="freeze_ends_after_start")
+            models.CheckConstraint(condition=Q(ends_at__gt=models.F("starts_at")), name="freeze_ends_after_start"),
+            # One-off windows have both ends; recurring ones a rule and a duration.
+            models.CheckConstraint(
+                condition=(Q(rrule="", starts_at__isnull=False, ends_at__isnull=False))
+                | (~Q(rrule="") & Q(duration__isnull=False, ends_at__isnull=True)),
+                name="freeze_one_off_or_recurring",
+            ),
+            models.UniqueConstraint(fields=["name"], condition=Q(from_config=True), name="freeze_config_name_unique"),
         ]
         permissions = [("override_freezewindow", "Can promote through an active freeze window, with a reason")]
 
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def is_recurring(self) -> bool:
+        return bool(self.rrule)
+
     def is_active(self, at=None) -> bool:
+        """Whether a one-off window covers `at` (now by default); services/freeze.py answers for recurring ones."""
         at = at or timezone.now()
-        return self.starts_at <= at < self.ends_at
+        return not self.is_recurring and self.starts_at <= at < self.ends_at
+
+
+class EmergencyStop(models.Model):
+    """The emergency stop, pulled and released: while one has no `ended_at`, no promotion is queued or started
+    (copies already running finish)."""
+
+    reason = models.TextField()
+    started_by = models.CharField(max_length=150)
+    started_at = models.DateTimeField(default=timezone.now)
+    ended_by = models.CharField(max_length=150, blank=True, default="")
+    ended_at = models.DateTimeField(null=True, blank=True)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["active"], condition=Q(active=True), name="one_emergency_stop_at_a_time")
+        ]
+        permissions = [("use_emergency_stop", "Can stop and resume every promotion")]
+
+    def __str__(self) -> str:
+        return f"stop by {self.started_by} at {self.started_at:%Y-%m-%d %H:%M}"
 
 
 class AuditEntry(models.Model):
@@ -596,8 +748,9 @@ class ApiToken(models.Model):
 
     A CI token has an owner, the person who answers for it: it never has more rights than its owner has now, it stops
     working when its owner is deactivated, and its owner counts as the requester of what it requests. A system token
-    has no owner; what it requests needs two approvers where four-eyes applies. Only a peppered HMAC of the secret is
-    stored; see services/tokens.py for the format.
+    has no owner; what it requests needs two approvers where four-eyes applies, unless it was exchanged for the ID
+    token of a CI run whose triggering person is known (`triggered_by`), who then counts as the requester. Only a
+    peppered HMAC of the secret is stored; see services/tokens.py for the format.
     """
 
     class Kind(models.TextChoices):
@@ -619,6 +772,12 @@ class ApiToken(models.Model):
     )
     integrations = models.ManyToManyField(Integration, blank=True, related_name="tokens")
     scopes = models.JSONField(default=list)
+    # A token exchanged for a CI job's OIDC ID token: the job's identity (issuer, subject, the claims that matched),
+    # and the person who triggered the run when its `actor` claim names one, who counts as the requester.
+    ci_identity = models.JSONField(default=dict, blank=True)
+    triggered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     secret_hash = models.CharField(max_length=64, editable=False)
     pepper_id = models.CharField(max_length=32, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
@@ -707,11 +866,31 @@ class ImportJob(models.Model):
 
 
 class Webhook(models.Model):
-    """An integration's outgoing notification endpoint, signed with an HMAC secret (stored encrypted)."""
+    """An outgoing notification endpoint, signed with a secret (stored encrypted): an integration's, or system-wide
+    (no integration, from the config file's `notifications:` section, by name)."""
 
-    EVENTS = ["requested", "approved", "rejected", "succeeded", "failed", "rolled_back"]
+    EVENTS = [
+        "requested",
+        "approval_needed",
+        "approved",
+        "rejected",
+        "succeeded",
+        "failed",
+        "rolled_back",
+        "expired",
+        "stopped",
+    ]
 
-    integration = models.ForeignKey(Integration, on_delete=models.CASCADE, related_name="webhooks")
+    class Format(models.TextChoices):
+        JSON = "json", "JSON"
+        SLACK = "slack", "Slack (Block Kit)"
+        TEAMS = "teams", "Microsoft Teams (Adaptive Card)"
+
+    integration = models.ForeignKey(
+        Integration, null=True, blank=True, on_delete=models.CASCADE, related_name="webhooks"
+    )
+    name = models.CharField(max_length=63, blank=True, default="")
+    format = models.CharField(max_length=8, choices=Format.choices, default=Format.JSON)
     url = models.URLField(max_length=1024)
     secret_encrypted = models.TextField(editable=False)
     events = models.JSONField(default=list, blank=True)  # empty means every event
@@ -720,9 +899,12 @@ class Webhook(models.Model):
 
     class Meta:
         ordering = ["integration", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["name"], condition=Q(integration__isnull=True), name="system_webhook_name")
+        ]
 
     def __str__(self) -> str:
-        return f"{self.integration.name} → {self.url}"
+        return f"{self.integration.name if self.integration_id else self.name or 'system'} → {self.url}"
 
     def set_secret(self, secret: str) -> None:
         self.secret_encrypted = encrypt_json({"secret": secret})
@@ -762,3 +944,17 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} → webhook {self.webhook_id} ({self.response_status or self.error[:40] or 'pending'})"
+
+
+class NotificationPreference(models.Model):
+    """The kinds of email a person turned off (every kind is on until they do)."""
+
+    KINDS = ["approval_needed", "reminder", "succeeded", "failed", "rejected", "expired"]
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notification_preference"
+    )
+    muted = models.JSONField(default=list, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user}: muted {', '.join(self.muted) or 'nothing'}"

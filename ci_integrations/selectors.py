@@ -1,8 +1,9 @@
 """Read-side queries shared by the UI and the API.
 
-Visibility rule, applied to every API read: an integration a CI token was not given does not exist for it (the API
-answers 404, for reads and writes alike), so a token cannot probe for other teams' integrations. People, and their
-personal tokens, see every integration.
+Visibility rule, applied to every read of the UI and the API: an integration a CI token was not given does not exist
+for it (the API answers 404, for reads and writes alike), so a token cannot probe for other teams' integrations.
+People, and their personal tokens, see the integrations of their teams and those no team owns; auditors, platform
+admins and superusers see all (services/teams.py).
 
 Every selector runs a fixed number of queries whatever the data size: the matrix reads the denormalised
 Bucket.current_arrival, histories are bounded per bucket, and lists are keyset-paginated by id (never OFFSET, never a
@@ -32,11 +33,21 @@ from ci_integrations.models import (
     ImportJob,
     Integration,
     Promotion,
+    Team,
     WorkflowStep,
 )
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.errors import InvalidInput
+from ci_integrations.services.errors import InvalidInput, NotFound
+from ci_integrations.services.freeze import freeze_windows_upcoming
 from ci_integrations.services.rows import columns, fetch_one, table
+from ci_integrations.services.teams import (
+    ROLE_RELEASE_MANAGERS,
+    has_role,
+    managed_team_ids_of,
+    sees_every_team,
+    team_ids_of,
+    visible_integrations_q,
+)
 
 OVERVIEW_PAGE_SIZE = 100
 HISTORY_PER_BUCKET = 10
@@ -72,10 +83,12 @@ class Matrix:
     next_after: str | None  # the name to continue from, when there are more integrations
 
 
-def integration_matrix(*, after: str = "", limit: int = OVERVIEW_PAGE_SIZE) -> Matrix:
-    """Integrations (keyset-paginated by name) × environments, each cell the bucket's current arrival. Two queries."""
+def integration_matrix(user, *, after: str = "", limit: int = OVERVIEW_PAGE_SIZE) -> Matrix:
+    """The integrations `user` sees (keyset-paginated by name) × environments, each cell the bucket's current
+    arrival. Two queries."""
     after = after.replace("\x00", "")  # a cursor from the query string; PostgreSQL text cannot hold NUL
-    integrations = list(Integration.objects.filter(name__gt=after).order_by("name")[: limit + 1])
+    visible = Integration.objects.filter(visible_integrations_q(user))
+    integrations = list(visible.filter(name__gt=after).order_by("name")[: limit + 1])
     more = len(integrations) > limit
     integrations = integrations[:limit]
     buckets = (
@@ -127,31 +140,39 @@ def approvals_waiting_for(user, *, limit: int = INBOX_PAGE_SIZE, related=INBOX_R
     if not user.has_perm("ci_integrations.approve_promotion"):
         return []
     group_ids = [g.pk for g in user.groups.all()]
+    by_group = Q(step__approver_group__isnull=True) | Q(step__approver_group__in=group_ids)
+    # "@release_managers": the integration's team's release managers (for an integration no team owns: people
+    # with the release-managers role).
+    teamless = Q(integration__team__isnull=True) if has_role(user, ROLE_RELEASE_MANAGERS) else Q(pk__in=[])
+    by_team = Q(step__approvers_from_team=True) & (Q(integration__team_id__in=managed_team_ids_of(user)) | teamless)
     return list(
         Promotion.objects.filter(state=Promotion.State.PENDING_APPROVAL)
+        .filter(visible_integrations_q(user, "integration__"))
         # NOT EXISTS rather than .exclude(approvals__user=…): the same rows, without a reverse join whose planning
         # costs the overview more CPU than the database spends on it.
         .exclude(Exists(Approval.objects.filter(promotion=OuterRef("pk"), user=user)))
         .exclude(Q(requested_by=user) & ~Q(step__self_approval=True))
-        .filter(Q(step__approver_group__isnull=True) | Q(step__approver_group__in=group_ids))
+        .filter((Q(step__approvers_from_team=False) & by_group) | by_team)
         .select_related(*related)
         .order_by("created_at", "id")[:limit]
     )
 
 
-def promotions_pending(*, limit: int = INBOX_PAGE_SIZE) -> list[Promotion]:
-    """Every promotion pending approval, oldest first (for people who cannot decide on them)."""
+def promotions_pending(user, *, limit: int = INBOX_PAGE_SIZE) -> list[Promotion]:
+    """Every promotion pending approval that `user` can see, oldest first (for people who cannot decide on them)."""
     return list(
         Promotion.objects.filter(state=Promotion.State.PENDING_APPROVAL)
+        .filter(visible_integrations_q(user, "integration__"))
         .select_related(*INBOX_RELATED)
         .order_by("created_at", "id")[:limit]
     )
 
 
-def promotions_failed_recently(*, days: int = FAILED_RECENT_DAYS, limit: int = 10) -> list[Promotion]:
+def promotions_failed_recently(user, *, days: int = FAILED_RECENT_DAYS, limit: int = 10) -> list[Promotion]:
     since = timezone.now() - timedelta(days=days)
     return list(
         Promotion.objects.filter(state=Promotion.State.FAILED, created_at__gte=since)
+        .filter(visible_integrations_q(user, "integration__"))
         .select_related("integration", "to_bucket")
         .order_by("-created_at", "-id")[:limit]
     )
@@ -320,7 +341,7 @@ def promotion_for_decision(pk: int) -> Promotion:
 
 def promotion_progress(pk: int) -> Promotion:
     """Only what the live progress partial needs (polled every second or two)."""
-    return Promotion.objects.select_related("to_bucket").get(pk=pk)
+    return Promotion.objects.select_related("to_bucket", "integration").get(pk=pk)
 
 
 def promotion_timeline(pk: int, *, limit: int = 50) -> list[AuditEntry]:
@@ -446,19 +467,33 @@ def environment_names() -> set[str]:
 
 
 def freeze_windows_recent(*, limit: int = 100) -> list[FreezeWindow]:
-    """Freeze windows that have not ended long ago, latest start first."""
+    """Recurring windows, and one-off ones that have not ended long ago; latest start first."""
     since = timezone.now() - timedelta(days=30)
-    return list(FreezeWindow.objects.filter(ends_at__gte=since).order_by("-starts_at")[:limit])
+    windows = FreezeWindow.objects.filter(Q(ends_at__gte=since) | Q(ends_at__isnull=True))
+    return list(windows.order_by(F("starts_at").desc(nulls_first=True), "name")[:limit])
+
+
+def freeze_windows_next_by_environment(*, days: int = 14, per_environment: int = 3) -> list[tuple[str, list]]:
+    """For each environment, the next stretches of time freeze windows cover over the coming `days` (windows that
+    name no environment count for every one)."""
+    return [
+        (env, occurrences)
+        for env in sorted(environment_names())
+        if (occurrences := freeze_windows_upcoming(env=env, days=days, limit=per_environment))
+    ]
 
 
 # --- the API: what a caller may see ----------------------------------------------------------------------------------
 
 
 def integrations_visible_to(actor: Actor) -> QuerySet[Integration]:
-    """The integrations `actor` may see: a CI token's own, or all of them for a person."""
+    """The integrations `actor` may see: a CI token's own, a person's (their teams' and those no team owns, or all
+    for auditors and platform admins), or all of them for the system."""
     if actor.is_ci_token:
         return Integration.objects.filter(tokens=actor.token)
-    return Integration.objects.all()
+    if actor.user is None:
+        return Integration.objects.all()
+    return Integration.objects.filter(visible_integrations_q(actor.user))
 
 
 def integration_visible_to(actor: Actor, name: str) -> Integration | None:
@@ -472,6 +507,10 @@ def integration_visible_to(actor: Actor, name: str) -> Integration | None:
             f" AND l.{link._meta.get_field('apitoken').column} = %s)"
         )
         params.append(actor.token.pk)
+    elif actor.user is not None and not sees_every_team(actor.user):
+        teams = sorted(team_ids_of(actor.user))
+        sql += " AND (i.team_id IS NULL" + "".join(" OR i.team_id = %s" for _ in teams) + ")"
+        params.extend(teams)
     found = fetch_one(sql, params, [(Integration, "i")])
     return found[0] if found else None
 
@@ -561,8 +600,41 @@ def promotion_as_shown(pk: int) -> Promotion:
 
 
 def audit_entries_visible_to(actor: Actor, filters: AuditFilters) -> QuerySet[AuditEntry]:
-    """Filtered audit entries; a CI token sees its integrations' entries only."""
+    """Filtered audit entries; a CI token sees its integrations' entries only, and a person who is not an auditor
+    sees the entries of the integrations they see and those about no integration."""
     entries = filters.queryset()
     if actor.is_ci_token:
         entries = entries.filter(integration__in=integrations_visible_to(actor).values("name"))
+    elif actor.user is not None and not sees_every_team(actor.user):
+        entries = entries.filter(Q(integration="") | Q(integration__in=integrations_visible_to(actor).values("name")))
     return entries
+
+
+def insight_integration_ids(actor: Actor, *, team: str = "", integration: str = "") -> list[int] | None:
+    """Which integrations an insights report covers: the named integration, the named team's, or every one the
+    actor sees (None when that is all of them). Raises NotFound for a team or integration the actor cannot see."""
+    visible = integrations_visible_to(actor)
+    if integration:
+        visible = visible.filter(name=integration)
+    if team:
+        if not Team.objects.filter(name=team).exists():
+            raise NotFound(f"no team named {team!r}")
+        visible = visible.filter(team__name=team)
+    ids = list(visible.values_list("pk", flat=True))
+    if integration and not ids:
+        raise NotFound(f"no integration named {integration!r}" + (f" in team {team!r}" if team else ""))
+    if not (team or integration) and (actor.user is None or sees_every_team(actor.user)) and not actor.is_ci_token:
+        return None
+    return ids
+
+
+def team_names_visible_to(actor: Actor) -> list[str]:
+    """The teams whose integrations the actor sees (every team for auditors and platform admins)."""
+    if actor.user is not None and not actor.is_ci_token and sees_every_team(actor.user):
+        return list(Team.objects.order_by("name").values_list("name", flat=True))
+    return list(
+        Team.objects.filter(integrations__in=integrations_visible_to(actor))
+        .distinct()
+        .order_by("name")
+        .values_list("name", flat=True)
+    )

@@ -1,16 +1,17 @@
 """UI routes."""
 
-from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from ci_integrations import insight_views, metrics_endpoint, views
+from ci_integrations import insight_views, metrics_endpoint, sso_views, views
 from ci_integrations.forms import SignInForm
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("metrics", metrics_endpoint.metrics, name="metrics"),
     path("login/", views.SignInView.as_view(authentication_form=SignInForm), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/sso/", sso_views.sso_start, name="sso_start"),
+    path("login/sso/callback/", sso_views.sso_callback, name="sso_callback"),
+    path("logout/", sso_views.SignOutView.as_view(), name="logout"),
     path("", views.overview, name="overview"),
     path("integrations/<slug:name>/", views.integration_page, name="integration"),
     path("integrations/<slug:name>/<slug:env>/rollback/<int:arrival_pk>/", views.rollback, name="rollback"),
@@ -31,6 +32,7 @@ urlpatterns = [
     path("audit/badge/", views.audit_badge, name="audit_badge"),
     path("tokens/", views.tokens, name="tokens"),
     path("tokens/<int:pk>/revoke/", views.token_revoke_view, name="token_revoke"),
+    path("stop/", views.emergency_stop, name="emergency_stop"),
     path("freeze-windows/", views.freeze_windows, name="freeze_windows"),
     path("freeze-windows/<int:pk>/end/", views.freeze_window_end_view, name="freeze_window_end"),
 ]

@@ -28,12 +28,23 @@ from ci_integrations.forms import (
     AuditFilterForm,
     CancelForm,
     DecisionForm,
+    EmergencyStopForm,
     FreezeWindowForm,
     PromoteForm,
     RollbackForm,
     TokenCreateForm,
 )
-from ci_integrations.models import ApiToken, Arrival, Artifact, Bucket, FreezeWindow, Integration, Promotion
+from ci_integrations.models import (
+    ApiToken,
+    Arrival,
+    Artifact,
+    Bucket,
+    EmergencyStop,
+    FreezeWindow,
+    Integration,
+    PersonIdentity,
+    Promotion,
+)
 from ci_integrations.services import approvals as approval_service
 from ci_integrations.services import promotions as promotion_service
 from ci_integrations.services.actors import Actor
@@ -41,35 +52,58 @@ from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
 from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
 from ci_integrations.services.copying import promotion_preflight
+from ci_integrations.services.emergency_stop import emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
+from ci_integrations.services.identity import SESSION_SIGNED_IN_AT, SESSION_SIGNED_IN_WITH, sign_in_record
 from ci_integrations.services.policy import promotion_evaluate, promotion_reevaluate
+from ci_integrations.services.teams import sees_integration
 from ci_integrations.services.tokens import PERSONAL_SCOPES, token_create, token_revoke
 
 REQUEST = "ci_integrations.request_promotion"
 APPROVE = "ci_integrations.approve_promotion"
 AUDIT = "ci_integrations.export_auditentry"
 FREEZE = "ci_integrations.add_freezewindow"
+STOP = "ci_integrations.use_emergency_stop"
 CI_TOKENS = "ci_integrations.add_ci_token"
 # htmx stops polling when a response has this status (https://htmx.org/attributes/hx-trigger/).
 HTMX_STOP_POLLING = 286
-# Where the session keeps the time of its last sign-in (or re-entered password), as an ISO timestamp.
-SIGNED_IN_AT = "p2p_signed_in_at"
+SIGNED_IN_AT = SESSION_SIGNED_IN_AT
+SIGNED_IN_WITH = SESSION_SIGNED_IN_WITH
 FRESH_SIGN_IN_FROM = 2  # approvals a step needs before approving into it asks for a recent sign-in
 
 
 class SignInView(auth_views.LoginView):
-    """Django's sign-in page, remembering when the person signed in: approving into high-stakes steps needs a
-    recent sign-in."""
+    """The sign-in page: "Sign in with <provider>" when single sign-on is configured, and the password form unless
+    P2P_LOCAL_LOGIN is 0 (then only at /login/?local=1, for superusers: break-glass). A password sign-in is recorded
+    (identity.sign_in_record) and remembered with its time: approving into high-stakes steps needs a recent one."""
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["sso_name"] = settings.P2P_OIDC_NAME if settings.P2P_OIDC_ISSUER else ""
+        context["local_login"] = (
+            settings.P2P_LOCAL_LOGIN or self.request.GET.get("local") == "1" or self.request.method == "POST"
+        )
+        context["local_login_off"] = not settings.P2P_LOCAL_LOGIN
+        return context
 
     def form_valid(self, form):
         response = super().form_valid(form)
+        sign_in_record(
+            form.get_user(), method=PersonIdentity.Method.LOCAL, request_id=getattr(self.request, "request_id", "")
+        )
         self.request.session[SIGNED_IN_AT] = timezone.now().isoformat()
+        self.request.session[SIGNED_IN_WITH] = PersonIdentity.Method.LOCAL
         return response
 
 
+def _signed_in_with_sso(request: HttpRequest) -> bool:
+    return bool(settings.P2P_OIDC_ISSUER) and request.session.get(SIGNED_IN_WITH) == PersonIdentity.Method.SSO
+
+
 def fresh_sign_in_needed(request: HttpRequest, promotion: Promotion) -> str | None:
-    """Why approving `promotion` needs the password again, or None.
+    """Why approving `promotion` needs a fresh sign-in (the password again, or the identity provider again for a
+    single sign-on), or None.
 
     A step that needs two or more approvals guards something that matters (prod, usually); a session left open on a
     shared screen must not approve into it. So the last sign-in must be at most P2P_REAUTH_MINUTES old.
@@ -83,23 +117,36 @@ def fresh_sign_in_needed(request: HttpRequest, promotion: Promotion) -> str | No
         signed_in_at = None
     if signed_in_at is not None and timezone.now() - signed_in_at <= limit:
         return None
-    return (
-        f"approving into {promotion.to_bucket.env} needs a sign-in from the last {settings.P2P_REAUTH_MINUTES} "
-        "minutes: enter your password again"
+    again = (
+        f"sign in again with {settings.P2P_OIDC_NAME}" if _signed_in_with_sso(request) else "enter your password again"
     )
+    minutes = settings.P2P_REAUTH_MINUTES
+    return f"approving into {promotion.to_bucket.env} needs a sign-in from the last {minutes} minutes: {again}"
 
 
 def _confirm_sign_in(request: HttpRequest, form: DecisionForm, promotion: Promotion) -> bool:
     """True when no fresh sign-in is needed, or the password just typed is right (which makes the sign-in fresh).
-    A wrong password counts as a failed sign-in for the lockout, like the sign-in page's."""
+    A wrong password counts as a failed sign-in for the lockout, like the sign-in page's. A single sign-on is made
+    fresh at the provider instead (the panel links there), never with a password."""
     if fresh_sign_in_needed(request, promotion) is None:
         return True
+    if _signed_in_with_sso(request):
+        form.add_error(None, f"Sign in again with {settings.P2P_OIDC_NAME} to approve.")
+        return False
     password = form.cleaned_data.get("password") or ""
     if password and authenticate(request, username=request.user.get_username(), password=password) == request.user:
         request.session[SIGNED_IN_AT] = timezone.now().isoformat()
         return True
     form.add_error("password", "That is not your password." if password else "Enter your password to approve.")
     return False
+
+
+def shown_to(request: HttpRequest, integration: Integration, what: str):
+    """`integration`, or a 404 when the person is not in the team that owns it: outsiders learn nothing, not even
+    that it exists."""
+    if not sees_integration(request.user, integration):
+        raise Http404(what)
+    return integration
 
 
 def permission(perm: str) -> Callable:
@@ -132,7 +179,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
-    matrix = selectors.integration_matrix(after=request.GET.get("after", "")[:63])
+    matrix = selectors.integration_matrix(request.user, after=request.GET.get("after", "")[:63])
     waiting = selectors.approvals_waiting_for(
         request.user, limit=selectors.INBOX_PAGE_SIZE + 1, related=("integration", "to_bucket")
     )
@@ -140,7 +187,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "matrix": matrix,
         "waiting": waiting[: selectors.INBOX_PAGE_SIZE],
         "waiting_more": len(waiting) > selectors.INBOX_PAGE_SIZE,
-        "failed": selectors.promotions_failed_recently(),
+        "failed": selectors.promotions_failed_recently(request.user),
         "failed_days": selectors.FAILED_RECENT_DAYS,
     }
     return render(request, "ci_integrations/overview.html", context)
@@ -158,6 +205,7 @@ def integration_page(request: HttpRequest, name: str) -> HttpResponse:
         detail = selectors.integration_detail(name=name, artifacts_before=_int_param(request, "before"))
     except Integration.DoesNotExist:
         raise Http404(f"No integration named {name!r}.") from None
+    shown_to(request, detail.integration, f"No integration named {name!r}.")
     return render(request, "ci_integrations/integration.html", {"detail": detail})
 
 
@@ -168,6 +216,7 @@ def artifact_page(request: HttpRequest, pk: int) -> HttpResponse:
         detail = selectors.artifact_detail(pk=pk)
     except Artifact.DoesNotExist:
         raise Http404("No such artifact.") from None
+    shown_to(request, detail.artifact.integration, "No such artifact.")
     return render(request, "ci_integrations/artifact.html", {"detail": detail})
 
 
@@ -180,6 +229,7 @@ def promotion_page(request: HttpRequest, pk: int) -> HttpResponse:
             promotion = selectors.promotion_progress(pk)
         except Promotion.DoesNotExist:
             raise Http404("No such promotion.") from None
+        shown_to(request, promotion.integration, "No such promotion.")
         response = render(request, "ci_integrations/partials/promotion_live.html", {"promotion": promotion})
         if promotion.is_final:
             response.status_code = HTMX_STOP_POLLING
@@ -188,6 +238,7 @@ def promotion_page(request: HttpRequest, pk: int) -> HttpResponse:
         promotion = selectors.promotion_detail(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
     context = {"promotion": promotion, "timeline": selectors.promotion_timeline(pk)}
     return render(request, "ci_integrations/promotion.html", context)
 
@@ -213,6 +264,7 @@ def _decision_context(request: HttpRequest, promotion: Promotion, form: Decision
         "may_reject": request.user.has_perm(APPROVE) and block is not None and block.kind == "freeze",
         # Not "block": inside {% block %} of a page that extends base.html, Django's templates take that name.
         "fresh_sign_in": fresh_sign_in_needed(request, promotion),
+        "fresh_with_sso": _signed_in_with_sso(request),
         "why_not": (block.message if block else None)
         if request.user.has_perm(APPROVE)
         else "You are not in a role that approves promotions.",
@@ -232,6 +284,7 @@ def approval_panel(request: HttpRequest, pk: int) -> HttpResponse:
         promotion = selectors.promotion_for_decision(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
     if promotion.state != Promotion.State.PENDING_APPROVAL:
         context = {"promotion": promotion}
         template = "ci_integrations/partials/decided.html"
@@ -250,7 +303,7 @@ def approval_panel(request: HttpRequest, pk: int) -> HttpResponse:
 def approvals(request: HttpRequest) -> HttpResponse:
     mine = selectors.approvals_waiting_for(request.user)
     waiting_ids = {p.pk for p in mine}
-    others = [p for p in selectors.promotions_pending() if p.pk not in waiting_ids]
+    others = [p for p in selectors.promotions_pending(request.user) if p.pk not in waiting_ids]
     return render(request, "ci_integrations/approvals.html", {"mine": mine, "others": others})
 
 
@@ -271,6 +324,7 @@ def _target_bucket(artifact: Artifact, env: str) -> Bucket:
 def promote(request: HttpRequest, pk: int, env: str) -> HttpResponse:
     """GET previews (policy checklist and preflight); POST confirms and creates the request."""
     artifact = get_object_or_404(Artifact.objects.select_related("integration"), pk=pk)
+    shown_to(request, artifact.integration, "No such artifact.")
     target = _target_bucket(artifact, env)
     form = PromoteForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -282,6 +336,7 @@ def promote(request: HttpRequest, pk: int, env: str) -> HttpResponse:
                 tag=form.cleaned_data["tag"] or None,
                 reason=form.cleaned_data["reason"],
                 freeze_override_reason=form.cleaned_data["freeze_override_reason"],
+                not_before=form.cleaned_data["not_before"],
             )
         except ServiceError as exc:
             messages.error(request, exc.message)
@@ -321,6 +376,7 @@ def rollback(request: HttpRequest, name: str, env: str, arrival_pk: int) -> Http
         bucket__integration__name=name,
         bucket__env=env,
     )
+    shown_to(request, arrival.bucket.integration, f"No integration named {name!r}.")
     form = RollbackForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -349,7 +405,8 @@ def _promotion_action(
     With a form that does not validate nothing is done: the errors are shown instead (a reason with a control
     character must not turn into a cancel without its reason).
     """
-    promotion = get_object_or_404(Promotion, pk=pk)
+    promotion = get_object_or_404(Promotion.objects.select_related("integration"), pk=pk)
+    shown_to(request, promotion.integration, "No such promotion.")
     if form is not None and not form.is_valid():
         for name, errors in form.errors.items():
             label = form.fields[name].label or name.capitalize() if name in form.fields else ""
@@ -374,6 +431,7 @@ def _decision(request: HttpRequest, pk: int, action: Callable[..., object], done
         promotion = selectors.promotion_for_decision(pk)
     except Promotion.DoesNotExist:
         raise Http404("No such promotion.") from None
+    shown_to(request, promotion.integration, "No such promotion.")
     approving = action is approval_service.promotion_approve
     if form.is_valid() and (not approving or _confirm_sign_in(request, form, promotion)):
         return _promotion_action(request, pk, action, done, comment=form.cleaned_data["comment"])
@@ -572,7 +630,12 @@ def freeze_windows(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Freeze window {window.name!r} created.")
             return redirect("freeze_windows")
-    context = {"form": form, "windows": selectors.freeze_windows_recent(), "now": timezone.now()}
+    context = {
+        "form": form,
+        "windows": selectors.freeze_windows_recent(),
+        "upcoming": selectors.freeze_windows_next_by_environment(),
+        "now": timezone.now(),
+    }
     return render(request, "ci_integrations/freeze_windows.html", context)
 
 
@@ -585,5 +648,30 @@ def freeze_window_end_view(request: HttpRequest, pk: int) -> HttpResponse:
     except ServiceError as exc:
         messages.error(request, exc.message)
     else:
-        messages.success(request, f"Freeze window {window.name!r} ended.")
+        messages.success(request, f"Freeze window {window.name!r} {'removed' if window.is_recurring else 'ended'}.")
     return redirect("freeze_windows")
+
+
+# --- the emergency stop -------------------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@permission(STOP)
+def emergency_stop(request: HttpRequest) -> HttpResponse:
+    """The switch: pull it with a reason, or release it."""
+    form = EmergencyStopForm(request.POST or None)
+    if request.method == "POST":
+        actor = Actor.from_request(request)
+        try:
+            if request.POST.get("action") == "release":
+                emergency_stop_release(actor=actor)
+                messages.success(request, "Emergency stop released: promotions go again.")
+                return redirect("emergency_stop")
+            if form.is_valid():
+                emergency_stop_pull(reason=form.cleaned_data["reason"], actor=actor)
+                messages.success(request, "Emergency stop pulled: no promotion starts until it is released.")
+                return redirect("emergency_stop")
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+    history = EmergencyStop.objects.order_by("-started_at", "-id")[:20]
+    return render(request, "ci_integrations/emergency_stop.html", {"form": form, "history": history})

@@ -2,6 +2,8 @@
 
 import re
 import uuid
+from functools import lru_cache
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
@@ -22,6 +24,16 @@ class RequestIdMiddleware:
         return response
 
 
+@lru_cache(maxsize=8)
+def content_security_policy(policy: str, issuer: str) -> str:
+    """`policy`, with the single sign-on provider's origin added to form-action: signing out is a form whose answer
+    redirects to the provider's end-session endpoint, and browsers hold redirects after a form to form-action too."""
+    if not issuer:
+        return policy
+    parts = urlsplit(issuer)
+    return policy.replace("form-action 'self'", f"form-action 'self' {parts.scheme}://{parts.netloc}")
+
+
 class ContentSecurityPolicyMiddleware:
     """Set a strict CSP: the portal loads only its own scripts and styles."""
 
@@ -30,5 +42,8 @@ class ContentSecurityPolicyMiddleware:
 
     def __call__(self, request):
         response = self.get_response(request)
-        response.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
+        response.setdefault(
+            "Content-Security-Policy",
+            content_security_policy(settings.CONTENT_SECURITY_POLICY, settings.P2P_OIDC_ISSUER),
+        )
         return response

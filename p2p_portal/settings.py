@@ -141,6 +141,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "ci_integrations.context_processors.emergency_stop",
             ],
         },
     },
@@ -202,10 +203,21 @@ P2P_AUDIT_CHECKPOINT_SECONDS = env_whole_number("P2P_AUDIT_CHECKPOINT_SECONDS", 
 P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 20000)
 
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
+# Seconds between scheduler passes (auto steps whose soak or freeze ended, scheduled promotions, approval expiry).
+P2P_SCHEDULER_SECONDS = env_whole_number("P2P_SCHEDULER_SECONDS", 30)
+# Hours a promotion may wait for its approvers before they are reminded by email.
+P2P_REMINDER_HOURS = env_whole_number("P2P_REMINDER_HOURS", 24)
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
 P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
+# CI's OIDC token exchange (POST /api/v1/auth/oidc/): minutes an exchanged CI token lives at most (never past the ID
+# token's own expiry), and how long an issuer's discovery document and keys are kept before they are fetched again.
+P2P_OIDC_CI_TOKEN_MINUTES = env_whole_number("P2P_OIDC_CI_TOKEN_MINUTES", 60)
+P2P_OIDC_JWKS_CACHE_SECONDS = env_whole_number("P2P_OIDC_JWKS_CACHE_SECONDS", 300)
+# A plain-HTTP issuer on loopback (a local identity provider) is for development and tests only; production issuers
+# are https and never on internal addresses.
+P2P_OIDC_ALLOW_HTTP_LOOPBACK = DEBUG
 
 # Shared cache (API rate limits are counted here, so every web replica counts together).
 CACHES = {
@@ -220,7 +232,10 @@ P2P_API_TOKEN_RATE = os.environ.get("P2P_API_TOKEN_RATE", "1200/minute")
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's password check, refusing everyone but superusers when P2P_LOCAL_LOGIN is 0.
+    "p2p_portal.auth_backends.LocalPasswordBackend",
+    # What team membership gives (view, request; release managers also approve and make tokens).
+    "ci_integrations.services.teams.TeamPermissionBackend",
 ]
 AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("AXES_COOLOFF_MINUTES", "15")))
@@ -241,6 +256,39 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 # Approving into a step that needs two or more approvals asks for the password again when the sign-in is older.
 P2P_REAUTH_MINUTES = env_whole_number("P2P_REAUTH_MINUTES", 15)
+
+# Single sign-on with an OpenID Connect provider (docs/configuration.md#single-sign-on). No issuer: local users only.
+P2P_OIDC_ISSUER = os.environ.get("P2P_OIDC_ISSUER", "").strip()
+P2P_OIDC_CLIENT_ID = os.environ.get("P2P_OIDC_CLIENT_ID", "").strip()
+# Empty for a public client (PKCE alone); otherwise sent with HTTP Basic (client_secret_basic) to the token endpoint.
+P2P_OIDC_CLIENT_SECRET = os.environ.get("P2P_OIDC_CLIENT_SECRET", "")
+P2P_OIDC_SCOPES = os.environ.get("P2P_OIDC_SCOPES", "").split() or ["openid", "email", "profile", "groups"]
+P2P_OIDC_USERNAME_CLAIM = os.environ.get("P2P_OIDC_USERNAME_CLAIM", "").strip() or "preferred_username"
+# Set to "" (the variable set and empty) for a provider that sends no groups: people then get no role from it.
+P2P_OIDC_GROUPS_CLAIM = os.environ.get("P2P_OIDC_GROUPS_CLAIM", "groups").strip()
+P2P_OIDC_NAME = os.environ.get("P2P_OIDC_NAME", "").strip() or "single sign-on"
+# 0: the sign-in page offers single sign-on only; a password signs in superusers alone (break-glass, /login/?local=1).
+P2P_LOCAL_LOGIN = env_bool("P2P_LOCAL_LOGIN", default=True)
+if P2P_OIDC_ISSUER:
+    _issuer = urlsplit(P2P_OIDC_ISSUER)
+    _loopback = _issuer.hostname == "localhost"
+    try:
+        _loopback = _loopback or ipaddress.ip_address(_issuer.hostname or "").is_loopback
+    except ValueError:
+        pass
+    if not _issuer.hostname or _issuer.query or _issuer.fragment or _issuer.scheme not in ("https", "http"):
+        raise ImproperlyConfigured(f"P2P_OIDC_ISSUER {P2P_OIDC_ISSUER!r} is not an issuer URL (https://host/path).")
+    if _issuer.scheme == "http" and not (_loopback and P2P_OIDC_ALLOW_HTTP_LOOPBACK):
+        raise ImproperlyConfigured(
+            f"P2P_OIDC_ISSUER {P2P_OIDC_ISSUER!r} must use https: plain http is accepted only on loopback "
+            "(127.0.0.1, ::1, localhost) in development (DEBUG on), for development and tests."
+        )
+    if not P2P_OIDC_CLIENT_ID:
+        raise ImproperlyConfigured("P2P_OIDC_ISSUER is set but P2P_OIDC_CLIENT_ID is not.")
+    if "openid" not in P2P_OIDC_SCOPES:
+        raise ImproperlyConfigured(f"P2P_OIDC_SCOPES {' '.join(P2P_OIDC_SCOPES)!r} must include openid.")
+elif not P2P_LOCAL_LOGIN:
+    raise ImproperlyConfigured("P2P_LOCAL_LOGIN=0 needs single sign-on: set P2P_OIDC_ISSUER, or nobody can sign in.")
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "overview"
 LOGOUT_REDIRECT_URL = "login"
@@ -349,5 +397,7 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "botocore": {"level": _NO_DEBUG},
         "boto3": {"level": _NO_DEBUG},
+        # authlib logs the PKCE code verifier at DEBUG.
+        "authlib": {"level": _NO_DEBUG},
     },
 }

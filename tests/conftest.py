@@ -76,3 +76,17 @@ def run_worker(rq_queues):
         SimpleWorker(queues, connection=queues[0].connection).work(burst=True)
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_cached_emergency_stop_banner():
+    """The banner of an emergency stop a test pulled is cached for seconds: no later test may see it."""
+    yield
+    from django.core.cache import cache
+
+    from ci_integrations.services.emergency_stop import BANNER_KEY
+
+    try:
+        cache.delete(BANNER_KEY)
+    except Exception:  # noqa: BLE001 - no Redis, no cached banner
+        pass

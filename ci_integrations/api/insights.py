@@ -15,14 +15,14 @@ from rest_framework.response import Response
 from ci_integrations import selectors
 from ci_integrations.api.schema import READ_ERRORS, api_operation
 from ci_integrations.api.serializers import Line, QueryIn, valid_environment, valid_name
-from ci_integrations.api.views import ApiView, integration_for
+from ci_integrations.api.views import ApiView
 from ci_integrations.insights import KEYS, DoraFigures, DoraReport, dora_report
 
 ALL_INTEGRATIONS = "(all)"  # the CSV's total row: never an integration name, which is a slug
 
 
 class DoraQueryIn(QueryIn):
-    team = Line(max_length=63, required=False, allow_blank=True, default="")  # accepted; teams are not modelled yet
+    team = Line(max_length=63, required=False, allow_blank=True, default="", validators=[valid_name])
     integration = Line(max_length=63, required=False, allow_blank=True, default="", validators=[valid_name])
     env = Line(max_length=63, required=False, default="prod", validators=[valid_environment])
     days = serializers.IntegerField(min_value=1, max_value=366, required=False, default=30)
@@ -62,7 +62,9 @@ class DoraOut(DoraFiguresOut):
     since = serializers.DateTimeField()
     until = serializers.DateTimeField()
     integration = serializers.CharField(allow_null=True)
-    team = serializers.CharField(allow_null=True, help_text="accepted and ignored until teams exist")
+    team = serializers.CharField(
+        allow_null=True, help_text="the team whose integrations were measured, if one was chosen"
+    )
     period = serializers.ChoiceField(choices=["day", "week"])
     integrations = DoraIntegrationOut(many=True)
     series = DoraPeriodOut(many=True)
@@ -136,15 +138,13 @@ class DoraView(ApiView):
     def get(self, request):
         """The four DORA keys of one environment (prod by default) over the last `days` days (UTC, today included),
         overall, per integration and per day (per week beyond a month), each with its DORA 2023 band.
-        `format=csv` answers the table as CSV. A CI token sees its own integrations only. `team` is accepted and
-        ignored until teams exist."""
+        `format=csv` answers the table as CSV. `team` measures that team's integrations. Everyone sees the figures
+        of the integrations they see: a CI token its own, a person their teams' (all for auditors and platform
+        admins)."""
         query = self.parse(DoraQueryIn, request.query_params)
-        actor = self.actor()
-        integration_ids = None
-        if query["integration"]:
-            integration_ids = [integration_for(request, query["integration"]).pk]
-        elif actor.is_ci_token:
-            integration_ids = list(selectors.integrations_visible_to(actor).values_list("pk", flat=True))
+        integration_ids = selectors.insight_integration_ids(
+            self.actor(), team=query["team"], integration=query["integration"]
+        )
         report = dora_report(env=query["env"], days=query["days"], integration_ids=integration_ids)
         if query["format"] == "csv":
             response = HttpResponse(dora_as_csv(report), content_type="text/csv; charset=utf-8")

@@ -80,17 +80,20 @@ def api_operation(
     personal_only: bool = False,
     links: dict[int, dict[str, tuple[str, str]]] | None = None,
     method: str = "",
+    anonymous: bool = False,
+    idempotency_key: bool = True,
 ):
     """`extend_schema` for one v1 operation, with its error answers, headers, security and links (see above).
 
     `links` maps a status to {link name: (target operation id, the target's path parameter)}; the parameter takes
-    the answer's `id`. `method` is only needed when it is not obvious from `request` (a POST without a body)."""
+    the answer's `id`. `method` is only needed when it is not obvious from `request` (a POST without a body).
+    `anonymous` operations take no token (the OIDC exchange); `idempotency_key=False` where no token means no key."""
     documented = dict(responses)
     for status in sorted(errors):
         documented.setdefault(status, OpenApiResponse(response=ErrorOut, description=ERROR_MEANINGS[status]))
     is_post = request is not None or method.upper() == "POST"
     params = [*(parameters or []), RETRY_AFTER]
-    if is_post:
+    if is_post and idempotency_key and not anonymous:
         params.append(IDEMPOTENCY_KEY)
     for status, targets in (links or {}).items():
         for name, (target, parameter) in targets.items():
@@ -103,7 +106,7 @@ def api_operation(
         request=request,
         responses=documented,
         parameters=params,
-        auth=PERSONAL_ONLY if personal_only else ANY_TOKEN,
+        auth=[] if anonymous else PERSONAL_ONLY if personal_only else ANY_TOKEN,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from django.core.validators import RegexValidator
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -337,6 +338,16 @@ class CheckIn(StrictInput):
 # --- promotions ---------------------------------------------------------------------------------------------------
 
 
+class OffsetDateTime(serializers.DateTimeField):
+    """An ISO 8601 date-time that must carry its UTC offset: a bare local time would be read in the server's zone,
+    which is never what the caller meant."""
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            raise serializers.ValidationError("give the time with its UTC offset, like 2027-01-05T09:00+01:00")
+        return super().enforce_timezone(value)
+
+
 class PromotionIn(StrictInput):
     integration = Line(max_length=63, validators=[valid_name])
     artifact = Line(max_length=128, help_text="artifact id, digest (sha256:…) or tag")
@@ -352,6 +363,10 @@ class PromotionIn(StrictInput):
     )
     reason = Text()
     freeze_override_reason = Text()
+    not_before = OffsetDateTime(
+        required=False,
+        help_text="start the copy no earlier than this (with its UTC offset); approvals may be given before",
+    )
 
 
 class ApprovalOut(serializers.Serializer):
@@ -383,10 +398,13 @@ class PromotionOut(serializers.Serializer):
     required_approvals = serializers.IntegerField()
     approvals = ApprovalOut(many=True)
     requested_by = serializers.CharField(source="requested_by_label")
+    ci_identity = serializers.JSONField(help_text="the CI job behind an exchanged token: issuer, subject, claims")
     reason = serializers.CharField()
     progress = serializers.SerializerMethodField()
     log_tail = serializers.SerializerMethodField()
     error = serializers.CharField()
+    not_before = serializers.DateTimeField(allow_null=True, help_text="the copy starts no earlier than this")
+    waiting_for = serializers.CharField(help_text="why an approved promotion is not queued yet (empty otherwise)")
     result_digest = serializers.CharField()
     attempts = serializers.IntegerField()
     created_at = serializers.DateTimeField()
@@ -489,6 +507,22 @@ class AuditVerifyOut(serializers.Serializer):
     verified_at = serializers.CharField(allow_null=True, help_text="when the last background run finished")
 
 
+# --- CI's OIDC token exchange ---------------------------------------------------------------------------------------
+
+
+class OidcExchangeIn(StrictInput):
+    token = serializers.CharField(max_length=16384, help_text="the CI job's OIDC ID token (a JWT)")
+
+
+class OidcExchangeOut(serializers.Serializer):
+    """A short-lived CI token: shown once, scoped to the integrations whose CI identities the ID token matched."""
+
+    token = serializers.CharField(help_text="p2p_…: send it as `Authorization: Bearer <token>`")
+    expires_at = serializers.DateTimeField()
+    integrations = serializers.ListField(child=serializers.CharField())
+    scopes = serializers.ListField(child=serializers.CharField())
+
+
 class ErrorBody(serializers.Serializer):
     code = serializers.CharField()
     message = serializers.CharField()
@@ -497,3 +531,16 @@ class ErrorBody(serializers.Serializer):
 
 class ErrorOut(serializers.Serializer):
     error = ErrorBody()
+
+
+class StopIn(StrictInput):
+    reason = Line(max_length=1000, help_text="why every promotion stops (shown on every page)")
+
+
+class StopOut(serializers.Serializer):
+    active = serializers.BooleanField()
+    reason = serializers.CharField()
+    started_by = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    ended_by = serializers.CharField()
+    ended_at = serializers.DateTimeField(allow_null=True)

@@ -46,8 +46,10 @@ v1 = [
     path("promotions/<id:pk>/reject/", views.PromotionRejectView.as_view(), name="api-promotion-reject"),
     path("promotions/<id:pk>/cancel/", views.PromotionCancelView.as_view(), name="api-promotion-cancel"),
     path("promotions/<id:pk>/retry/", views.PromotionRetryView.as_view(), name="api-promotion-retry"),
+    path("stop/", views.StopView.as_view(), name="api-stop"),
     path("audit/", views.AuditListView.as_view(), name="api-audit"),
     path("audit/verify/", views.AuditVerifyView.as_view(), name="api-audit-verify"),
+    path("auth/oidc/", views.OidcExchangeView.as_view(), name="api-auth-oidc"),
     path("cli/p2p", views.cli_download, name="api-cli"),
     path("insights/dora/", insights.DoraView.as_view(), name="api-insights-dora"),
 ]

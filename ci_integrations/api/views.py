@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from ci_integrations import selectors
 from ci_integrations.api import parsers
 from ci_integrations.api import serializers as s
-from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge
+from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge, error_body
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
 from ci_integrations.api.pagination import PAGE_PARAMETERS, NewestFirst, cursor_page
 from ci_integrations.api.permissions import HasScope, check_scope, request_token
@@ -30,8 +30,10 @@ from ci_integrations.services.approvals import promotion_approve, promotion_reje
 from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit_verification import audit_verify_bounded
 from ci_integrations.services.credentials import bucket_push_credentials
+from ci_integrations.services.emergency_stop import emergency_stop_active, emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import NotFound
 from ci_integrations.services.imports import artifact_import
+from ci_integrations.services.oidc_exchange import ExchangeRefused, ci_token_exchange
 from ci_integrations.services.promotions import bucket_rollback, promotion_cancel, promotion_request, promotion_retry
 from ci_integrations.services.tokens import (
     SCOPE_ARTIFACTS_WRITE,
@@ -309,6 +311,7 @@ class PromotionCreateView(ApiView):
             tag=data.get("tag"),
             reason=data.get("reason", ""),
             freeze_override_reason=data.get("freeze_override_reason", ""),
+            not_before=data.get("not_before"),
         )
         return promotion_response(promotion, status_code=status.HTTP_201_CREATED)
 
@@ -478,6 +481,82 @@ class AuditVerifyView(ApiView):
             "verified_at": last_run.get("verified_at"),
         }
         return Response(s.AuditVerifyOut(body).data)
+
+
+# --- CI's OIDC token exchange ---------------------------------------------------------------------------------------
+
+
+class OidcExchangeView(ApiView):
+    # The ID token in the body is the credential: no API token, no scope; throttled per address.
+    authentication_classes: list = []
+    permission_classes: list = []
+    store_idempotent_response = False  # the answer is a token
+
+    @api_operation(
+        operation_id="auth_oidc_exchange",
+        request=s.OidcExchangeIn,
+        responses={201: s.OidcExchangeOut},
+        errors=WRITE_ERRORS,
+        anonymous=True,
+    )
+    def post(self, request):
+        """Exchange a CI job's OIDC ID token (GitHub Actions, GitLab CI, …) for a short-lived CI token.
+
+        401 names the check that failed (algorithm, issuer, key, signature, exp, nbf, iat, audience, claims); every
+        exchange and every refusal is audited."""
+        data = self.parse(s.OidcExchangeIn, request.data)
+        try:
+            exchange = ci_token_exchange(id_token=data["token"], request_id=getattr(request, "request_id", ""))
+        except ExchangeRefused as refusal:
+            return Response(
+                error_body(refusal.code, refusal.message, refusal.details),
+                status=status.HTTP_401_UNAUTHORIZED,
+                headers={"WWW-Authenticate": 'Bearer realm="p2p", error="invalid_token"'},
+            )
+        body = {
+            "token": exchange.plain,
+            "expires_at": exchange.expires_at,
+            "integrations": exchange.integrations,
+            "scopes": exchange.token.scopes,
+        }
+        return Response(s.OidcExchangeOut(body).data, status=status.HTTP_201_CREATED)
+
+
+# --- the emergency stop -------------------------------------------------------------------------------------------
+
+
+class StopView(ApiView):
+    # People only (platform admins and release managers hold use_emergency_stop); CI tokens never.
+    scopes = {"GET": SCOPE_READ, "POST": SCOPE_PROMOTIONS_REQUEST, "DELETE": SCOPE_PROMOTIONS_REQUEST}
+    permissions = {"POST": "ci_integrations.use_emergency_stop", "DELETE": "ci_integrations.use_emergency_stop"}
+
+    @api_operation(operation_id="stop_status", responses={200: s.StopOut})
+    def get(self, request):
+        """The emergency stop in force; 404 when promotions run normally."""
+        stop = emergency_stop_active()
+        if stop is None:
+            raise NotFound("the emergency stop is not pulled")
+        return Response(s.StopOut(stop).data)
+
+    @api_operation(
+        operation_id="stop_pull", request=s.StopIn, responses={201: s.StopOut}, errors=WRITE_ERRORS, personal_only=True
+    )
+    def post(self, request):
+        """Pull the emergency stop: no new promotion, queued ones held, running copies finish; 409 if pulled."""
+        data = self.parse(s.StopIn, request.data)
+        stop = emergency_stop_pull(reason=data["reason"], actor=self.actor())
+        return Response(s.StopOut(stop).data, status=status.HTTP_201_CREATED)
+
+    @api_operation(
+        operation_id="stop_release",
+        responses={200: s.StopOut},
+        errors=WRITE_ERRORS,
+        personal_only=True,
+        method="DELETE",
+    )
+    def delete(self, request):
+        """Release the emergency stop: waiting promotions are queued again within P2P_SCHEDULER_SECONDS."""
+        return Response(s.StopOut(emergency_stop_release(actor=self.actor())).data)
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------------

@@ -3,12 +3,17 @@
 
 Get it with:  curl -fsSL -o p2p "$P2P_URL/api/v1/cli/p2p" && chmod +x p2p
 Configure:    P2P_URL (the portal, e.g. https://p2p.example.com) and P2P_TOKEN (a p2p_… API token)
+Or, without P2P_TOKEN, sign in with the CI job's OIDC ID token: in GitHub Actions (`permissions: id-token: write`)
+from ACTIONS_ID_TOKEN_REQUEST_URL/ACTIONS_ID_TOKEN_REQUEST_TOKEN for the audience P2P_OIDC_AUDIENCE (default
+p2p-portal); elsewhere (GitLab's `id_tokens:`, CircleCI, Buildkite…) from P2P_ID_TOKEN. The portal exchanges it for a
+short-lived CI token.
 
   p2p push INTEGRATION ENV IMAGE:TAG [--digest D] [--meta key=value …]
   p2p import INTEGRATION SOURCE [--tag T] [--wait]
   p2p check ARTIFACT NAME passed|failed [--url URL]          ARTIFACT: id, INTEGRATION:TAG or INTEGRATION@DIGEST
-  p2p promote IMAGE:TAG --source-stage ENV --dest-stage ENV [--wait]   (SOURCE_STAGE / DEST_STAGE as defaults)
-  p2p status ID [--wait]                                     exit 0 succeeded, 1 failed/rejected/cancelled, 2 timeout
+  p2p promote IMAGE:TAG --source-stage ENV --dest-stage ENV [--at TIME] [--wait]   (SOURCE_STAGE / DEST_STAGE)
+  p2p status ID [--wait]                                     exit 0 succeeded, 1 failed/rejected/cancelled/expired,
+                                                             2 timeout
   p2p rollback INTEGRATION ENV TO --reason TEXT [--wait]
   p2p login INTEGRATION ENV                                  prints a docker login or a token: eval "$(p2p login …)"
   p2p approve|reject|cancel|retry ID [--comment TEXT]
@@ -43,7 +48,7 @@ EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 2
 EXIT_USAGE = 64  # EX_USAGE from sysexits.h: a wrong command line or environment, never a --wait timeout
 EXIT_INTERRUPTED = 130
 SUCCEEDED = {"succeeded"}
-FAILED = {"failed", "rejected", "cancelled"}
+FAILED = {"failed", "rejected", "cancelled", "expired"}
 RETRYABLE_STATUSES = {502, 503, 504}
 
 
@@ -198,9 +203,9 @@ class Api:
     https:// hop, a moved host, a sign-on page), and following it would hand the token to that other address.
     """
 
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0, retries: int = 3):
+    def __init__(self, url: str, token: str | None, *, timeout: float = 30.0, retries: int = 3):
         self.url = _portal_url(url)
-        self.token = _token(token)
+        self.token = _token(token) if token is not None else None  # None: no Authorization (the token exchange)
         self.timeout = timeout
         self.retries = retries
         self._opener = urllib.request.build_opener(_RefuseRedirects)
@@ -214,11 +219,9 @@ class Api:
         return self._request("POST", path, body, idempotency_key=idempotency_key or str(uuid.uuid4()))
 
     def _request(self, method: str, path: str, body: dict | None = None, *, idempotency_key: str | None = None):
-        headers = {
-            "Authorization": f"Bearer {self.token}",
-            "Accept": "application/json",
-            "User-Agent": f"p2p-cli/{VERSION}",
-        }
+        headers = {"Accept": "application/json", "User-Agent": f"p2p-cli/{VERSION}"}
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
         data = None
         if body is not None:
             data = json.dumps(body).encode()
@@ -292,6 +295,69 @@ def _api_error(status: int, payload) -> CliError:
     )
 
 
+# --- signing in with the CI job's OIDC ID token ----------------------------------------------------------------
+
+DEFAULT_AUDIENCE = "p2p-portal"
+
+
+def ci_id_token(timeout: float) -> str:
+    """This CI job's OIDC ID token: P2P_ID_TOKEN when set, else asked of GitHub Actions' token service; a UsageError
+    saying what to set when neither is there."""
+    given = os.environ.get("P2P_ID_TOKEN", "").strip()
+    if given:
+        return _token_text(given, "P2P_ID_TOKEN")
+    url = os.environ.get("ACTIONS_ID_TOKEN_REQUEST_URL", "").strip()
+    bearer = os.environ.get("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "").strip()
+    if not (url and bearer):
+        raise UsageError(
+            "P2P_TOKEN is not set (or pass --token), and there is no CI ID token to exchange for one: set P2P_ID_TOKEN "
+            "(GitLab: an id_tokens: entry), or in GitHub Actions grant `permissions: id-token: write`"
+        )
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "https" and not (parts.scheme == "http" and _is_loopback(parts.hostname or "")):
+        raise UsageError("ACTIONS_ID_TOKEN_REQUEST_URL must be https")
+    audience = os.environ.get("P2P_OIDC_AUDIENCE", "").strip() or DEFAULT_AUDIENCE
+    separator = "&" if parts.query else "?"
+    request = urllib.request.Request(
+        f"{url}{separator}audience={urllib.parse.quote(audience, safe='')}",
+        headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json", "User-Agent": f"p2p-cli/{VERSION}"},
+    )
+    opener = urllib.request.build_opener(_RefuseRedirects)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            answer = _decode(response.read(65536))
+    except urllib.error.HTTPError as exc:
+        raise CliError(f"GitHub Actions' ID token service answered HTTP {exc.code}") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise CliError(f"cannot get an ID token from GitHub Actions: {type(exc).__name__}") from None
+    value = answer.get("value") if isinstance(answer, dict) else None
+    if not isinstance(value, str) or not value:
+        raise CliError("GitHub Actions' ID token service answered without a token (value)")
+    return _token_text(value, "the ID token")
+
+
+def _token_text(value: str, what: str) -> str:
+    if not PRINTABLE.fullmatch(value):
+        raise UsageError(f"{what} holds spaces, control or non-ASCII characters; check how it is set")
+    return value
+
+
+def exchange_id_token(portal_url: str, timeout: float) -> str:
+    """A short-lived CI token from the portal for this job's ID token (POST /api/v1/auth/oidc/)."""
+    portal_url = _portal_url(portal_url)  # a wrong P2P_URL is reported before any token is asked for
+    id_token = ci_id_token(timeout)
+    try:
+        answer = Api(portal_url, None, timeout=timeout).post("/api/v1/auth/oidc/", {"token": id_token})
+    except UsageError:
+        raise
+    except CliError as exc:
+        raise CliError(f"the portal refused this job's ID token: {exc}", status=exc.status, code=exc.code) from None
+    token = answer.get("token")
+    if not isinstance(token, str) or not token:
+        raise CliError("the portal answered the token exchange without a token")
+    return token
+
+
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
@@ -363,6 +429,8 @@ def promotion_line(p: dict) -> str:
     line = f"{kind} {p['id']} {p['integration']} {p.get('from_env') or '-'} → {p['to_env']}: {p['state']}{share}"
     if p.get("error"):
         line += f" — {p['error']}"
+    elif p.get("waiting_for"):
+        line += f" — waits: {p['waiting_for']}"
     return line
 
 
@@ -479,6 +547,8 @@ def cmd_promote(api: Api, args) -> int:
         body["reason"] = args.reason
     if args.target_tag:
         body["tag"] = args.target_tag
+    if args.at:
+        body["not_before"] = args.at
     promotion = api.post("/api/v1/promotions/", body, idempotency_key=args.idempotency_key)
     if args.wait:
         return wait_for_promotion(api, args, promotion["id"])
@@ -606,6 +676,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--integration", help="integration name (default: the image's last path component)")
     p.add_argument("--target-tag", help="tag in the destination (default: the source tag)")
     p.add_argument("--reason", default="")
+    p.add_argument(
+        "--at",
+        metavar="TIME",
+        help="start the copy no earlier than TIME, with its UTC offset (2027-01-05T09:00+01:00)",
+    )
     p.set_defaults(run=cmd_promote)
 
     p = sub.add_parser("status", parents=[common, waiting], help="show (or wait for) a promotion")
@@ -645,6 +720,9 @@ def main(argv: list[str] | None = None) -> int:
         if key is not None and not (PRINTABLE.fullmatch(key) and len(key) <= 255):
             raise UsageError(f"--idempotency-key {key!r}: expected 1 to 255 printable ASCII characters, no spaces")
         http_timeout = seconds_from("P2P_HTTP_TIMEOUT", "30")
+        if not args.token.strip():
+            # No stored secret: this CI job's OIDC ID token is exchanged for a short-lived CI token.
+            args.token = exchange_id_token(args.portal_url, http_timeout)
         api = Api(args.portal_url, args.token, timeout=http_timeout)
         return args.run(api, args)
     except CliError as exc:

@@ -41,17 +41,24 @@ class Actor:
         """The person who counts as the requester of what this actor requests, or None.
 
         A person acting (signed in, or through a personal token) is themself; a CI token counts as its owner, or, for
-        a system token that no person owns, as the person who made it (if a person did). Four-eyes bars this person
-        from approving what they requested.
+        a system token that no person owns, as the person who made it (if a person did); a token exchanged for a CI
+        run's ID token counts as the person who triggered the run, when the run's `actor` claim names one. Four-eyes
+        bars this person from approving what they requested.
         """
         if self.is_ci_token:
-            return self.token.owner if self.token.owner_id else (self.token.made_by if self.token.made_by_id else None)
+            token = self.token
+            if token.owner_id:
+                return token.owner
+            if token.triggered_by_id:
+                return token.triggered_by
+            return token.made_by if token.made_by_id else None
         return self.person
 
     @property
     def is_system_token(self) -> bool:
-        """A CI token that no person owns: what it requests needs two approvers where four-eyes applies."""
-        return self.is_ci_token and self.token.owner_id is None
+        """A CI token that no person owns or triggered: what it requests needs two approvers where four-eyes
+        applies."""
+        return self.is_ci_token and self.token.owner_id is None and self.token.triggered_by_id is None
 
     @classmethod
     def for_user(cls, user, *, request_id: str = "") -> Actor:

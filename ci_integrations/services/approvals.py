@@ -14,14 +14,15 @@ from ci_integrations.models import Approval, Promotion
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import atomic_keeping_refusals, audit_record, audit_refusal
 from ci_integrations.services.errors import NotAllowed, PolicyViolation, ServiceError, StateConflict
+from ci_integrations.services.notifications import notify_promotion
 from ci_integrations.services.promotions import (
     log_line,
     promotion_end,
     promotion_frozen,
     promotion_locked,
-    promotion_queue,
+    promotion_queue_or_wait,
 )
-from ci_integrations.services.webhooks import webhooks_notify
+from ci_integrations.services.teams import is_release_manager, sees_integration
 
 State = Promotion.State
 
@@ -57,7 +58,15 @@ def _block(p: Promotion, actor: Actor, decision: str) -> ApprovalBlock | None:
         done = "approved" if decision == Approval.Decision.APPROVE else "rejected"
         return ApprovalBlock("state", f"promotion #{p.pk} is {p.state}; only promotions pending approval can be {done}")
     group = p.step.approver_group if p.step_id else None
-    if group is not None:
+    if p.step_id and p.step.approvers_from_team:
+        if not is_release_manager(user, p.integration):
+            team = f"team {p.integration.team.name!r}" if p.integration.team_id else "the integration's team"
+            return ApprovalBlock(
+                "forbidden", f"only release managers of {team} may {verb} promotions into {p.to_bucket.env}"
+            )
+    elif not sees_integration(user, p.integration):
+        return ApprovalBlock("forbidden", f"{user.get_username()} is not in team {p.integration.team.name!r}")
+    elif group is not None:
         if not user.groups.filter(pk=group.pk).exists():
             return ApprovalBlock(
                 "forbidden", f"only members of {group.name!r} may {verb} promotions into {p.to_bucket.env}"
@@ -71,7 +80,12 @@ def _block(p: Promotion, actor: Actor, decision: str) -> ApprovalBlock | None:
         and user.pk in (p.requested_by_id, p.on_behalf_of_id)
         and not (p.step_id and p.step.self_approval)
     ):
-        how = "requested this promotion" if p.requested_by_id == user.pk else "own the CI token that requested it"
+        if p.requested_by_id == user.pk:
+            how = "requested this promotion"
+        elif p.ci_identity:
+            how = "triggered the CI run that requested it"
+        else:
+            how = "own the CI token that requested it"
         return ApprovalBlock("forbidden", f"four-eyes: you {how}, so someone else must approve it")
     if Approval.objects.filter(promotion=p, user=user).exists():
         return ApprovalBlock("state", f"{user.get_username()} has already decided on promotion #{p.pk}")
@@ -142,23 +156,23 @@ def _decide(promotion: Promotion, actor: Actor, comment: str, decision: str) -> 
                 after={"state": p.state, "digest": p.digest},
                 reason=comment,
             )
-            webhooks_notify(promotion=p, event="rejected", actor=actor, comment=comment)
+            notify_promotion(promotion=p, event="rejected", actor=actor, comment=comment)
             return p
         given = p.approvals_given
         progress = {"approvals": given, "required": p.required_approvals, "digest": p.digest}
         if given >= p.required_approvals:
-            promotion_queue(p)
-            p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals}); queued")
-            p.save(update_fields=["state", "queued_at", "job_id", "log", "updated_at"])
+            p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals})")
+            promotion_queue_or_wait(p)
+            p.save(update_fields=["state", "queued_at", "job_id", "waiting_for", "log", "updated_at"])
             audit_record(
                 actor=actor,
                 action="promotion.approved",
                 obj=p,
                 before=before,
-                after={"state": p.state, "job_id": p.job_id, **progress},
+                after={"state": p.state, "job_id": p.job_id, "waiting_for": p.waiting_for, **progress},
                 reason=comment,
             )
-            webhooks_notify(promotion=p, event="approved", actor=actor, comment=comment)
+            notify_promotion(promotion=p, event="approved", actor=actor, comment=comment)
         else:
             p.log += log_line(f"approved by {actor.label} ({given}/{p.required_approvals})")
             p.save(update_fields=["log", "updated_at"])

@@ -50,19 +50,25 @@ def audit_verification_run() -> dict:
     try:
         directory = _checkpoint_directory()
         report = audit_verify_checkpoints(directory=directory) if directory else audit_verify()
-        result = {
-            "ok": report.ok,
-            "entries": report.entries,
-            "head": report.head,
-            "broken_id": report.broken_id,
-            "problem": report.problem,
-            "checkpoints": report.checkpoints,
-            "verified_at": timezone.now().isoformat(timespec="seconds"),
-        }
-        _redis().set(RESULT_KEY, json.dumps(result))
-        return result
+        return audit_verification_remember(report)
     finally:
         _redis().delete(RUNNING_KEY)
+
+
+def audit_verification_remember(report) -> dict:
+    """Keep a whole-chain verification's outcome (from the job or from `manage.py verify_audit`) for the audit page's
+    badge and the `p2p_audit_last_verified_timestamp_seconds` metric."""
+    result = {
+        "ok": report.ok,
+        "entries": report.entries,
+        "head": report.head,
+        "broken_id": report.broken_id,
+        "problem": report.problem,
+        "checkpoints": report.checkpoints,
+        "verified_at": timezone.now().isoformat(timespec="seconds"),
+    }
+    _redis().set(RESULT_KEY, json.dumps(result))
+    return result
 
 
 def audit_verification_status() -> tuple[dict | None, bool]:

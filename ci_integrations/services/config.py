@@ -18,10 +18,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
 
-from ci_integrations.models import Bucket, Integration, Registry, Webhook, Workflow, WorkflowStep
+from ci_integrations.models import Bucket, CiIdentity, Integration, Registry, Webhook, Workflow, WorkflowStep
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
-from ci_integrations.services.config_reader import config_read, format_duration
+from ci_integrations.services.config_freeze import freeze_windows_apply, freeze_windows_export
+from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config_read, format_duration
+from ci_integrations.services.config_teams import apply_roles, apply_teams, export_roles, export_teams
 
 # Bucket options that name who pushes; exported only when set.
 PUSH_OPTIONS = ("push_role_arn", "push_service_account")
@@ -114,6 +116,13 @@ class _Applier:
             obj.full_clean(validate_unique=False, validate_constraints=False)
         else:
             obj.clean_fields()
+
+    def changed(self, obj, line: str, after: dict) -> None:
+        """Record a change that is not one row's fields (a team's members, a role's groups)."""
+        self.changes.append(line)
+        audit_record(
+            actor=self.actor, action="config.update", obj=obj, after=after, reason=f"apply_config {self.source}"
+        )
 
     def registry(self, name: str, spec: dict) -> None:
         """One registry, then its credentials (compared decrypted, so an unchanged secret is no change)."""
@@ -214,6 +223,37 @@ class _Applier:
                 after={"url": hook["url"], "events": hook["events"]},
                 reason=f"apply_config {self.source}",
             )
+        self.ci_identities(integration, spec["ci_identities"])
+
+    def ci_identities(self, integration: Integration, wanted: list[dict]) -> None:
+        """An integration's CI identities exactly as the file lists them, in its order (an integration in the file
+        without `ci_identities` trusts no CI identity): replaced together, audited as one change."""
+        current = [ci_identity_spec(identity) for identity in integration.ci_identities.order_by("position", "id")]
+        if current == wanted:
+            return
+        integration.ci_identities.all().delete()
+        CiIdentity.objects.bulk_create(
+            CiIdentity(integration=integration, position=position, **spec) for position, spec in enumerate(wanted)
+        )
+        self.changes.append(f"~ integration {integration.name} ci_identities ({len(current)} → {len(wanted)})")
+        audit_record(
+            actor=self.actor,
+            action="config.update",
+            obj=integration,
+            before={"ci_identities": current},
+            after={"ci_identities": wanted},
+            reason=f"apply_config {self.source}",
+        )
+
+
+def ci_identity_spec(identity: CiIdentity) -> dict:
+    """A CI identity as the file writes it."""
+    return {
+        "issuer": identity.issuer,
+        "audience": identity.audience,
+        "claims": dict(identity.claims),
+        "scopes": list(identity.scopes),
+    }
 
 
 def _shown(value) -> str:
@@ -247,6 +287,11 @@ def config_apply(*, data: dict, actor: Actor, source: str = "config", check: boo
                 applier.workflow(name, spec)
             for name, spec in specs.integrations.items():
                 applier.integration(name, spec)
+            if specs.teams is not None:
+                apply_teams(applier, specs.teams)
+            if specs.roles is not None:
+                apply_roles(applier, specs.roles)
+            applier.changes += freeze_windows_apply(specs=specs.freeze_windows, actor=actor, source=source)
             # Kinds are checked once every row is written: a workflow and its integrations may change kind together.
             mismatched = (
                 Integration.objects.filter(workflow__isnull=False)
@@ -288,7 +333,9 @@ def config_export() -> dict:
             entry = {"from": step.from_env, "to": step.to_env, "approvals": step.required_approvals}
             if step.rollback_approvals is not None:
                 entry["rollback_approvals"] = step.rollback_approvals
-            if step.approver_group:
+            if step.approvers_from_team:
+                entry["approver_group"] = TEAM_RELEASE_MANAGERS
+            elif step.approver_group:
                 entry["approver_group"] = step.approver_group.name
             if step.required_checks:
                 entry["required_checks"] = list(step.required_checks)
@@ -300,6 +347,8 @@ def config_export() -> dict:
                 entry["auto"] = True
             if step.tag_rule:
                 entry["tag_rule"] = step.tag_rule
+            if step.approval_timeout:
+                entry["approval_timeout"] = format_duration(step.approval_timeout)
             steps.append(entry)
         workflows.append(
             {
@@ -311,7 +360,9 @@ def config_export() -> dict:
         )
     integrations = []
     for integration in (
-        Integration.objects.select_related("workflow").prefetch_related("buckets__registry").order_by("name")
+        Integration.objects.select_related("workflow")
+        .prefetch_related("buckets__registry", "ci_identities")
+        .order_by("name")
     ):
         item = {"name": integration.name, "kind": integration.kind}
         if integration.workflow:
@@ -340,8 +391,18 @@ def config_export() -> dict:
         ]
         if webhooks:
             item["webhooks"] = webhooks  # secrets stay stored; apply keeps them when the file names none
+        identities = sorted(integration.ci_identities.all(), key=lambda identity: (identity.position, identity.id))
+        if identities:
+            item["ci_identities"] = [ci_identity_spec(identity) for identity in identities]
         integrations.append(item)
-    return {"registries": registries, "workflows": workflows, "integrations": integrations}
+    exported = {"registries": registries, "workflows": workflows, "integrations": integrations}
+    if teams := export_teams():
+        exported["teams"] = teams
+    if roles := export_roles():
+        exported["roles"] = roles
+    if windows := freeze_windows_export(format_duration):
+        exported["freeze_windows"] = windows
+    return exported
 
 
 def config_dump(data: dict) -> str:

@@ -4,7 +4,7 @@
 each as "path: what is wrong" (`integrations[0].buckets[2].registry: unknown registry 'prd'`). It writes nothing; it
 reads the database only for rows the file refers to without listing them.
 
-May import: models, input_rules.
+May import: models, input_rules, ci_trust, config_teams, config_freeze (the freeze_windows section).
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ from ci_integrations.models import (
     validate_registry_url,
     validate_repository,
 )
+from ci_integrations.services.ci_trust import ci_identity_read
+from ci_integrations.services.config_freeze import freeze_windows_read
+from ci_integrations.services.config_teams import read_roles, read_teams
 
-TOP_LEVEL_KEYS = {"registries", "workflows", "integrations"}
+TOP_LEVEL_KEYS = {"registries", "workflows", "integrations", "teams", "roles", "freeze_windows"}
 REGISTRY_KEYS = {"name", "provider", "url", "options", "credentials"}
 WORKFLOW_KEYS = {"name", "kind", "description", "steps"}
 STEP_KEYS = {
@@ -44,8 +47,9 @@ STEP_KEYS = {
     "self_approval",
     "auto",
     "tag_rule",
+    "approval_timeout",
 }
-INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks"}
+INTEGRATION_KEYS = {"name", "kind", "workflow", "description", "buckets", "webhooks", "ci_identities"}
 BUCKET_KEYS = {
     "env",
     "registry",
@@ -58,6 +62,8 @@ BUCKET_KEYS = {
 }
 WEBHOOK_KEYS = {"url", "secret", "events"}
 
+# `approver_group: "@release_managers"`: the release managers of the integration's team.
+TEAM_RELEASE_MANAGERS = "@release_managers"
 DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 DURATION_SIZES = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
@@ -73,6 +79,9 @@ class ConfigSpecs:
     workflows: dict[str, dict]
     integrations: dict[str, dict]
     problems: list[str]
+    teams: dict[str, dict] | None = None  # None: the file has no teams section, so teams stay as they are
+    roles: dict[str, list[str]] | None = None
+    freeze_windows: dict[str, dict] | None = None  # None: the file has no freeze_windows key
 
 
 def config_read(data: dict) -> ConfigSpecs:
@@ -84,7 +93,18 @@ def config_read(data: dict) -> ConfigSpecs:
     integrations = reader.integrations(registries, workflows)
     reader.workflow_kinds_hold(workflows, integrations)
     reader.workflow_buckets_hold(workflows, integrations)
-    return ConfigSpecs(registries, workflows, integrations, reader.problems)
+    teams = read_teams(reader, integrations)
+    roles = read_roles(reader)
+    freeze_windows = freeze_windows_read(reader, data)
+    return ConfigSpecs(
+        registries,
+        workflows,
+        integrations,
+        reader.problems,
+        teams=teams,
+        roles=roles,
+        freeze_windows=freeze_windows,
+    )
 
 
 def format_duration(value: timedelta | None) -> str | None:
@@ -296,17 +316,25 @@ class _Reader:
         if group is not None and not isinstance(group, str):
             self.problem(f"{path}.approver_group", "must be a group name")
             group = None
+        from_team = group == TEAM_RELEASE_MANAGERS
+        if isinstance(group, str) and group.startswith("@") and not from_team:
+            self.problem(
+                f"{path}.approver_group", f"{group!r}: the only team-relative group is {TEAM_RELEASE_MANAGERS}"
+            )
+            group = None
         return {
             "from_env": from_env,
             "to_env": to_env,
             "required_approvals": self.count(f"{path}.approvals", step.get("approvals"), 0),
             "rollback_approvals": self.count(f"{path}.rollback_approvals", step.get("rollback_approvals"), None),
-            "approver_group": group,
+            "approver_group": None if from_team else group,
+            "approvers_from_team": from_team,
             "required_checks": checks,
             "min_soak": self.duration(f"{path}.min_soak", step.get("min_soak")),
             "self_approval": self.boolean(f"{path}.self_approval", step.get("self_approval"), False),
             "auto_promote": self.boolean(f"{path}.auto", step.get("auto"), False),
             "tag_rule": tag_rule,
+            "approval_timeout": self.duration(f"{path}.approval_timeout", step.get("approval_timeout")),
         }
 
     def step_route(self, path: str, from_env: str, to_env: str, earlier: list[dict]) -> None:
@@ -344,6 +372,11 @@ class _Reader:
                 self.webhook(hook_path, hook, item.get("name"))
                 for _, hook_path, hook in self.mappings(f"{path}.webhooks", item.get("webhooks"))
             ]
+            ci_identities = []
+            for _, identity_path, identity in self.mappings(f"{path}.ci_identities", item.get("ci_identities")):
+                spec, problems = ci_identity_read(identity_path, identity)
+                self.problems += problems
+                ci_identities.append(spec)
             if name:
                 found[name] = {
                     "kind": kind,
@@ -351,6 +384,7 @@ class _Reader:
                     "description": str(item.get("description") or ""),
                     "buckets": buckets,
                     "webhooks": webhooks,
+                    "ci_identities": ci_identities,
                 }
         return found
 

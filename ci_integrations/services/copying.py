@@ -5,7 +5,7 @@ transient registry errors a few times, and ends the promotion succeeded (with it
 that holds no credential. Running it twice, even at once, is harmless.
 
 May import: models, registry, promotions (auto-promotion after a success), arrivals, locks, audit, webhooks,
-background.
+background, emergency_stop.
 """
 
 from __future__ import annotations
@@ -31,10 +31,15 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_record, immutable_tag_holder
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import transition
+from ci_integrations.services.emergency_stop import (
+    emergency_stop_active,
+    emergency_stop_waiting_text,
+    no_emergency_stop,
+)
 from ci_integrations.services.locks import artifact_locked, bucket_copy_lock
+from ci_integrations.services.notifications import notify_promotion
 from ci_integrations.services.policy import promotion_evaluate
 from ci_integrations.services.promotions import log_line, promotion_log_append, promotions_auto_request
-from ci_integrations.services.webhooks import webhooks_notify
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +117,8 @@ def promotion_execute(*, promotion_id: int) -> None:
     """The copy job: claim the promotion, copy the image by digest into the target bucket, record the outcome.
 
     Safe to run twice, even at once: the claim is a conditional update, copies into one bucket are serialised, and
-    an image already there with the same digest counts as copied.
+    an image already there with the same digest counts as copied. While the emergency stop is pulled nothing is
+    claimed: the promotion goes back to approved and waits for the scheduler.
     """
     p = Promotion.objects.filter(pk=promotion_id).only("state", "to_bucket_id").first()
     if p is None or p.state not in Promotion.RUNNABLE:
@@ -121,7 +127,7 @@ def promotion_execute(*, promotion_id: int) -> None:
         now = timezone.now()
         with transaction.atomic():
             claimed = transition(
-                Promotion.objects.filter(pk=promotion_id, state__in=Promotion.RUNNABLE),
+                Promotion.objects.filter(no_emergency_stop(), pk=promotion_id, state__in=Promotion.RUNNABLE),
                 state=State.RUNNING,
                 attempts=F("attempts") + 1,
                 started_at=now,
@@ -130,7 +136,8 @@ def promotion_execute(*, promotion_id: int) -> None:
                 log=Concat(F("log"), Value(log_line("copy started"))),
             )
             if not claimed:
-                return  # another worker, a cancel or the reconciler got there first
+                _hold_if_stopped(promotion_id)
+                return  # another worker, a cancel or the reconciler got there first, or the stop holds it
             p = Promotion.objects.select_related(
                 "to_bucket__registry", "from_bucket__registry", "artifact", "integration"
             ).get(pk=promotion_id)
@@ -142,6 +149,18 @@ def promotion_execute(*, promotion_id: int) -> None:
                 after={"state": State.RUNNING, "attempt": p.attempts, "job_id": p.job_id},
             )
         _run(p)
+
+
+def _hold_if_stopped(promotion_id: int) -> None:
+    """A queued promotion the stop kept from starting waits, approved, until the scheduler queues it again."""
+    stop = emergency_stop_active()
+    if stop is not None:
+        transition(
+            Promotion.objects.filter(pk=promotion_id, state__in=Promotion.RUNNABLE),
+            state=State.APPROVED,
+            waiting_for=emergency_stop_waiting_text(stop),
+            log=Concat(F("log"), Value(log_line("held by the emergency stop"))),
+        )
 
 
 def _source(p: Promotion):
@@ -286,7 +305,7 @@ def _finish_succeeded(p: Promotion, summary) -> None:
                 after={"digest": current.digest, "tag": current.tag, "promotion": current.pk},
                 reason=current.reason,
             )
-        webhooks_notify(promotion=current, event="rolled_back" if rollback else "succeeded", actor=WORKER)
+        notify_promotion(promotion=current, event="rolled_back" if rollback else "succeeded", actor=WORKER)
         if not rollback:
             # The next step counts as asked for by whoever asked for this one.
             cause = current.on_behalf_of if current.on_behalf_of_id else current.requested_by
@@ -315,4 +334,4 @@ def _finish_failed(p: Promotion, message: str) -> None:
             before={"state": State.RUNNING},
             after={"state": State.FAILED, "error": message, "attempt": current.attempts},
         )
-        webhooks_notify(promotion=current, event="failed", actor=WORKER)
+        notify_promotion(promotion=current, event="failed", actor=WORKER)

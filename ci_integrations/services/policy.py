@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.utils import timezone
 
 from ci_integrations.models import Arrival, Artifact, Bucket, CheckResult, Promotion, WorkflowStep
 from ci_integrations.services.actors import Actor
-from ci_integrations.services.freeze import freeze_windows_active
+from ci_integrations.services.emergency_stop import emergency_stop_banner
+from ci_integrations.services.freeze import freeze_blocks
+from ci_integrations.services.teams import may_request_for
 
 REQUEST_SCOPE = "promotions:request"
 
@@ -27,6 +30,7 @@ TAG_RULE = "tag rule"
 OPEN_PROMOTION = "open promotion"
 PERMISSION = "permission"
 ARRIVAL = "earlier arrival"
+STOP = "emergency stop"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class PolicyEvaluation:
     current_target_arrival: Arrival | None = None
     freeze_overridden: bool = False
     rollback: bool = False
+    # The moment the conditions are judged for: now, or a scheduled promotion's not_before.
+    at: datetime | None = None
 
     @property
     def unmet(self) -> list[str]:
@@ -77,6 +83,11 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
             return False, f"the CI token {token.name!r} is not scoped to integration {integration.name!r}"
         if refusal := ci_token_owner_refusal(token, "ci_integrations.request_promotion"):
             return False, refusal
+        if token.owner_id and not may_request_for(token.owner, integration):
+            return False, (
+                f"the CI token {token.name!r} acts for {token.owner.get_username()}, who is not in team "
+                f"{integration.team.name!r} of {integration.name}"
+            )
         return True, f"CI token {token.name!r} has the {REQUEST_SCOPE!r} scope"
     if token is not None and token.kind == "personal" and token.scopes and REQUEST_SCOPE not in token.scopes:
         return False, f"the personal token {token.name!r} lacks the {REQUEST_SCOPE!r} scope"
@@ -87,6 +98,10 @@ def actor_may_request(actor: Actor, integration) -> tuple[bool, str]:
         return False, "no user behind this request"
     if not user.is_active:
         return False, f"user {user.get_username()!r} is inactive"
+    if integration.team_id is not None:
+        if may_request_for(user, integration):
+            return True, f"{user.get_username()} may request promotions of team {integration.team.name!r}"
+        return False, f"{user.get_username()} is not in team {integration.team.name!r}, which owns {integration.name}"
     if user.has_perm("ci_integrations.request_promotion"):
         return True, f"{user.get_username()} may request promotions"
     return False, f"{user.get_username()} may not request promotions (needs the request_promotion permission)"
@@ -138,14 +153,17 @@ def promotion_evaluate(
     tag: str | None = None,
     freeze_override_reason: str = "",
     exclude_promotion_id: int | None = None,
+    at: datetime | None = None,
 ) -> PolicyEvaluation:
     """Evaluate every policy condition for moving `artifact` into `to_env` (or rolling `to_env` back to it).
 
     Promotions must follow the workflow step into to_env, from a source bucket that holds the artifact. Rollbacks
-    return to an artifact that arrived in to_env before, so checks, soak and tag rule do not apply to them.
+    return to an artifact that arrived in to_env before, so checks, soak and tag rule do not apply to them. Soak and
+    freeze windows are judged at `at` (a scheduled promotion's time; now by default).
     """
     integration = artifact.integration
-    ev = PolicyEvaluation(artifact=artifact, to_env=to_env, rollback=rollback)
+    at = max(at, timezone.now()) if at else timezone.now()
+    ev = PolicyEvaluation(artifact=artifact, to_env=to_env, rollback=rollback, at=at)
     ev.to_bucket = (
         Bucket.objects.select_related("registry", "current_arrival__artifact")
         .filter(integration=integration, env=to_env)
@@ -213,6 +231,14 @@ def promotion_evaluate(
             ev.add(TAG_RULE, False, f"tag {ev.tag!r} is immutable in {to_env} and holds {holder.artifact.short_digest}")
 
     _freeze(ev, actor, freeze_override_reason)
+    # Read through the cache, as the banner is (no query per evaluation): every move into queued and the copy's
+    # claim ask PostgreSQL, so a stale answer here can never start a copy during a stop.
+    stop = emergency_stop_banner()
+    ev.add(
+        STOP,
+        stop is None,
+        f"every promotion is stopped: {stop['reason']} (by {stop['started_by']})" if stop else "no emergency stop",
+    )
     open_promotions = Promotion.objects.filter(artifact=artifact, to_bucket=ev.to_bucket, state__in=Promotion.OPEN)
     if exclude_promotion_id:
         open_promotions = open_promotions.exclude(pk=exclude_promotion_id)
@@ -228,9 +254,10 @@ def promotion_evaluate(
 
 
 def promotion_reevaluate(*, promotion: Promotion, actor: Actor) -> PolicyEvaluation:
-    """The policy as it stands now for an existing promotion (the approval preview, a retry); the promotion itself
-    does not count as "another open promotion"."""
+    """The policy as it stands now (or at its not_before, when later) for an existing promotion (the approval
+    preview, a retry, the scheduler); the promotion itself does not count as "another open promotion"."""
     return promotion_evaluate(
+        at=promotion.not_before,
         artifact=promotion.artifact,
         to_env=promotion.to_bucket.env,
         actor=actor,
@@ -264,7 +291,7 @@ def _soak(ev: PolicyEvaluation, source_arrival: Arrival | None) -> None:
     if source_arrival is None:
         ev.add(SOAK, False, f"needs {soak} in {ev.step.from_env}, and it has not arrived there")
         return
-    soaked = timezone.now() - source_arrival.arrived_at
+    soaked = ev.at - source_arrival.arrived_at
     if soaked >= soak:
         ev.add(SOAK, True, f"in {ev.step.from_env} for {_duration(soaked)} (needs {_duration(soak)})")
     else:
@@ -292,11 +319,11 @@ def _tag_rule(ev: PolicyEvaluation) -> None:
 
 
 def _freeze(ev: PolicyEvaluation, actor: Actor, override_reason: str) -> None:
-    windows = freeze_windows_active(env=ev.to_env)
-    if not windows:
+    blocks = freeze_blocks(integration=ev.artifact.integration, env=ev.to_env, at=ev.at)
+    if not blocks:
         ev.add(FREEZE, True, f"no active freeze window on {ev.to_env}")
         return
-    names = ", ".join(f"{w.name!r} until {w.ends_at.isoformat(timespec='minutes')}" for w in windows)
+    names = ", ".join(block.message for block in blocks)
     override_reason = (override_reason or "").strip()
     if override_reason and may_override_freeze(actor):
         ev.freeze_overridden = True

@@ -6,12 +6,13 @@ that may go ahead is queued: its copy job
 (services/copying.py) is enqueued after commit with the promotion id only, and the reconciler (services/reconciler.py)
 re-enqueues whatever Redis lost.
 
-May import: models, policy, arrivals, locks, audit, freeze, webhooks, background.
+May import: models, policy, arrivals, locks, audit, freeze, emergency_stop, webhooks, background.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F, Value
@@ -23,6 +24,7 @@ from ci_integrations.models import Arrival, Artifact, Bucket, Promotion, Workflo
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import atomic_keeping_refusals, audit_record, audit_refusal
 from ci_integrations.services.background import RUN_PROMOTION
+from ci_integrations.services.emergency_stop import emergency_stop_active, emergency_stop_waiting_text
 from ci_integrations.services.errors import (
     InvalidInput,
     NotAllowed,
@@ -30,8 +32,9 @@ from ci_integrations.services.errors import (
     ServiceError,
     StateConflict,
 )
-from ci_integrations.services.freeze import freeze_windows_active
+from ci_integrations.services.freeze import freeze_blocks
 from ci_integrations.services.locks import artifact_locked
+from ci_integrations.services.notifications import notify_promotion
 from ci_integrations.services.policy import (
     FREEZE,
     REQUEST_SCOPE,
@@ -39,13 +42,14 @@ from ci_integrations.services.policy import (
     promotion_evaluate,
     promotion_reevaluate,
 )
-from ci_integrations.services.webhooks import webhooks_notify
+from ci_integrations.services.teams import may_request_for
 
 logger = logging.getLogger(__name__)
 
 State = Promotion.State
 AUTO = Actor.system("auto-promote")
 SYSTEM_TOKEN_APPROVALS = 2  # what a request by a token that no person owns needs, where four-eyes applies
+SCHEDULE_HORIZON = timedelta(days=366)  # how far ahead a promotion may be scheduled
 
 
 def promotion_snapshot(p: Promotion) -> dict:
@@ -78,6 +82,28 @@ def promotion_queue(p: Promotion) -> None:
     RUN_PROMOTION.enqueue_on_commit(p.pk, job_id=p.job_id)
 
 
+def promotion_wait_reason(p: Promotion) -> str:
+    """Why `p`, which has its approvals, may not be queued at this very moment ("" when it may): its not_before
+    time has not come, or the emergency stop is pulled. The rest of the policy is the scheduler's to judge again."""
+    if p.not_before and p.not_before > timezone.now():
+        return f"scheduled for {p.not_before.isoformat(timespec='minutes')}"
+    stop = emergency_stop_active()
+    return emergency_stop_waiting_text(stop) if stop else ""
+
+
+def promotion_queue_or_wait(p: Promotion) -> None:
+    """Queue `p` (it has its approvals) now, or leave it approved and waiting, saying why; the caller saves state,
+    queued_at, job_id and waiting_for."""
+    waiting = promotion_wait_reason(p)
+    if waiting:
+        p.state = State.APPROVED
+        p.waiting_for = waiting
+        p.log += log_line(f"waits: {waiting}")
+        return
+    p.waiting_for = ""
+    promotion_queue(p)
+
+
 def promotion_end(p: Promotion, state: str, log_text: str) -> None:
     """Move a locked promotion to a final state by a person's decision, with a log line."""
     p.state = state
@@ -106,12 +132,14 @@ def promotion_request(
     reason: str = "",
     freeze_override_reason: str = "",
     from_env: str | None = None,
+    not_before: datetime | None = None,
 ) -> Promotion:
     """Request moving `artifact` into `to_env` along its workflow step.
 
     `from_env`, when given, must be the step's source (CI scripts name it to be sure of the route). Refused with
     PolicyViolation naming every unmet condition (the refusal is audited). With no approvals required the promotion
-    is queued at once.
+    is queued at once, or, with `not_before`, at that time: soak and freeze windows are judged for that moment, and
+    judged again then by the scheduler.
     """
     if from_env:
         integration = artifact.integration
@@ -129,10 +157,32 @@ def promotion_request(
         reason=reason,
         freeze_override_reason=freeze_override_reason,
         rollback=False,
+        not_before=_checked_not_before(not_before),
     )
 
 
-def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, rollback, on_behalf_of=None) -> Promotion:
+def _checked_not_before(not_before: datetime | None) -> datetime | None:
+    """A scheduled time must say its time zone and lie ahead, within SCHEDULE_HORIZON; a time in the past minute
+    (the clock moved while the request travelled) means now."""
+    if not_before is None:
+        return None
+    if timezone.is_naive(not_before):
+        raise InvalidInput(
+            "not_before must carry a UTC offset, like 2027-01-05T09:00+01:00", details={"not_before": "no offset"}
+        )
+    now = timezone.now()
+    if not_before < now - timedelta(minutes=1):
+        raise InvalidInput(f"not_before {not_before.isoformat()} is in the past", details={"not_before": "in the past"})
+    if not_before > now + SCHEDULE_HORIZON:
+        raise InvalidInput(
+            f"not_before may be at most {SCHEDULE_HORIZON.days} days ahead", details={"not_before": "too far ahead"}
+        )
+    return not_before if not_before > now else None
+
+
+def _request(
+    *, artifact, to_env, actor, tag, reason, freeze_override_reason, rollback, on_behalf_of=None, not_before=None
+) -> Promotion:
     """Shared by requests, rollbacks and auto-promotions. `on_behalf_of` is the person an auto-promotion counts as
     requested by (whoever caused it); otherwise the actor's requesting person (a CI token's owner)."""
     if tag is not None and not TAG.is_valid(tag):
@@ -149,6 +199,7 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
             rollback=rollback,
             tag=tag,
             freeze_override_reason=freeze_override_reason,
+            at=not_before,
         )
         if not ev.ok:
             audit_refusal(
@@ -179,8 +230,10 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
             requested_by=actor.person,
             on_behalf_of=on_behalf_of if on_behalf_of is not None else _on_behalf_of(actor),
             requested_by_label=actor.label,
+            ci_identity=actor.token.ci_identity if actor.is_ci_token else {},
             reason=reason or "",
             freeze_override_reason=freeze_override_reason.strip() if ev.freeze_overridden else "",
+            not_before=not_before,
             log=log_line(f"requested by {actor.label}"),
         )
         audit_record(
@@ -191,6 +244,8 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
                 **promotion_snapshot(p),
                 "required_approvals": p.required_approvals,
                 "on_behalf_of": p.on_behalf_of.get_username() if p.on_behalf_of_id else None,
+                **({"ci_identity": p.ci_identity} if p.ci_identity else {}),
+                "not_before": p.not_before.isoformat() if p.not_before else None,
                 "conditions": [c.message for c in ev.conditions],
             },
             reason=reason or "",
@@ -203,16 +258,18 @@ def _request(*, artifact, to_env, actor, tag, reason, freeze_override_reason, ro
                 reason=p.freeze_override_reason,
                 after={"env": to_env},
             )
-        webhooks_notify(promotion=p, event="requested", actor=actor)
+        notify_promotion(promotion=p, event="requested", actor=actor)
+        if p.required_approvals > 0:
+            notify_promotion(promotion=p, event="approval_needed", actor=actor)
         if p.required_approvals == 0:
-            promotion_queue(p)
-            p.save(update_fields=["state", "queued_at", "job_id"])
+            promotion_queue_or_wait(p)
+            p.save(update_fields=["state", "queued_at", "job_id", "waiting_for", "log"])
             audit_record(
                 actor=actor,
                 action="promotion.queued",
                 obj=p,
                 before={"state": State.PENDING_APPROVAL},
-                after={"state": p.state, "job_id": p.job_id},
+                after={"state": p.state, "job_id": p.job_id, "waiting_for": p.waiting_for},
                 reason="no approvals required",
             )
     return p
@@ -232,11 +289,17 @@ def _approvals_needed(ev, actor: Actor) -> int:
     return max(needed, SYSTEM_TOKEN_APPROVALS) if four_eyes and actor.is_system_token else needed
 
 
-def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket, cause=None) -> list[Promotion]:
+def promotions_auto_request(
+    *, artifact: Artifact, from_bucket: Bucket, cause=None, reason: str = ""
+) -> list[Promotion]:
     """Steps marked auto_promote request themselves once the artifact is in their source bucket and passes policy.
 
-    `cause` is the person whose action led here (the registration, the check report, the promotion that arrived):
-    the auto-promotion counts as requested by them, so they may not approve it where four-eyes applies.
+    Called on every event that may make it pass (an arrival, a check report) and by the scheduler (a soak or a
+    freeze ending). An artifact is auto-promoted along a step at most once: never again once any promotion of it
+    into that bucket was made, whatever became of it (decided under the artifact's lock, so concurrent schedulers
+    request it once). `cause` is the person whose action led here (the registration, the check report, the
+    promotion that arrived): the auto-promotion counts as requested by them, so they may not approve it where
+    four-eyes applies.
     """
     integration = artifact.integration
     if not integration.workflow_id:
@@ -246,20 +309,23 @@ def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket, cause=No
         workflow_id=integration.workflow_id, from_env=from_bucket.env, auto_promote=True
     )
     for step in steps:
-        if Arrival.objects.filter(bucket__integration=integration, bucket__env=step.to_env, artifact=artifact).exists():
-            continue  # already there once; auto-promotion never repeats itself
+        if auto_promotion_done(artifact=artifact, integration=integration, to_env=step.to_env):
+            continue
         ev = promotion_evaluate(artifact=artifact, to_env=step.to_env, actor=AUTO)
         if not ev.ok:
             continue
         try:
             with transaction.atomic():
+                artifact_locked(artifact.pk)
+                if auto_promotion_done(artifact=artifact, integration=integration, to_env=step.to_env):
+                    continue
                 made.append(
                     _request(
                         artifact=artifact,
                         to_env=step.to_env,
                         actor=AUTO,
                         tag=None,
-                        reason=f"auto-promotion after arrival in {from_bucket.env}",
+                        reason=reason or f"auto-promotion after arrival in {from_bucket.env}",
                         freeze_override_reason="",
                         rollback=False,
                         on_behalf_of=cause,
@@ -268,6 +334,17 @@ def promotions_auto_request(*, artifact: Artifact, from_bucket: Bucket, cause=No
         except ServiceError as exc:
             logger.info("auto-promotion of %s into %s skipped: %s", artifact, step.to_env, exc.message)
     return made
+
+
+def auto_promotion_done(*, artifact: Artifact, integration, to_env: str) -> bool:
+    """Whether the artifact was ever in `to_env`, or any promotion of it into there was made: auto-promotion never
+    repeats itself (a failed, rejected or cancelled one is for people to take up again)."""
+    return (
+        Arrival.objects.filter(bucket__integration=integration, bucket__env=to_env, artifact=artifact).exists()
+        or Promotion.objects.filter(
+            artifact=artifact, to_bucket__integration=integration, to_bucket__env=to_env
+        ).exists()
+    )
 
 
 def bucket_rollback(
@@ -299,13 +376,15 @@ def bucket_rollback(
 
 
 def promotion_frozen(p: Promotion) -> list[str]:
-    """Why `p` may not be queued now: its target is frozen and its request did not override the freeze."""
+    """Why `p` may not be queued at its time (now, or its not_before when later): its target is frozen and its
+    request did not override the freeze."""
     if p.freeze_override_reason:
         return []
-    windows = freeze_windows_active(env=p.to_bucket.env)
-    if not windows:
+    at = p.not_before if p.not_before and p.not_before > timezone.now() else None
+    blocks = freeze_blocks(integration=p.integration, env=p.to_bucket.env, at=at)
+    if not blocks:
         return []
-    names = ", ".join(repr(w.name) for w in windows)
+    names = ", ".join(block.message for block in blocks)
     return [f"freeze window: {p.to_bucket.env} is frozen ({names}); a platform admin may override with a reason"]
 
 
@@ -324,7 +403,11 @@ def _may_manage(p: Promotion, actor: Actor) -> bool:
     if actor.user is None:
         return actor.token is None  # the system itself
     user = actor.person
-    return user is not None and (
+    if user is None:
+        return False
+    if p.integration.team_id is not None:
+        return p.requested_by_id == user.pk or user.is_staff or may_request_for(user, p.integration)
+    return (
         p.requested_by_id == user.pk
         or user.is_staff
         or user.has_perm("ci_integrations.approve_promotion")

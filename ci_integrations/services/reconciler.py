@@ -25,8 +25,9 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import RUN_IMPORT, RUN_PROMOTION, requeue_if_lost, transition
 from ci_integrations.services.locks import bucket_copy_lock_free
+from ci_integrations.services.notifications import notify_promotion
 from ci_integrations.services.promotions import log_line
-from ci_integrations.services.webhooks import webhooks_notify, webhooks_reconcile
+from ci_integrations.services.webhooks import webhooks_reconcile
 
 State = Promotion.State
 RECONCILER = Actor.system("reconciler")
@@ -84,7 +85,7 @@ def _stale_promotions() -> int:
                         before={"state": State.RUNNING},
                         after={"state": State.FAILED, "error": message},
                     )
-                    webhooks_notify(promotion=p, event="failed", actor=RECONCILER)
+                    notify_promotion(promotion=p, event="failed", actor=RECONCILER)
                 continue
             job_id = RUN_PROMOTION.new_job_id(p.pk)
             won = transition(

@@ -33,6 +33,7 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.errors import InvalidInput, NotAllowed, StateConflict
 from ci_integrations.services.rows import columns, fetch_one, table
+from ci_integrations.services.teams import may_make_ci_tokens_for
 
 PREFIX = "p2p"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -132,6 +133,8 @@ def token_create(
     integrations=(),
     scopes=(),
     expires_at: datetime | None = None,
+    ci_identity: dict | None = None,
+    triggered_by=None,
 ) -> tuple[ApiToken, str]:
     """Create a token and return it with its plain text, which is never stored and cannot be shown again.
 
@@ -140,6 +143,9 @@ def token_create(
     needs the add_ci_token permission to make one. CI tokens expire: by default, and at the latest, after
     P2P_CI_TOKEN_MAX_AGE. Personal tokens need a user, act with that user's permissions, and may also carry
     promotions:approve.
+
+    A CI token exchanged for a CI job's ID token (services/oidc_exchange.py) is a system token that records the job's
+    `ci_identity` and, when known, the person who `triggered_by` the run; it is audited as token.exchanged.
     """
     if kind not in ApiToken.Kind.values:
         raise InvalidInput(f"unknown token kind {kind!r}", details={"kind": "use ci or personal"})
@@ -175,12 +181,20 @@ def token_create(
             made_by=actor.person,
             created_by=actor.label,
             expires_at=expires_at,
+            ci_identity=ci_identity or {},
+            triggered_by=triggered_by,
         )
         if integrations:
             token.integrations.set(integrations)
+        exchanged = {}
+        if ci_identity:
+            exchanged = {
+                "ci_identity": ci_identity,
+                "triggered_by": triggered_by.get_username() if triggered_by else None,
+            }
         audit_record(
             actor=actor,
-            action="token.created",
+            action="token.exchanged" if ci_identity else "token.created",
             obj=token,
             after={
                 "key_id": token.key_id,
@@ -192,6 +206,7 @@ def token_create(
                 "integrations": sorted(i.name for i in integrations),
                 "scopes": scopes,
                 "expires_at": expires_at,
+                **exchanged,
             },
             integration=integrations[0].name if len(integrations) == 1 else "",
         )
@@ -208,6 +223,14 @@ def _check_ci_token(*, actor: Actor, user, owner, system: bool, integrations: li
             f"{actor.person.get_username()} may not create CI tokens (needs the add_ci_token permission)",
             details={"required_permission": "ci_integrations.add_ci_token"},
         )
+    if actor.person is not None:
+        refused = [i.name for i in integrations if not may_make_ci_tokens_for(actor.person, i)]
+        if refused:
+            raise NotAllowed(
+                f"{actor.person.get_username()} may not make CI tokens for {', '.join(refused)}: that is for the "
+                "release managers of its team and for platform admins",
+                details={"integrations": refused},
+            )
     if user is not None:
         raise InvalidInput("a CI token acts for integrations, not for a user", details={"user": "not allowed"})
     if not integrations:

@@ -1,5 +1,9 @@
 """Every API URL × every kind of caller, with the exact status each must get.
 
+The world's `shop` belongs to a team whose members are the release managers and `team_member` (no role); the
+viewer is in no team and `other_team_rm` manages releases for another team: for them `shop` and everything in it
+does not exist (404), while requests their roles do not allow at all are refused first (403).
+
 The URL list comes from the resolver, so a new endpoint without a row here fails the test. Each call runs in a
 savepoint that is rolled back, so every caller meets the same state.
 """
@@ -33,6 +37,8 @@ CALLERS = [
     "auditor",
     "rm",
     "admin",
+    "team_member",
+    "other_team_rm",
 ]
 BAD_TOKENS = {"revoked": 401, "expired": 401, "wrong_checksum": 401}
 UNAUTHENTICATED = {"anonymous": 401, **BAD_TOKENS}
@@ -46,7 +52,45 @@ def authed(**statuses) -> dict:
     return {**UNAUTHENTICATED, **statuses}
 
 
-READ_OWN = authed(ci_own=200, ci_other=404, ci_rm_owned=200, ci_system=200, viewer=200, auditor=200, rm=200, admin=200)
+READ_OWN = authed(
+    ci_own=200,
+    ci_other=404,
+    ci_rm_owned=200,
+    ci_system=200,
+    viewer=404,
+    auditor=200,
+    rm=200,
+    admin=200,
+    team_member=200,
+    other_team_rm=404,
+)
+
+
+@pytest.fixture
+def world(world):
+    """The API world with `shop` owned by a team (the release managers and a member with no role) and another
+    team's release manager; both new people call with personal tokens."""
+    from django.contrib.auth.models import Group, User
+
+    from ci_integrations.models import Team
+    from ci_integrations.services.tokens import token_create
+
+    team = Team.objects.create(name=f"team-{world.shop.name}")
+    team.members.add(world.users["rm"], world.users["rm2"])
+    world.shop.team = team
+    world.shop.save(update_fields=["team"])
+    member = User.objects.create_user(f"member-{world.shop.name}")
+    team.members.add(member)
+    outsider = User.objects.create_user(f"outsider-{world.shop.name}")
+    outsider.groups.add(Group.objects.get(name="release-managers"))
+    other_team = Team.objects.create(name=f"team-{world.other.name}")
+    other_team.members.add(outsider)
+    world.other.team = other_team
+    world.other.save(update_fields=["team"])
+    for name, user in (("team_member", member), ("other_team_rm", outsider)):
+        world.users[name] = user
+        world.tokens[name], world.plain[name] = token_create(name=name, kind="personal", user=user, actor=SYSTEM)
+    return world
 
 
 @dataclass
@@ -104,18 +148,54 @@ def matrix(world) -> dict[str, Row]:
     job = ImportJob.objects.create(integration=world.shop, arguments={"source": "x"})
     host = world.registry_url.split("://", 1)[1]
     # ci_rm_owned may do what its owner, a release manager, may: request and manage, not register or report checks.
-    write = authed(ci_own=201, ci_other=404, ci_rm_owned=403, ci_system=201, viewer=403, auditor=403, rm=403, admin=201)
+    # The team's member may request and manage its promotions but not register, report checks or approve; another
+    # team's release manager may request in general, so for them the team's objects are 404.
+    write = authed(
+        ci_own=201,
+        ci_other=404,
+        ci_rm_owned=403,
+        ci_system=201,
+        viewer=403,
+        auditor=403,
+        rm=403,
+        admin=201,
+        team_member=403,
+        other_team_rm=403,
+    )
     decide = authed(
-        ci_own=403, ci_other=403, ci_rm_owned=403, ci_system=403, viewer=403, auditor=403, rm=200, admin=403
+        ci_own=403,
+        ci_other=403,
+        ci_rm_owned=403,
+        ci_system=403,
+        viewer=403,
+        auditor=403,
+        rm=200,
+        admin=403,
+        team_member=403,
+        other_team_rm=404,
     )
     manage = authed(
-        ci_own=200, ci_other=404, ci_rm_owned=200, ci_system=200, viewer=403, auditor=403, rm=200, admin=200
+        ci_own=200,
+        ci_other=404,
+        ci_rm_owned=200,
+        ci_system=200,
+        viewer=403,
+        auditor=403,
+        rm=200,
+        admin=200,
+        team_member=200,
+        other_team_rm=404,
     )
+    request = {"rm": 201, "ci_rm_owned": 201, "team_member": 201, "other_team_rm": 404}
+    people_only = authed(**{k: 403 for k in CALLERS[4:]})
     return {
         "api-schema": Row("GET", "/api/schema/", {**everyone(200), **BAD_TOKENS}),
         "api-docs": Row("GET", "/api/docs/", {**everyone(200), **BAD_TOKENS}),
         "api-not-found": Row("GET", "/api/v1/nothing-here/", everyone(404)),
         "api-cli": Row("GET", "/api/v1/cli/p2p", everyone(200)),
+        # The ID token in the body is the credential, whatever Authorization says: a token no CI identity trusts is
+        # refused for everyone (tests/api/test_oidc_exchange.py covers the 201s).
+        "api-auth-oidc": Row("POST", "/api/v1/auth/oidc/", everyone(401), {"token": "not-a-jwt"}),
         "api-integrations": Row("GET", "/api/v1/integrations/", authed(**{k: 200 for k in CALLERS[4:]})),
         "api-integration": Row("GET", f"/api/v1/integrations/{shop}/", READ_OWN),
         "api-artifacts": Row("GET", f"/api/v1/integrations/{shop}/artifacts/?env=dev", READ_OWN),
@@ -138,7 +218,7 @@ def matrix(world) -> dict[str, Row]:
         "api-rollback": Row(
             "POST",
             f"/api/v1/integrations/{shop}/rollback/",
-            {**write, "rm": 201, "ci_rm_owned": 201},
+            {**write, **request},
             {"env": "staging", "to": a.digest, "reason": "v2 is broken"},
         ),
         # The world's registry asks for no credentials, so nothing can be scoped to one repository: those allowed
@@ -155,7 +235,7 @@ def matrix(world) -> dict[str, Row]:
         "api-promotions": Row(
             "POST",
             "/api/v1/promotions/",
-            {**write, "rm": 201, "ci_rm_owned": 201},
+            {**write, **request},
             {"integration": shop, "artifact": c.digest, "to_env": "staging"},
         ),
         "api-promotion": Row("GET", f"/api/v1/promotions/{pending.pk}/", READ_OWN),
@@ -167,15 +247,36 @@ def matrix(world) -> dict[str, Row]:
             "GET",
             "/api/v1/audit/",
             authed(
-                ci_own=200, ci_other=200, ci_rm_owned=200, ci_system=200, viewer=403, auditor=200, rm=200, admin=200
+                ci_own=200,
+                ci_other=200,
+                ci_rm_owned=200,
+                ci_system=200,
+                viewer=403,
+                auditor=200,
+                rm=200,
+                admin=200,
+                team_member=200,
+                other_team_rm=200,
             ),
         ),
+        "api-stop": Row("GET", "/api/v1/stop/", authed(**{k: 404 for k in CALLERS[4:]})),
+        "api-stop POST": Row("POST", "/api/v1/stop/", {**people_only, "rm": 201, "admin": 201}, {"reason": "INC-1"}),
+        "api-stop DELETE": Row("DELETE", "/api/v1/stop/", {**people_only, "rm": 409, "admin": 409}),
         "api-insights-dora": Row("GET", f"/api/v1/insights/dora/?integration={shop}", READ_OWN),
         "api-audit-verify": Row(
             "GET",
             "/api/v1/audit/verify/",
             authed(
-                ci_own=403, ci_other=403, ci_rm_owned=403, ci_system=403, viewer=403, auditor=200, rm=403, admin=200
+                ci_own=403,
+                ci_other=403,
+                ci_rm_owned=403,
+                ci_system=403,
+                viewer=403,
+                auditor=200,
+                rm=403,
+                admin=200,
+                team_member=403,
+                other_team_rm=403,
             ),
         ),
     }

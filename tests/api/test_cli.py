@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,31 @@ def test_login_prints_the_scoped_token_from_push_credentials(world, live_server,
     assert as_json["type"] == "bearer" and as_json["registry"] == token_registry_server.url.split("://", 1)[1]
     refused = p2p(live_server, world.plain["ci_own"], "login", world.shop.name, "staging")
     assert refused.returncode == 1 and "allow_push_credentials" in refused.stderr
+
+
+def test_promote_at_a_time_schedules_the_copy_and_a_time_without_offset_is_refused(world, live_server):
+    ci = world.plain["ci_own"]
+    world.push(world.dev, "3.0.0")
+    artifact_register(integration=world.shop, env="dev", tag="3.0.0", actor=Actor.system("ci"))
+    image = f"registry.example.com/team/{world.shop.name}:3.0.0"
+    naive = p2p(
+        live_server,
+        ci,
+        "promote",
+        image,
+        "--source-stage",
+        "dev",
+        "--dest-stage",
+        "staging",
+        "--at",
+        "2099-01-05T09:00",
+    )
+    assert naive.returncode == 1 and "UTC offset" in naive.stderr
+    at = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0).astimezone(timezone(timedelta(hours=1)))
+    scheduled = p2p(
+        live_server, ci, "promote", image, "--source-stage", "dev", "--dest-stage", "staging", "--at", at.isoformat()
+    )
+    assert scheduled.returncode == 0, scheduled.stderr
+    assert ": approved — waits: scheduled for" in scheduled.stdout
+    promotion = Promotion.objects.get(integration=world.shop)
+    assert promotion.state == Promotion.State.APPROVED and promotion.not_before == at

@@ -133,7 +133,8 @@ def test_every_problem_is_reported_with_its_path(db, config_file):
         "workflows[0].steps[0]: from and to must differ",
         "workflows[0].steps[0].min_soak: 'soon' is not a duration like 90s, 30m, 1h, 2d or 1w",
         "integrations[0].workflow: unknown workflow 'missing'",
-        "integrations[0].colour: unknown key (expected one of: buckets, description, kind, name, webhooks, workflow)",
+        "integrations[0].colour: unknown key (expected one of: buckets, ci_identities, description, kind, name, "
+        "webhooks, workflow)",
         "integrations[0].buckets[0].registry: unknown registry 'nope'",
     ]:
         assert f"{path}: {expected}" in lines

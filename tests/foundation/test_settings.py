@@ -115,3 +115,35 @@ def test_session_hours_set_the_session_age_and_a_bad_value_stops_start_up_naming
         assert f"ImproperlyConfigured: P2P_SESSION_HOURS is {bad!r}: expected a whole number greater than 0." in (
             result.stderr
         ), bad
+
+
+def test_a_single_sign_on_issuer_must_be_https_except_on_loopback():
+    plain = manage("check", env=development_env(P2P_OIDC_ISSUER="http://idp.example.com", P2P_OIDC_CLIENT_ID="p2p"))
+    assert plain.returncode != 0
+    assert "P2P_OIDC_ISSUER 'http://idp.example.com' must use https" in plain.stderr
+    for issuer in ("https://idp.example.com/realms/acme", "http://127.0.0.1:8080", "http://localhost:5556/dex"):
+        env = development_env(P2P_OIDC_ISSUER=issuer, P2P_OIDC_CLIENT_ID="p2p")
+        assert settings_values(env, "P2P_OIDC_ISSUER") == [repr(issuer)]
+    loopback_in_production = manage(
+        "check", env=production_env(P2P_OIDC_ISSUER="http://127.0.0.1:8080", P2P_OIDC_CLIENT_ID="p2p")
+    )
+    assert "P2P_OIDC_ISSUER 'http://127.0.0.1:8080' must use https" in loopback_in_production.stderr
+    no_client = manage("check", env=development_env(P2P_OIDC_ISSUER="https://idp.example.com"))
+    assert "P2P_OIDC_ISSUER is set but P2P_OIDC_CLIENT_ID is not." in no_client.stderr
+
+
+def test_turning_local_sign_in_off_without_a_provider_stops_start_up():
+    result = manage("check", env=development_env(P2P_LOCAL_LOGIN="0"))
+    assert result.returncode != 0 and "P2P_LOCAL_LOGIN=0 needs single sign-on" in result.stderr
+
+
+def test_single_sign_on_settings_have_the_documented_defaults():
+    env = development_env(P2P_OIDC_ISSUER="https://idp.example.com", P2P_OIDC_CLIENT_ID="p2p")
+    names = ("P2P_OIDC_SCOPES", "P2P_OIDC_USERNAME_CLAIM", "P2P_OIDC_GROUPS_CLAIM", "P2P_OIDC_NAME", "P2P_LOCAL_LOGIN")
+    assert settings_values(env, *names) == [
+        repr(["openid", "email", "profile", "groups"]),
+        "'preferred_username'",
+        "'groups'",
+        "'single sign-on'",
+        "True",
+    ]

@@ -56,10 +56,36 @@ def test_prod_and_thirty_days_are_the_defaults(reader, known_week):
     assert [row["name"] for row in staging["integrations"]] == ["shop"]
 
 
-def test_one_integration_and_a_team_filter_that_is_accepted_but_not_applied(reader, known_week):
-    body = reader.get(URL, {"integration": "cart", "days": 7, "team": "payments"}).json()
-    assert body["deployments"] == 2 and body["integration"] == "cart" and body["team"] == "payments"
+def test_a_team_filter_measures_the_teams_integrations(reader, known_week):
+    from ci_integrations.models import Team
+
+    payments = Team.objects.create(name="payments")
+    payments.members.add(User.objects.get(username="reader"))
+    known_week.integrations["cart"].team = payments
+    known_week.integrations["cart"].save(update_fields=["team"])
+    body = reader.get(URL, {"days": 7, "team": "payments"}).json()
+    assert body["deployments"] == 2 and body["team"] == "payments"
     assert [row["name"] for row in body["integrations"]] == ["cart"]
+    body = reader.get(URL, {"integration": "cart", "days": 7, "team": "payments"}).json()
+    assert body["integration"] == "cart" and body["deployments"] == 2
+    refused = reader.get(URL, {"integration": "shop", "team": "payments"})
+    assert refused.status_code == 404 and "in team 'payments'" in refused.json()["error"]["message"]
+    assert reader.get(URL, {"team": "nobody"}).status_code == 404
+
+
+def test_a_person_outside_a_team_measures_only_what_they_see(known_week):
+    from ci_integrations.models import Team
+    from ci_integrations.services.tokens import token_create
+    from tests.api.conftest import SYSTEM, Caller
+
+    payments = Team.objects.create(name="payments")
+    known_week.integrations["cart"].team = payments
+    known_week.integrations["cart"].save(update_fields=["team"])
+    outsider = User.objects.create_user("outsider")
+    _, plain = token_create(name="t", kind="personal", user=outsider, actor=SYSTEM)
+    body = Caller("outsider", plain).get(URL + "?days=7").json()
+    assert [row["name"] for row in body["integrations"]] == ["shop"]
+    assert Caller("outsider", plain).get(URL + "?integration=cart").status_code == 404
 
 
 def test_a_ci_token_measures_only_its_own_integrations(reader, known_week):

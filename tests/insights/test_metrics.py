@@ -207,3 +207,20 @@ def test_copy_bytes_are_summed_by_mode_from_the_copy_summaries_of_succeeded_prom
     audit_record(actor=worker, action="promotion.succeeded", obj=done, after={"copy": {"bytes_mounted": 7}})
     again = scrape()  # the first sum is kept; the new entry is added to it
     assert again[("p2p_copy_bytes_total", ("mode", "mounted"))] == 207
+
+
+def test_manage_py_verify_audit_sets_the_last_verified_time_the_metric_shows(token, history):
+    import io
+
+    from django.core.management import call_command
+
+    audit_record(actor="tests", action="test.entry")
+    redis = django_rq.get_connection("default")
+    redis.delete(RESULT_KEY)
+    before = datetime.now(UTC).replace(microsecond=0).timestamp()
+    try:
+        call_command("verify_audit", stdout=io.StringIO())
+        found = scrape()
+    finally:
+        redis.delete(RESULT_KEY)
+    assert before <= found[("p2p_audit_last_verified_timestamp_seconds",)] <= datetime.now(UTC).timestamp()

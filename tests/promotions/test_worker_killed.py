@@ -22,9 +22,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def start_worker(log_path: Path, *queues: str) -> subprocess.Popen:
+def start_worker(log_path: Path, *queues: str, options: tuple[str, ...] = ()) -> subprocess.Popen:
     """`manage.py p2p_worker` as production runs it (forking RQ worker), against the test database and Redis, for
-    `queues` (default: promotions)."""
+    `queues` (default: promotions), with the command's `options`."""
     db = settings.DATABASES["default"]
     env = dict(
         os.environ,
@@ -34,7 +34,7 @@ def start_worker(log_path: Path, *queues: str) -> subprocess.Popen:
     if db.get("PASSWORD"):
         env["PGPASSWORD"] = db["PASSWORD"]
     return subprocess.Popen(
-        [sys.executable, "manage.py", "p2p_worker", "--no-reconciler", *(queues or ("promotions",))],
+        [sys.executable, "manage.py", "p2p_worker", "--no-reconciler", *options, *(queues or ("promotions",))],
         cwd=ROOT,
         env=env,
         stdout=log_path.open("wb"),

@@ -1,4 +1,9 @@
-"""Every UI and admin URL × {anonymous, viewer, auditor, release manager, platform admin}: the answer each must get.
+"""Every UI and admin URL × {anonymous, viewer, auditor, release manager, platform admin, member of the integration's
+team, release manager of another team}: the answer each must get.
+
+The world's integration belongs to a team whose members are the release managers and a member with no role; the
+viewer is in no team, and another team's release manager holds the role but not this team: both get 404 for the
+team's pages and objects (not 403, which would tell them it exists).
 
 The URL list comes from the resolver, so a new page or action without a row here fails the test. The API's URLs
 have their own matrix in tests/api; the admin's generated per-model URLs are represented by the admin index and the
@@ -22,22 +27,35 @@ from django.contrib.contenttypes.models import ContentType
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 
-from ci_integrations.models import ApiToken, Approval, AuditEntry, FreezeWindow, Promotion, Registry
+from ci_integrations.models import (
+    ApiToken,
+    Approval,
+    AuditEntry,
+    EmergencyStop,
+    FreezeWindow,
+    Promotion,
+    Registry,
+    Team,
+)
 from ci_integrations.services.audit_verification import RESULT_KEY, RUNNING_KEY
-from tests.security.conftest import ROLES, World, client_for, in_savepoint
+from tests.security.conftest import ROLES as ROLES_WITHOUT_TEAMS
+from tests.security.conftest import World, client_for, in_savepoint, make_user
+
+ROLES = [*ROLES_WITHOUT_TEAMS, "team_member", "other_team_rm"]
 
 pytestmark = pytest.mark.django_db
 
 LOGIN = "login"  # 302 to the portal's sign-in page, with ?next=
 ADMIN_LOGIN = "admin login"  # 302 to the admin's sign-in page (the admin is for staff only)
 DENIED = "denied"  # 403 or 404
+HIDDEN = "hidden"  # 404: the team's object does not exist for someone outside the team
 OK = "ok"  # 200 (or htmx's 286 "stop polling")
 REDIRECT = "redirect"  # 302, nothing changed
 DONE = "done"  # 200 or 302 and the row's effect happened
 REFUSED = "refused"  # answered (200, 302, 400 or 409) but nothing changed: the form or the service said no
 NO_SUCH_METHOD = "405"
 
-NON_STAFF = ["anonymous", "viewer", "auditor", "release_manager"]
+NON_STAFF = ["anonymous", "viewer", "auditor", "release_manager", "team_member", "other_team_rm"]
 
 
 def everyone(outcome: str) -> dict[str, str]:
@@ -58,6 +76,30 @@ def staff_only(outcome: str) -> dict[str, str]:
 
 MANAGERS = ("release_manager", "platform_admin")
 AUDITORS = ("auditor", "platform_admin")
+# Who sees the team's integration: its members (release managers included), auditors and platform admins.
+SEES_THE_TEAM = ("auditor", "release_manager", "platform_admin", "team_member")
+OUTSIDERS = ("viewer", "other_team_rm")
+# Who may request, cancel and retry the team's promotions: its members and platform admins.
+REQUESTERS = (*MANAGERS, "team_member")
+
+
+def team_page() -> dict[str, str]:
+    return {**only(*SEES_THE_TEAM), **dict.fromkeys(OUTSIDERS, HIDDEN)}
+
+
+@pytest.fixture
+def world(world) -> World:
+    """The security world, with its integration owned by a team: the release managers and a member with no role are
+    in it; another team has a release manager of its own."""
+    team = Team.objects.create(name="shop-team")
+    team.members.add(world.users["release_manager"], world.requester)
+    world.integration.team = team
+    world.integration.save(update_fields=["team"])
+    world.users["team_member"] = make_user("member1")
+    team.members.add(world.users["team_member"])
+    world.users["other_team_rm"] = make_user("release9", "release-managers")
+    Team.objects.create(name="other-team").members.add(world.users["other_team_rm"])
+    return world
 
 
 @dataclass
@@ -101,6 +143,9 @@ MATRIX: dict[str, Row] = {
         data=wrong_password,
         effect=lambda w, c: c.session.get("_auth_user_id") == str(w.requester.pk),
     ),
+    # Single sign-on is not configured here: both answer 404 (tests/ui/test_sso_browser.py drives them for real).
+    "login/sso/": Row(lambda w: reverse("sso_start"), get=everyone(DENIED), post=everyone(NO_SUCH_METHOD)),
+    "login/sso/callback/": Row(lambda w: reverse("sso_callback"), get=everyone(DENIED), post=everyone(NO_SUCH_METHOD)),
     "logout/": Row(
         lambda w: reverse("logout"),
         get=everyone(NO_SUCH_METHOD),
@@ -109,24 +154,24 @@ MATRIX: dict[str, Row] = {
     ),
     # --- pages every signed-in person reads -----------------------------------------------------------------------
     "": Row(lambda w: reverse("overview"), get=signed_in(OK)),
-    "integrations/<slug:name>/": Row(lambda w: reverse("integration", args=[w.integration.name]), get=signed_in(OK)),
-    "artifacts/<int:pk>/": Row(lambda w: reverse("artifact", args=[w.candidate.pk]), get=signed_in(OK)),
+    "integrations/<slug:name>/": Row(lambda w: reverse("integration", args=[w.integration.name]), get=team_page()),
+    "artifacts/<int:pk>/": Row(lambda w: reverse("artifact", args=[w.candidate.pk]), get=team_page()),
     "approvals/": Row(lambda w: reverse("approvals"), get=signed_in(OK)),
     "insights/": Row(lambda w: reverse("insights"), get=signed_in(OK)),
-    "promotions/<int:pk>/": Row(lambda w: reverse("promotion", args=[w.pending.pk]), get=signed_in(OK)),
-    "promotions/<int:pk>/decision/": Row(lambda w: reverse("approval_panel", args=[w.pending.pk]), get=signed_in(OK)),
+    "promotions/<int:pk>/": Row(lambda w: reverse("promotion", args=[w.pending.pk]), get=team_page()),
+    "promotions/<int:pk>/decision/": Row(lambda w: reverse("approval_panel", args=[w.pending.pk]), get=team_page()),
     # --- promotion actions ----------------------------------------------------------------------------------------
     "artifacts/<int:pk>/promote/<slug:env>/": Row(
         lambda w: reverse("promote", args=[w.candidate.pk, "staging"]),
-        get=only(*MANAGERS),
-        post=only(*MANAGERS, then=DONE),
+        get={**only(*REQUESTERS), "other_team_rm": HIDDEN},
+        post={**only(*REQUESTERS, then=DONE), "other_team_rm": HIDDEN},
         data=lambda w: {"tag": "", "reason": "ship it"},
         effect=lambda w, c: Promotion.objects.filter(artifact=w.candidate).count(),
     ),
     "integrations/<slug:name>/<slug:env>/rollback/<int:arrival_pk>/": Row(
         lambda w: reverse("rollback", args=[w.integration.name, "staging", w.rollback_to.pk]),
-        get=only(*MANAGERS),
-        post=only(*MANAGERS, then=DONE),
+        get={**only(*REQUESTERS), "other_team_rm": HIDDEN},
+        post={**only(*REQUESTERS, then=DONE), "other_team_rm": HIDDEN},
         data=lambda w: {"reason": "1.1.0 is broken"},
         effect=lambda w, c: Promotion.objects.filter(kind=Promotion.Kind.ROLLBACK).count(),
     ),
@@ -134,28 +179,28 @@ MATRIX: dict[str, Row] = {
     "promotions/<int:pk>/approve/": Row(
         lambda w: reverse("promotion_approve", args=[w.pending.pk]),
         get=everyone(NO_SUCH_METHOD),
-        post={**only("release_manager", then=DONE), "platform_admin": REFUSED},
+        post={**only("release_manager", then=DONE), "platform_admin": REFUSED, "other_team_rm": HIDDEN},
         data=lambda w: {"comment": "looks good"},
         effect=lambda w, c: Approval.objects.filter(promotion=w.pending).count(),
     ),
     "promotions/<int:pk>/reject/": Row(
         lambda w: reverse("promotion_reject", args=[w.pending.pk]),
         get=everyone(NO_SUCH_METHOD),
-        post={**only("release_manager", then=DONE), "platform_admin": REFUSED},
+        post={**only("release_manager", then=DONE), "platform_admin": REFUSED, "other_team_rm": HIDDEN},
         data=lambda w: {"comment": "not today"},
         effect=promotion_state(lambda w: w.pending.pk),
     ),
     "promotions/<int:pk>/cancel/": Row(
         lambda w: reverse("promotion_cancel", args=[w.pending.pk]),
         get=everyone(NO_SUCH_METHOD),
-        post=only(*MANAGERS, then=DONE),
+        post={**only(*REQUESTERS, then=DONE), "other_team_rm": HIDDEN},
         data=lambda w: {"reason": "superseded"},
         effect=promotion_state(lambda w: w.pending.pk),
     ),
     "promotions/<int:pk>/retry/": Row(
         lambda w: reverse("promotion_retry", args=[w.failed.pk]),
         get=everyone(NO_SUCH_METHOD),
-        post=only(*MANAGERS, then=DONE),
+        post={**only(*REQUESTERS, then=DONE), "other_team_rm": HIDDEN},
         effect=promotion_state(lambda w: w.failed.pk),
     ),
     # --- audit log ------------------------------------------------------------------------------------------------
@@ -170,11 +215,11 @@ MATRIX: dict[str, Row] = {
         effect=lambda w, c: bool(django_rq.get_connection("default").exists(RUNNING_KEY)),
         reset=forget_audit_verification,
     ),
-    # --- tokens: personal ones for everyone, CI tokens for platform admins only (add_ci_token) --------------------
+    # --- tokens: personal ones for everyone; CI tokens for platform admins and the team's release managers ----------
     "tokens/": Row(
         lambda w: reverse("tokens"),
         get=signed_in(OK),
-        post=only("platform_admin", then=DONE, others=REFUSED),
+        post=only(*MANAGERS, then=DONE, others=REFUSED),
         data=lambda w: {
             "name": "shop-ci-2",
             "kind": "ci",
@@ -210,6 +255,14 @@ MATRIX: dict[str, Row] = {
         get=everyone(NO_SUCH_METHOD),
         post=only("platform_admin", then=DONE),
         effect=lambda w, c: FreezeWindow.objects.get(pk=w.freeze.pk).ends_at <= timezone.now(),
+    ),
+    # --- the emergency stop: release managers and platform admins -------------------------------------------------
+    "stop/": Row(
+        lambda w: reverse("emergency_stop"),
+        get=only(*MANAGERS),
+        post=only(*MANAGERS, then=DONE),
+        data=lambda w: {"action": "pull", "reason": "INC-42 bad images"},
+        effect=lambda w, c: EmergencyStop.objects.filter(active=True).count(),
     ),
     # --- the admin site's own pages ---------------------------------------------------------------------------------
     "admin/": Row(lambda w: reverse("admin:index"), get=staff_only(OK)),
@@ -321,6 +374,7 @@ def verdict(outcome: str, response, changed: bool) -> str | None:
         LOGIN: status == 302 and location.startswith(reverse("login") + "?next="),
         ADMIN_LOGIN: status == 302 and location.startswith(reverse("admin:login")),
         DENIED: status in (403, 404),
+        HIDDEN: status == 404,
         OK: status in (200, 286),
         REDIRECT: status == 302,
         DONE: status in (200, 302) and changed,

@@ -36,6 +36,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server the tests started, and kill it if it does not stop within 5 seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 @dataclass
 class RegistryServer:
     """A running docker-registry; `stop()` kills it and removes its temporary storage."""
@@ -48,13 +59,7 @@ class RegistryServer:
     owns_data_dir: bool = True
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
         shutil.rmtree(self.workdir, ignore_errors=True)
         if self.owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -12,7 +12,10 @@ def restore_roles() -> None:
     """Put back the permissions and the role groups the migrations made (0003, with the import job renamed by 0008,
     and the grants of 0009) when a flush has removed them."""
     roles = importlib.import_module("ci_integrations.migrations.0003_roles")
-    grants = importlib.import_module("ci_integrations.migrations.0009_token_owners").GRANTS
+    grants = {}
+    for migration in ("0009_token_owners", "0014_schedule_freeze_stop_notifications"):
+        for name, codenames in importlib.import_module(f"ci_integrations.migrations.{migration}").GRANTS.items():
+            grants.setdefault(name, []).extend(codenames)
     if Group.objects.filter(name__in=roles.ROLES).count() == len(roles.ROLES):
         return
     ContentType.objects.clear_cache()

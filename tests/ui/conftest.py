@@ -250,3 +250,33 @@ def browse(browser, live_server):
         session.close()
     # A Content-Security-Policy violation (an inline script or style slipping in) shows up here.
     assert errors == [], errors
+
+
+# --- single sign-on --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def oidc_provider(live_server):
+    """A real OpenID Connect provider (oidc-provider, npm) whose client sends people back to the live server."""
+    from tests.support.oidc_provider import start_oidc_provider
+
+    provider = start_oidc_provider(
+        redirect_uris=[f"{live_server.url}/login/sso/callback/"],
+        post_logout_redirect_uris=[f"{live_server.url}/login/"],
+    )
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def sso(oidc_provider, live_world, settings):
+    """The portal configured for single sign-on with the test provider; its people reset afterwards."""
+    from tests.support.oidc_provider import PEOPLE
+
+    settings.P2P_OIDC_ISSUER = oidc_provider.issuer
+    settings.P2P_OIDC_CLIENT_ID = oidc_provider.client_id
+    settings.P2P_OIDC_CLIENT_SECRET = oidc_provider.client_secret
+    settings.P2P_OIDC_NAME = "Test IdP"
+    yield oidc_provider
+    for login, claims in PEOPLE.items():
+        oidc_provider.set_person(login, claims)

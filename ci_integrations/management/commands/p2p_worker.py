@@ -8,6 +8,10 @@ The reconciler runs every minute in a thread of the worker's main process, so wh
 crash between commit and enqueue, a worker killed mid-copy) is put back on the queue from PostgreSQL. Running
 several workers runs several reconcilers; that is harmless because every re-enqueue is a conditional update.
 
+The scheduler runs every P2P_SCHEDULER_SECONDS (30 by default) in another thread: auto steps whose soak or freeze
+ended, scheduled and waiting promotions whose moment came, approvals that expired, reminders. Several workers run
+several schedulers; each change is a conditional update or happens under a row lock, so one of them wins it.
+
 Another thread signs and publishes an audit checkpoint every few minutes when a signing key is configured. Several
 workers publish several checkpoints; each is a true statement of the head, so that is harmless too.
 """
@@ -26,8 +30,10 @@ from rq import SimpleWorker, Worker
 from ci_integrations.services.audit import audit_checkpoint
 from ci_integrations.services.audit_checkpoints import OFF_REASON, audit_signing_key
 from ci_integrations.services.reconciler import reconcile
+from ci_integrations.services.scheduler import scheduler_tick
 
 logger = logging.getLogger("ci_integrations.reconciler")
+scheduler_logger = logging.getLogger("ci_integrations.scheduler")
 checkpoint_logger = logging.getLogger("ci_integrations.audit")
 
 
@@ -40,6 +46,20 @@ def reconcile_forever(stop: threading.Event, every: float) -> None:
                 logger.warning("reconciler re-enqueued %d job(s)", count)
         except Exception:  # noqa: BLE001 - keep reconciling; the next minute may work
             logger.exception("reconciler pass failed")
+        finally:
+            connection.close()
+
+
+def schedule_forever(stop: threading.Event, every: float) -> None:
+    """Run the scheduler every `every` seconds until `stop` is set."""
+    while not stop.wait(every):
+        try:
+            close_old_connections()
+            done = {kind: count for kind, count in scheduler_tick().items() if count}
+            if done:
+                scheduler_logger.info("scheduler: %s", ", ".join(f"{kind} {count}" for kind, count in done.items()))
+        except Exception:  # noqa: BLE001 - keep scheduling; the next pass may work
+            scheduler_logger.exception("scheduler pass failed")
         finally:
             connection.close()
 
@@ -62,7 +82,7 @@ def checkpoint_forever(stop: threading.Event, every: float) -> None:
 class Command(BaseCommand):
     help = (
         "Run an RQ worker for the named queues (default: promotions default; imports get a worker of their own:"
-        " p2p_worker imports), with the reconciler every minute."
+        " p2p_worker imports), with the reconciler every minute and the scheduler every P2P_SCHEDULER_SECONDS."
     )
 
     def add_arguments(self, parser):
@@ -70,6 +90,13 @@ class Command(BaseCommand):
         parser.add_argument("--burst", action="store_true", help="work until the queues are empty, then exit")
         parser.add_argument("--reconcile-every", type=float, default=60.0, help="seconds between reconciler passes")
         parser.add_argument("--no-reconciler", action="store_true")
+        parser.add_argument(
+            "--schedule-every",
+            type=float,
+            default=settings.P2P_SCHEDULER_SECONDS,
+            help="seconds between scheduler passes (default P2P_SCHEDULER_SECONDS)",
+        )
+        parser.add_argument("--no-scheduler", action="store_true")
         parser.add_argument(
             "--checkpoint-every",
             type=float,
@@ -90,6 +117,10 @@ class Command(BaseCommand):
                 target=reconcile_forever, args=(stop, options["reconcile_every"]), name="reconciler", daemon=True
             )
             thread.start()
+        if not options["no_scheduler"]:
+            threading.Thread(
+                target=schedule_forever, args=(stop, options["schedule_every"]), name="scheduler", daemon=True
+            ).start()
         if not options["no_checkpoints"]:
             if audit_signing_key() is None:
                 checkpoint_logger.warning(OFF_REASON)

@@ -96,6 +96,17 @@ def demo_config(url_a: str, url_b: str) -> dict:
                 for name, *_ in HISTORY_PROFILES
             ],
         ],
+        # One recurring window: no promotions into prod over the weekend, London time.
+        "freeze_windows": [
+            {
+                "name": "weekend",
+                "kind": "deny",
+                "rrule": "FREQ=WEEKLY;BYDAY=FR;BYHOUR=16;BYMINUTE=0",
+                "duration": "64h",
+                "timezone": "Europe/London",
+                "environments": ["prod"],
+            }
+        ],
     }
 
 

@@ -12,3 +12,12 @@ document.addEventListener("click", (event) => {
     done(document.execCommand("copy") ? "Copied." : "Press Ctrl+C to copy.");
   }
 });
+
+// A date-time picked in the browser's time zone: say that zone's UTC offset (for the date picked, so daylight saving
+// counts) in the hidden field the input names, so the server reads the time the person meant.
+document.addEventListener("submit", (event) => {
+  for (const input of event.target.querySelectorAll("input[data-offset-field]")) {
+    const hidden = event.target.querySelector(`input[name="${input.dataset.offsetField}"]`);
+    if (hidden && input.value) hidden.value = String(-new Date(input.value).getTimezoneOffset());
+  }
+});
