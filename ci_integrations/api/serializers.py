@@ -511,7 +511,7 @@ class AuditVerifyOut(serializers.Serializer):
 
 
 class OidcExchangeIn(StrictInput):
-    token = serializers.CharField(max_length=16384, help_text="the CI job's OIDC ID token (a JWT)")
+    token = Line(max_length=16384, help_text="the CI job's OIDC ID token (a JWT)")
 
 
 class OidcExchangeOut(serializers.Serializer):
