@@ -355,10 +355,18 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Register images, report checks, request and follow promotions, read the audit log.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # 3.1: full JSON Schema, so label names (propertyNames) are described like every other input.
+    "OAS_VERSION": "3.1.0",
     # /api/docs/ serves Swagger UI from this portal's static files: it works offline and under the site's own CSP.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Database ids in paths are whole numbers of at most 18 digits (ci_integrations.api.urls.IdConverter).
+    "PATH_CONVERTER_OVERRIDES": {"id": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999}},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "ci_integrations.api.schema.add_links",
+    ],
 }
 
 # A sign-in lasts a working day by default (Django's default is two weeks), then the person signs in again.

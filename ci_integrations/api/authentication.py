@@ -67,7 +67,13 @@ class TokenAuthentication(BaseAuthentication):
 
 class TokenAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = TokenAuthentication
-    name = "p2pToken"
+    # Two names for one header: which kind of token an operation takes is part of its contract (approving needs a
+    # personal token).
+    name = ["ciToken", "personalToken"]
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "bearerFormat": "p2p_<key id>_<secret>_<checksum>"}
+        bearer = {"type": "http", "scheme": "bearer", "bearerFormat": "p2p_<key id>_<secret>_<checksum>"}
+        return [
+            {**bearer, "description": "A CI token (`create_token --integration …`): its integrations and scopes only."},
+            {**bearer, "description": "A personal token (`create_token --user …`): acts as its user."},
+        ]

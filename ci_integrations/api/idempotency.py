@@ -34,7 +34,8 @@ from ci_integrations.models import ApiToken, IdempotencyRecord
 HEADER = "Idempotency-Key"
 KEEP_FOR = timedelta(hours=24)
 IN_FLIGHT_TIMEOUT = timedelta(minutes=5)
-KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # printable ASCII without spaces; the schema states the same pattern
+KEY_RE = re.compile(KEY_PATTERN.replace("$", r"\Z"))
 UNSTORED_STATUSES = {409, 429}
 
 

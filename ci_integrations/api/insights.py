@@ -8,20 +8,20 @@ import io
 
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 
 from ci_integrations import selectors
-from ci_integrations.api.serializers import Line, valid_environment, valid_name
-from ci_integrations.api.views import ERRORS, ApiView
+from ci_integrations.api.schema import READ_ERRORS, api_operation
+from ci_integrations.api.serializers import Line, QueryIn, valid_environment, valid_name
+from ci_integrations.api.views import ApiView
 from ci_integrations.insights import KEYS, DoraFigures, DoraReport, dora_report
 
 ALL_INTEGRATIONS = "(all)"  # the CSV's total row: never an integration name, which is a slug
 
 
-class DoraQueryIn(serializers.Serializer):
+class DoraQueryIn(QueryIn):
     team = Line(max_length=63, required=False, allow_blank=True, default="", validators=[valid_name])
     integration = Line(max_length=63, required=False, allow_blank=True, default="", validators=[valid_name])
     env = Line(max_length=63, required=False, default="prod", validators=[valid_environment])
@@ -129,10 +129,11 @@ def dora_as_csv(report: DoraReport) -> str:
 class DoraView(ApiView):
     content_negotiation_class = JsonOnly
 
-    @extend_schema(
-        parameters=[DoraQueryIn],
-        responses={(200, "application/json"): DoraOut, (200, "text/csv"): OpenApiTypes.STR, **ERRORS},
+    @api_operation(
         operation_id="insights_dora",
+        parameters=[DoraQueryIn],
+        responses={(200, "application/json"): DoraOut, (200, "text/csv"): OpenApiTypes.STR},
+        errors=READ_ERRORS,
     )
     def get(self, request):
         """The four DORA keys of one environment (prod by default) over the last `days` days (UTC, today included),

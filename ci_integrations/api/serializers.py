@@ -3,75 +3,197 @@ services check meaning (does the bucket exist, does policy allow it)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from django.core.validators import RegexValidator
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from ci_integrations.input_rules import DIGEST, NAME, TAG, InputRule, control_character, control_character_problem
-from ci_integrations.models import CheckResult, validate_check_name
+from ci_integrations.input_rules import (
+    CHECK_NAME,
+    DIGEST,
+    FILLED_LINE_PATTERN,
+    HTTP_URL,
+    IMAGE_SOURCE,
+    LABEL_NAME,
+    LINE_PATTERN,
+    NAME,
+    TAG,
+    TEXT_PATTERN,
+    InputRule,
+    control_character,
+    control_character_problem,
+)
+from ci_integrations.models import CheckResult
 
 LOG_TAIL_LINES = 50
+MAX_LABELS = 50
 
 
-def no_control_characters(value: str) -> None:
-    """Refuse control characters in one-line fields (they corrupt logs, terminals and exports)."""
-    if (char := control_character(value)) is not None:
-        raise serializers.ValidationError(control_character_problem(char))
+class PrintableValidator(RegexValidator):
+    """Free text: no control characters (tabs and line breaks allowed in multi-line text), and, when `filled`, not
+    blank. A RegexValidator, so the schema states the same pattern."""
+
+    def __init__(self, *, multiline: bool = False, filled: bool = False):
+        pattern = TEXT_PATTERN if multiline else FILLED_LINE_PATTERN if filled else LINE_PATTERN
+        super().__init__(regex=rf"\A(?:{pattern})\Z")
+        self.multiline = multiline
+
+    def __call__(self, value) -> None:
+        if (char := control_character(value, multiline=self.multiline)) is not None:
+            raise serializers.ValidationError(control_character_problem(char))
+        if not self.regex.search(value):  # only a value of spaces fails once the control characters are out
+            raise serializers.ValidationError("may not be blank")
 
 
-def no_control_characters_multiline(value: str) -> None:
-    """Refuse control characters other than tabs and line breaks in multi-line text."""
-    if (char := control_character(value, multiline=True)) is not None:
-        raise serializers.ValidationError(control_character_problem(char))
+class RuleValidator(RegexValidator):
+    """One input rule of input_rules.py (which refuses control characters too). A RegexValidator, so the schema
+    states the rule's own pattern; `word` names the value where the rule's word is too vague."""
+
+    def __init__(self, rule: InputRule, word: str | None = None):
+        super().__init__(regex=rf"\A(?:{rule.pattern})\Z")
+        self.rule, self.word = rule, word
+
+    def __call__(self, value) -> None:
+        if (char := control_character(value)) is not None:
+            raise serializers.ValidationError(control_character_problem(char))
+        if not self.rule.is_valid(value):
+            raise serializers.ValidationError(self.rule.problem(value, word=self.word))
 
 
-def _rule(rule: InputRule, word: str | None = None):
-    def validate(value: str) -> None:
-        if not rule.is_valid(value):
-            raise serializers.ValidationError(rule.problem(value, word=word))
+valid_name = RuleValidator(NAME)
+valid_environment = RuleValidator(NAME, "environment")
+valid_tag = RuleValidator(TAG)
+valid_digest = RuleValidator(DIGEST)
+valid_check_name = RuleValidator(CHECK_NAME)
+valid_http_url = RuleValidator(HTTP_URL)
+valid_image_source = RuleValidator(IMAGE_SOURCE)
 
-    return validate
+
+class ExactText(serializers.CharField):
+    """Text checked as it was sent: a JSON string (a number is not text), its length and characters tested before
+    it is trimmed, so the schema's maxLength and pattern describe the value on the wire. Values checked by an input
+    rule are never trimmed: the rule says what a valid one is."""
+
+    def __init__(self, *, trim: bool = True, **kwargs):
+        super().__init__(trim_whitespace=False, **kwargs)
+        self.trim = trim
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return data
+
+    def run_validation(self, data=serializers.empty):
+        value = super().run_validation(data)
+        return value.strip() if self.trim and isinstance(value, str) else value
 
 
-valid_name = _rule(NAME)
-valid_environment = _rule(NAME, "environment")
-valid_tag = _rule(TAG)
-valid_digest = _rule(DIGEST)
+@extend_schema_field({"type": "string", "format": "date-time"})
+class DateTimeText(ExactText):
+    """An RFC 3339 date-time kept as the text CI sent (input_rules.parse_rfc3339 reads it)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(trim=False, **kwargs)
 
 
 def Line(*, max_length: int, required: bool = True, validators=(), **kwargs) -> serializers.CharField:  # noqa: N802
-    """A one-line text field: trimmed, bounded, no control characters."""
-    return serializers.CharField(
-        max_length=max_length, required=required, validators=[no_control_characters, *validators], **kwargs
-    )
+    """A one-line text field: bounded, no control characters; trimmed unless an input rule (valid_tag, …) checks it."""
+    validators = list(validators)
+    ruled = any(isinstance(v, RuleValidator) for v in validators)
+    if not ruled:
+        validators.insert(0, PrintableValidator(filled=not kwargs.get("allow_blank", False)))
+    return ExactText(max_length=max_length, required=required, validators=validators, trim=not ruled, **kwargs)
 
 
 def Text(*, max_length: int = 4000, **kwargs) -> serializers.CharField:  # noqa: N802
-    return serializers.CharField(
+    """A multi-line text field (reasons, comments): optional, bounded, tabs and line breaks allowed, trimmed."""
+    return ExactText(
         max_length=max_length,
         required=False,
         allow_blank=True,
         default="",
-        validators=[no_control_characters_multiline],
+        validators=[PrintableValidator(multiline=True)],
         **kwargs,
     )
 
 
+def Url(**kwargs) -> serializers.CharField:  # noqa: N802
+    """An optional http(s) URL (input_rules.HTTP_URL); empty means none."""
+    return ExactText(
+        max_length=HTTP_URL.max_length,
+        required=False,
+        allow_blank=True,
+        default="",
+        validators=[valid_http_url],
+        trim=False,
+        **kwargs,
+    )
+
+
+class StrictInput(serializers.Serializer):
+    """A JSON request body: keys it does not define are refused with a 400 naming them, and the schema says
+    `additionalProperties: false` (see api/schema.py). Query-string serializers stay plain Serializers."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({key: "unknown field" for key in unknown})
+        return super().to_internal_value(data)
+
+
+class QueryIn(serializers.Serializer):
+    """Query-string parameters: a parameter given empty (`?tag=`) is refused unless empty means something for it,
+    so `?tag=` never silently searches every tag. Parameters it does not define (cursor, limit) pass by."""
+
+    def to_internal_value(self, data):
+        empty = sorted(
+            name
+            for name, field in self.fields.items()
+            if data.get(name) == "" and not getattr(field, "allow_blank", False)
+        )
+        if empty:
+            raise serializers.ValidationError({name: "give a value, or leave the parameter out" for name in empty})
+        return super().to_internal_value(data)
+
+
+MAX_LABEL_VALUE = 255
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "maxProperties": MAX_LABELS,
+        # Label names as patternProperties (valid in OpenAPI 3.0 and 3.1); any other name is refused.
+        "patternProperties": {
+            LABEL_NAME.anchored_pattern: {
+                "type": "string",
+                "maxLength": MAX_LABEL_VALUE,
+                "pattern": f"^(?:{LINE_PATTERN})$",
+            }
+        },
+        "additionalProperties": False,
+    }
+)
 class LabelsField(serializers.DictField):
+    """Labels: at most 50, each name 1 to 63 printable characters, each value one line of at most 255."""
+
     def __init__(self, **kwargs):
-        super().__init__(child=Line(max_length=255, allow_blank=True), **kwargs)
+        super().__init__(child=Line(max_length=MAX_LABEL_VALUE, allow_blank=True), **kwargs)
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
-        if len(value) > 50:
-            raise serializers.ValidationError("at most 50 labels")
+        if len(value) > MAX_LABELS:
+            raise serializers.ValidationError(f"at most {MAX_LABELS} labels")
         for key in value:
-            if not key or len(key) > 63 or control_character(key) is not None:
-                raise serializers.ValidationError(f"label name {key[:70]!r} must be 1 to 63 printable characters")
+            if not LABEL_NAME.is_valid(key):
+                raise serializers.ValidationError(LABEL_NAME.problem(key[:70]))
         return value
 
 
-class ChangelogEntryIn(serializers.Serializer):
+class ChangelogEntryIn(StrictInput):
     sha = Line(max_length=64)
     title = Line(max_length=500, required=False, allow_blank=True)
     author = Line(max_length=255, required=False, allow_blank=True)
@@ -83,24 +205,17 @@ class ChangelogOut(serializers.Serializer):
     author = serializers.CharField()
 
 
-class MetadataIn(serializers.Serializer):
+class MetadataIn(StrictInput):
     git_sha = Line(max_length=64, required=False, allow_blank=True)
     branch = Line(max_length=255, required=False, allow_blank=True)
-    build_url = serializers.URLField(max_length=1024, required=False, allow_blank=True)
+    build_url = Url()
     labels = LabelsField(required=False)
-    # ISO 8601 with its zone; the service checks and normalises it (lead time in insights starts here).
-    commit_time = Line(max_length=40, required=False, allow_blank=True)
+    # An RFC 3339 date-time; the service checks and normalises it (lead time in insights starts here).
+    commit_time = DateTimeText(required=False)
     repo_url = serializers.URLField(
         max_length=1024, required=False, allow_blank=True, help_text="the source repository; the diff links commits"
     )
     changelog = ChangelogEntryIn(many=True, required=False, max_length=500, help_text="commits this build adds")
-
-    def to_internal_value(self, data):
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({key: "unknown metadata key" for key in unknown})
-        return super().to_internal_value(data)
 
 
 # --- integrations -----------------------------------------------------------------------------------------------
@@ -138,7 +253,7 @@ class IntegrationOut(serializers.Serializer):
 # --- artifacts ----------------------------------------------------------------------------------------------------
 
 
-class RegisterIn(serializers.Serializer):
+class RegisterIn(StrictInput):
     env = Line(max_length=63, validators=[valid_environment])
     tag = Line(max_length=128, validators=[valid_tag])
     digest = Line(max_length=71, required=False, allow_null=True, validators=[valid_digest])
@@ -192,24 +307,28 @@ class RegisterOut(serializers.Serializer):
     arrived_at = serializers.DateTimeField()
 
 
-class ArtifactSearchIn(serializers.Serializer):
+class ArtifactSearchIn(QueryIn):
     env = Line(max_length=63, required=False, validators=[valid_environment])
     tag = Line(max_length=128, required=False, validators=[valid_tag])
     digest = Line(max_length=71, required=False, validators=[valid_digest])
 
 
-class ImportIn(serializers.Serializer):
-    source = Line(max_length=512, help_text="host/repository:tag or host/repository@sha256:…")
-    source_credentials = serializers.DictField(
-        child=Line(max_length=4096, allow_blank=True), required=False, allow_null=True
+class SourceCredentialsIn(StrictInput):
+    """The build registry's user and password for one import; never stored."""
+
+    username = Line(max_length=4096, required=False, allow_blank=True)
+    password = Line(max_length=4096, required=False, allow_blank=True)
+
+
+class ImportIn(StrictInput):
+    source = Line(
+        max_length=IMAGE_SOURCE.max_length,
+        validators=[valid_image_source],
+        help_text="host/repository:tag or host/repository@sha256:…",
     )
+    source_credentials = SourceCredentialsIn(required=False, allow_null=True)
     tag = Line(max_length=128, required=False, allow_null=True, validators=[valid_tag])
     metadata = MetadataIn(required=False, allow_null=True)
-
-    def validate_source_credentials(self, value):
-        if value is not None and set(value) - {"username", "password"}:
-            raise serializers.ValidationError("only username and password are accepted")
-        return value
 
 
 class JobOut(serializers.Serializer):
@@ -221,17 +340,17 @@ class JobOut(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     error = serializers.CharField()
-    result = serializers.JSONField(allow_null=True)
+    result = serializers.JSONField(help_text="once it succeeded: digest and artifact; else null")
     url = serializers.SerializerMethodField()
 
     def get_url(self, job) -> str:
         return f"/api/v1/jobs/{job.pk}/"
 
 
-class CheckIn(serializers.Serializer):
-    name = Line(max_length=63, validators=[validate_check_name])  # the rule a step's required_checks use
+class CheckIn(StrictInput):
+    name = Line(max_length=63, validators=[valid_check_name])  # the rule a step's required_checks use
     status = serializers.ChoiceField(choices=CheckResult.Status.values)
-    url = serializers.URLField(max_length=1024, required=False, allow_blank=True, default="")
+    url = Url()
 
 
 # --- promotions ---------------------------------------------------------------------------------------------------
@@ -247,7 +366,7 @@ class OffsetDateTime(serializers.DateTimeField):
         return super().enforce_timezone(value)
 
 
-class PromotionIn(serializers.Serializer):
+class PromotionIn(StrictInput):
     integration = Line(max_length=63, validators=[valid_name])
     artifact = Line(max_length=128, help_text="artifact id, digest (sha256:…) or tag")
     to_env = Line(max_length=63, validators=[valid_environment])
@@ -353,18 +472,18 @@ class PromotionOut(serializers.Serializer):
         return promotion.log.splitlines()[-LOG_TAIL_LINES:]
 
 
-class CommentIn(serializers.Serializer):
+class CommentIn(StrictInput):
     comment = Text()
 
 
-class RollbackIn(serializers.Serializer):
+class RollbackIn(StrictInput):
     env = Line(max_length=63, validators=[valid_environment])
     to = Line(max_length=71, help_text="artifact id or digest to return the bucket to")
     reason = Line(max_length=2000)
     freeze_override_reason = Text(help_text="roll back through an active freeze window (needs override_freezewindow)")
 
 
-class PushCredentialsIn(serializers.Serializer):
+class PushCredentialsIn(StrictInput):
     env = Line(max_length=63, validators=[valid_environment])
 
 
@@ -386,7 +505,7 @@ class PushCredentialsOut(serializers.Serializer):
 # --- audit ----------------------------------------------------------------------------------------------------------
 
 
-class AuditQueryIn(serializers.Serializer):
+class AuditQueryIn(QueryIn):
     integration = Line(max_length=63, required=False, validators=[valid_name])
     environment = Line(max_length=63, required=False, validators=[valid_environment])
     actor = Line(max_length=150, required=False)
@@ -405,8 +524,8 @@ class AuditEntryOut(serializers.Serializer):
     object_repr = serializers.CharField()
     integration = serializers.CharField()
     environment = serializers.CharField()
-    before = serializers.JSONField(allow_null=True)
-    after = serializers.JSONField(allow_null=True)
+    before = serializers.JSONField(help_text="the object before the change, or null")
+    after = serializers.JSONField(help_text="the object after the change, or null")
     reason = serializers.CharField()
     request_id = serializers.CharField()
     prev_hash = serializers.CharField()
@@ -444,8 +563,8 @@ class AuditVerifyOut(serializers.Serializer):
 # --- CI's OIDC token exchange ---------------------------------------------------------------------------------------
 
 
-class OidcExchangeIn(serializers.Serializer):
-    token = serializers.CharField(max_length=16384, help_text="the CI job's OIDC ID token (a JWT)")
+class OidcExchangeIn(StrictInput):
+    token = Line(max_length=16384, help_text="the CI job's OIDC ID token (a JWT)")
 
 
 class OidcExchangeOut(serializers.Serializer):
@@ -467,7 +586,7 @@ class ErrorOut(serializers.Serializer):
     error = ErrorBody()
 
 
-class StopIn(serializers.Serializer):
+class StopIn(StrictInput):
     reason = Line(max_length=1000, help_text="why every promotion stops (shown on every page)")
 
 

@@ -9,10 +9,7 @@ from pathlib import Path
 
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
-from rest_framework.pagination import CursorPagination
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,7 +19,9 @@ from ci_integrations.api import parsers
 from ci_integrations.api import serializers as s
 from ci_integrations.api.errors import MAX_BODY_BYTES, PayloadTooLarge, error_body
 from ci_integrations.api.idempotency import idempotency_claim, idempotency_store
+from ci_integrations.api.pagination import PAGE_PARAMETERS, NewestFirst, cursor_page
 from ci_integrations.api.permissions import HasScope, check_scope, request_token
+from ci_integrations.api.schema import WRITE_ERRORS, api_operation
 from ci_integrations.api.throttling import TokenRateThrottle
 from ci_integrations.models import Artifact, Bucket, CheckResult, Integration, Promotion
 from ci_integrations.selectors import AuditFilters
@@ -45,7 +44,14 @@ from ci_integrations.services.tokens import (
 )
 
 CLI_PATH = Path(__file__).resolve().parent.parent / "cli" / "p2p.py"
-ERRORS = {code: s.ErrorOut for code in (400, 401, 403, 404, 409, 413, 422, 429)}
+REGISTRY_ERRORS = WRITE_ERRORS | {502}
+PROMOTION_LINKS = {
+    "GetPromotion": ("promotion_detail", "id"),
+    "ApprovePromotion": ("promotion_approve", "id"),
+    "RejectPromotion": ("promotion_reject", "id"),
+    "CancelPromotion": ("promotion_cancel", "id"),
+    "RetryPromotion": ("promotion_retry", "id"),
+}
 
 
 class _Replay(Exception):
@@ -145,7 +151,7 @@ def artifact_by_reference(integration: Integration, reference: str, *, env: str 
 
 
 class IntegrationListView(ApiView):
-    @extend_schema(responses={200: s.IntegrationOut(many=True), **ERRORS}, operation_id="integrations_list")
+    @api_operation(operation_id="integrations_list", responses={200: s.IntegrationOut(many=True)})
     def get(self, request):
         """Integrations visible to the token, each with its buckets and what each bucket runs."""
         integrations = selectors.integrations_with_buckets(self.actor())
@@ -153,7 +159,7 @@ class IntegrationListView(ApiView):
 
 
 class IntegrationDetailView(ApiView):
-    @extend_schema(responses={200: s.IntegrationOut, **ERRORS}, operation_id="integration_detail")
+    @api_operation(operation_id="integration_detail", responses={200: s.IntegrationOut})
     def get(self, request, name: str):
         """One integration visible to the caller, with its buckets and what each environment runs now."""
         integration = selectors.integrations_with_buckets(self.actor(), name=name).first()
@@ -165,20 +171,13 @@ class IntegrationDetailView(ApiView):
 # --- artifacts ----------------------------------------------------------------------------------------------------
 
 
-class NewestFirst(CursorPagination):
-    ordering = ("-id",)
-    page_size = 50
-    max_page_size = 200
-    page_size_query_param = "limit"
-
-
 class ArtifactsView(ApiView):
     scopes = {"GET": SCOPE_READ, "POST": SCOPE_ARTIFACTS_WRITE}
 
-    @extend_schema(
-        parameters=[s.ArtifactSearchIn, OpenApiParameter("cursor", OpenApiTypes.STR)],
-        responses={200: s.ArtifactOut(many=True), **ERRORS},
+    @api_operation(
         operation_id="artifacts_search",
+        parameters=[s.ArtifactSearchIn, *PAGE_PARAMETERS],
+        responses={200: cursor_page(s.ArtifactOut)},
     )
     def get(self, request, name: str):
         """Search an integration's artifacts by environment (arrived there), tag and digest; newest first."""
@@ -187,14 +186,17 @@ class ArtifactsView(ApiView):
         artifacts = selectors.artifacts_search(
             integration=integration, env=query.get("env", ""), tag=query.get("tag", ""), digest=query.get("digest", "")
         )
-        paginator = NewestFirst()
-        page = paginator.paginate_queryset(artifacts, request, view=self)
-        return paginator.get_paginated_response(s.ArtifactOut(page, many=True).data)
+        return NewestFirst().page(artifacts, request, self, s.ArtifactOut)
 
-    @extend_schema(
-        request=s.RegisterIn,
-        responses={200: s.RegisterOut, 201: s.RegisterOut, 502: s.ErrorOut, **ERRORS},
+    @api_operation(
         operation_id="artifacts_register",
+        request=s.RegisterIn,
+        responses={200: s.RegisterOut, 201: s.RegisterOut},
+        errors=REGISTRY_ERRORS,
+        links={
+            status_code: {"GetArtifact": ("artifact_detail", "id"), "ReportCheck": ("checks_report", "id")}
+            for status_code in (200, 201)
+        },
     )
     def post(self, request, name: str):
         """Register an image already pushed to the env's bucket: 201 when new there, 200 when already registered."""
@@ -223,7 +225,7 @@ class ArtifactsView(ApiView):
 
 
 class ArtifactDetailView(ApiView):
-    @extend_schema(responses={200: s.ArtifactOut, **ERRORS}, operation_id="artifact_detail")
+    @api_operation(operation_id="artifact_detail", responses={200: s.ArtifactOut})
     def get(self, request, pk: int):
         """One artifact (an image by digest) with its checks and arrivals."""
         artifact = artifact_for(request, pk)
@@ -233,7 +235,13 @@ class ArtifactDetailView(ApiView):
 class ImportCreateView(ApiView):
     scopes = {"POST": SCOPE_ARTIFACTS_WRITE}
 
-    @extend_schema(request=s.ImportIn, responses={202: s.JobOut, **ERRORS}, operation_id="artifacts_import")
+    @api_operation(
+        operation_id="artifacts_import",
+        request=s.ImportIn,
+        responses={202: s.JobOut},
+        errors=REGISTRY_ERRORS,
+        links={202: {"GetJob": ("job_detail", "id")}},
+    )
     def post(self, request, name: str):
         """Copy an image from an outside build registry into the integration's first bucket; follow the job."""
         integration = integration_for(request, name)
@@ -250,7 +258,7 @@ class ImportCreateView(ApiView):
 
 
 class JobDetailView(ApiView):
-    @extend_schema(responses={200: s.JobOut, **ERRORS}, operation_id="job_detail")
+    @api_operation(operation_id="job_detail", responses={200: s.JobOut})
     def get(self, request, pk: int):
         """An import job's state, and its result once it has ended."""
         job = selectors.import_job_visible_to(self.actor(), pk)
@@ -262,7 +270,7 @@ class JobDetailView(ApiView):
 class CheckReportView(ApiView):
     scopes = {"POST": SCOPE_CHECKS_WRITE}
 
-    @extend_schema(request=s.CheckIn, responses={201: s.CheckOut, **ERRORS}, operation_id="checks_report")
+    @api_operation(operation_id="checks_report", request=s.CheckIn, responses={201: s.CheckOut}, errors=WRITE_ERRORS)
     def post(self, request, pk: int):
         """Report a named check as passed or failed; the latest report wins."""
         artifact = artifact_for(request, pk)
@@ -283,7 +291,13 @@ def promotion_response(promotion: Promotion, *, status_code: int = 200) -> Respo
 class PromotionCreateView(ApiView):
     scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
 
-    @extend_schema(request=s.PromotionIn, responses={201: s.PromotionOut, **ERRORS}, operation_id="promotions_request")
+    @api_operation(
+        operation_id="promotions_request",
+        request=s.PromotionIn,
+        responses={201: s.PromotionOut},
+        errors=WRITE_ERRORS,
+        links={201: PROMOTION_LINKS},
+    )
     def post(self, request):
         """Request a promotion along the integration's workflow; 409 lists every unmet policy condition."""
         data = self.parse(s.PromotionIn, request.data)
@@ -303,7 +317,7 @@ class PromotionCreateView(ApiView):
 
 
 class PromotionDetailView(ApiView):
-    @extend_schema(responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_detail")
+    @api_operation(operation_id="promotion_detail", responses={200: s.PromotionOut})
     def get(self, request, pk: int):
         """State, progress, the log's tail, the error and the approvals of one promotion."""
         return Response(s.PromotionOut(promotion_for(request, pk)).data)
@@ -312,7 +326,13 @@ class PromotionDetailView(ApiView):
 class PromotionApproveView(ApiView):
     scopes = {"POST": SCOPE_PROMOTIONS_APPROVE}
 
-    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_approve")
+    @api_operation(
+        operation_id="promotion_approve",
+        request=s.CommentIn,
+        responses={200: s.PromotionOut},
+        errors=WRITE_ERRORS,
+        personal_only=True,
+    )
     def post(self, request, pk: int):
         """Approve (personal tokens only; four-eyes and the approver group apply)."""
         promotion = promotion_for(request, pk)
@@ -324,7 +344,13 @@ class PromotionApproveView(ApiView):
 class PromotionRejectView(ApiView):
     scopes = {"POST": SCOPE_PROMOTIONS_APPROVE}
 
-    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_reject")
+    @api_operation(
+        operation_id="promotion_reject",
+        request=s.CommentIn,
+        responses={200: s.PromotionOut},
+        errors=WRITE_ERRORS,
+        personal_only=True,
+    )
     def post(self, request, pk: int):
         """Reject a pending promotion: the request ends (personal tokens only; the approver group applies)."""
         promotion = promotion_for(request, pk)
@@ -336,7 +362,9 @@ class PromotionRejectView(ApiView):
 class PromotionCancelView(ApiView):
     scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
 
-    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_cancel")
+    @api_operation(
+        operation_id="promotion_cancel", request=s.CommentIn, responses={200: s.PromotionOut}, errors=WRITE_ERRORS
+    )
     def post(self, request, pk: int):
         """Cancel a promotion that has not started copying (pending approval, approved or queued); the comment is the
         reason."""
@@ -349,7 +377,9 @@ class PromotionCancelView(ApiView):
 class PromotionRetryView(ApiView):
     scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
 
-    @extend_schema(request=s.CommentIn, responses={200: s.PromotionOut, **ERRORS}, operation_id="promotion_retry")
+    @api_operation(
+        operation_id="promotion_retry", request=s.CommentIn, responses={200: s.PromotionOut}, errors=WRITE_ERRORS
+    )
     def post(self, request, pk: int):
         """Queue a failed promotion again: the same digest, with the approvals it already has."""
         promotion = promotion_for(request, pk)
@@ -361,7 +391,13 @@ class PromotionRetryView(ApiView):
 class RollbackView(ApiView):
     scopes = {"POST": SCOPE_PROMOTIONS_REQUEST}
 
-    @extend_schema(request=s.RollbackIn, responses={201: s.PromotionOut, **ERRORS}, operation_id="bucket_rollback")
+    @api_operation(
+        operation_id="bucket_rollback",
+        request=s.RollbackIn,
+        responses={201: s.PromotionOut},
+        errors=WRITE_ERRORS,
+        links={201: {"GetPromotion": ("promotion_detail", "id")}},
+    )
     def post(self, request, name: str):
         """Return a bucket to an artifact that arrived there before (by artifact id or digest)."""
         integration = integration_for(request, name)
@@ -389,10 +425,11 @@ class PushCredentialsView(ApiView):
     scopes = {"POST": SCOPE_ARTIFACTS_WRITE}
     store_idempotent_response = False  # the answer is a registry password or token
 
-    @extend_schema(
-        request=s.PushCredentialsIn,
-        responses={200: s.PushCredentialsOut, 502: s.ErrorOut, **ERRORS},
+    @api_operation(
         operation_id="push_credentials",
+        request=s.PushCredentialsIn,
+        responses={200: s.PushCredentialsOut},
+        errors=REGISTRY_ERRORS,
     )
     def post(self, request, name: str):
         """Short-lived credentials that can pull and push the bucket's repository and no other (audited).
@@ -409,10 +446,10 @@ class PushCredentialsView(ApiView):
 
 
 class AuditListView(ApiView):
-    @extend_schema(
-        parameters=[s.AuditQueryIn, OpenApiParameter("cursor", OpenApiTypes.STR)],
-        responses={200: s.AuditEntryOut(many=True), **ERRORS},
+    @api_operation(
         operation_id="audit_list",
+        parameters=[s.AuditQueryIn, *PAGE_PARAMETERS],
+        responses={200: cursor_page(s.AuditEntryOut)},
     )
     def get(self, request):
         """Audit entries, newest first, cursor-paginated. CI tokens see their integrations' entries only."""
@@ -420,15 +457,13 @@ class AuditListView(ApiView):
             check_scope(request, SCOPE_READ, permission="ci_integrations.view_auditentry")
         query = self.parse(s.AuditQueryIn, request.query_params)
         entries = selectors.audit_entries_visible_to(self.actor(), AuditFilters(**query))
-        paginator = NewestFirst()
-        page = paginator.paginate_queryset(entries, request, view=self)
-        return paginator.get_paginated_response(s.AuditEntryOut(page, many=True).data)
+        return NewestFirst().page(entries, request, self, s.AuditEntryOut)
 
 
 class AuditVerifyView(ApiView):
     permissions = {"GET": "ci_integrations.export_auditentry"}
 
-    @extend_schema(responses={200: s.AuditVerifyOut, **ERRORS}, operation_id="audit_verify")
+    @api_operation(operation_id="audit_verify", responses={200: s.AuditVerifyOut}, personal_only=True)
     def get(self, request):
         """Verify the chain after its newest signed checkpoint (bounded), or answer with the last background run."""
         answer = audit_verify_bounded()
@@ -457,11 +492,12 @@ class OidcExchangeView(ApiView):
     permission_classes: list = []
     store_idempotent_response = False  # the answer is a token
 
-    @extend_schema(
-        request=s.OidcExchangeIn,
-        responses={201: s.OidcExchangeOut, **ERRORS},
-        auth=[],
+    @api_operation(
         operation_id="auth_oidc_exchange",
+        request=s.OidcExchangeIn,
+        responses={201: s.OidcExchangeOut},
+        errors=WRITE_ERRORS,
+        anonymous=True,
     )
     def post(self, request):
         """Exchange a CI job's OIDC ID token (GitHub Actions, GitLab CI, …) for a short-lived CI token.
@@ -494,7 +530,7 @@ class StopView(ApiView):
     scopes = {"GET": SCOPE_READ, "POST": SCOPE_PROMOTIONS_REQUEST, "DELETE": SCOPE_PROMOTIONS_REQUEST}
     permissions = {"POST": "ci_integrations.use_emergency_stop", "DELETE": "ci_integrations.use_emergency_stop"}
 
-    @extend_schema(responses={200: s.StopOut, 404: s.ErrorOut, **ERRORS}, operation_id="stop_status")
+    @api_operation(operation_id="stop_status", responses={200: s.StopOut})
     def get(self, request):
         """The emergency stop in force; 404 when promotions run normally."""
         stop = emergency_stop_active()
@@ -502,14 +538,22 @@ class StopView(ApiView):
             raise NotFound("the emergency stop is not pulled")
         return Response(s.StopOut(stop).data)
 
-    @extend_schema(request=s.StopIn, responses={201: s.StopOut, **ERRORS}, operation_id="stop_pull")
+    @api_operation(
+        operation_id="stop_pull", request=s.StopIn, responses={201: s.StopOut}, errors=WRITE_ERRORS, personal_only=True
+    )
     def post(self, request):
         """Pull the emergency stop: no new promotion, queued ones held, running copies finish; 409 if pulled."""
         data = self.parse(s.StopIn, request.data)
         stop = emergency_stop_pull(reason=data["reason"], actor=self.actor())
         return Response(s.StopOut(stop).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: s.StopOut, **ERRORS}, operation_id="stop_release")
+    @api_operation(
+        operation_id="stop_release",
+        responses={200: s.StopOut},
+        errors=WRITE_ERRORS,
+        personal_only=True,
+        method="DELETE",
+    )
     def delete(self, request):
         """Release the emergency stop: waiting promotions are queued again within P2P_SCHEDULER_SECONDS."""
         return Response(s.StopOut(emergency_stop_release(actor=self.actor())).data)

@@ -18,16 +18,41 @@ _DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_COMPONENT_RE = re.compile(rf"^{_PATH_COMPONENT}$")
 _REPOSITORY_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+# A tag and a verifiable digest as regular expressions that a whole value must match (fullmatch). They are written
+# in the common subset of Python's and ECMA-262's syntax, so the API's schema can state the same rule.
+TAG_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+DIGEST_PATTERN = r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}"
+_TAG_RE = re.compile(TAG_PATTERN)
+_VERIFIABLE_DIGEST_RE = re.compile(DIGEST_PATTERN)
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST_RE = re.compile(rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?$")
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_DIGEST_HEX = {"sha256": 64, "sha512": 128}
+# A TCP port, 0 to 65535, and an IPv6 address in brackets (the eight-group forms with at most one "::").
+PORT_PATTERN = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+_H16 = "[0-9a-fA-F]{1,4}"
+IPV6_PATTERN = (
+    rf"\[(?:(?:{_H16}:){{7}}{_H16}|(?:{_H16}:){{1,7}}:|(?:{_H16}:){{1,6}}:{_H16}|(?:{_H16}:){{1,5}}(?::{_H16}){{1,2}}"
+    rf"|(?:{_H16}:){{1,4}}(?::{_H16}){{1,3}}|(?:{_H16}:){{1,3}}(?::{_H16}){{1,4}}|(?:{_H16}:){{1,2}}(?::{_H16}){{1,5}}"
+    rf"|{_H16}:(?::{_H16}){{1,6}}|:(?:(?::{_H16}){{1,7}}|:))\]"
+)
+_HOST_RE = re.compile(rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{IPV6_PATTERN})(?::{PORT_PATTERN})?")
+# A first path component is a registry host when it has a '.' or a ':' or is `localhost` (Docker's rule), and is then
+# a valid host; anything else is the start of a Docker Hub repository.
+_HOST_COMPONENT = (
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*:{PORT_PATTERN}|{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})+"
+    rf"|localhost|{IPV6_PATTERN}(?::{PORT_PATTERN})?)"
+)
+# A first component that cannot be taken for a host: no '.' (a path component holds no ':').
+_FIRST_PATH_COMPONENT = r"[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*"
+# What parse_reference accepts, as one pattern (lengths aside: see MAX_REPOSITORY_LENGTH): a host and a path, a path
+# of two or more components whose first is not host-like, or a single component (Docker Hub's library/).
+IMAGE_REFERENCE_PATTERN = (
+    rf"(?:{_HOST_COMPONENT}/{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*|{_FIRST_PATH_COMPONENT}(?:/{_PATH_COMPONENT})+"
+    rf"|{_PATH_COMPONENT})(?::(?:{TAG_PATTERN}))?(?:@(?:{DIGEST_PATTERN}))?"
+)
 MAX_REPOSITORY_LENGTH = 255
 
 
 def is_valid_tag(tag: str) -> bool:
-    return isinstance(tag, str) and bool(_TAG_RE.match(tag))
+    return isinstance(tag, str) and bool(_TAG_RE.fullmatch(tag))
 
 
 def is_valid_repository(repository: str) -> bool:
@@ -40,15 +65,11 @@ def is_valid_repository(repository: str) -> bool:
 
 def is_valid_digest(digest: str) -> bool:
     """sha256:<64 lowercase hex> or sha512:<128 lowercase hex>; other algorithms cannot be verified here."""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
-        return False
-    algorithm, _, encoded = digest.partition(":")
-    length = _DIGEST_HEX.get(algorithm)
-    return length is not None and len(encoded) == length and bool(re.fullmatch(r"[a-f0-9]+", encoded))
+    return isinstance(digest, str) and bool(_VERIFIABLE_DIGEST_RE.fullmatch(digest))
 
 
 def is_valid_host(host: str) -> bool:
-    return isinstance(host, str) and bool(_HOST_RE.match(host))
+    return isinstance(host, str) and bool(_HOST_RE.fullmatch(host))
 
 
 def check_tag(tag: str) -> str:

@@ -7,13 +7,13 @@ audit, rows.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from ci_integrations.input_rules import DIGEST, TAG, control_character, is_http_url
+from ci_integrations.input_rules import DIGEST, TAG, control_character, is_http_url, parse_rfc3339
 from ci_integrations.models import (
     Arrival,
     Artifact,
@@ -122,14 +122,12 @@ def _changelog(value) -> list[dict]:
 
 
 def _commit_time_text(value) -> str:
-    """The commit time CI gave (ISO 8601 with a zone) as `YYYY-MM-DDTHH:MM:SSZ` in UTC, the one form insights reads."""
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None:
+    """The commit time CI gave (an RFC 3339 date-time) as `YYYY-MM-DDTHH:MM:SSZ` in UTC, the one form insights
+    reads."""
+    moment = parse_rfc3339(value)
+    if moment is None:
         raise InvalidInput(
-            "metadata commit_time must be an ISO 8601 time with its zone, e.g. 2026-11-30T09:12:00Z",
+            "metadata commit_time must be an RFC 3339 time with its zone, e.g. 2026-11-30T09:12:00Z",
             details={"commit_time": "invalid"},
         )
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

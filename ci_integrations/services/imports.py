@@ -41,7 +41,7 @@ from ci_integrations.services.arrivals import immutable_tag_holder
 from ci_integrations.services.artifacts import artifact_register, clean_metadata, no_bucket
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.background import RUN_IMPORT, transition
-from ci_integrations.services.errors import InvalidInput, ServiceError, StateConflict
+from ci_integrations.services.errors import InvalidInput, NotAllowed, ServiceError, StateConflict
 from ci_integrations.services.supply_chain import attached_mode
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def _source_location(source: str, credentials: dict | None, *, guard: Guard | No
 
 
 def _check_source_allowed(location: ImageLocation, ref) -> None:
-    """Refuse (InvalidInput, naming the host) a source that is not a configured registry or a listed host, or that
+    """Refuse (NotAllowed, naming the host) a source that is not a configured registry or a listed host, or that
     resolves to an internal address no configured registry lives at.
 
     A name that cannot be resolved now is let through: the worker's guard asks again before it connects, and the
@@ -142,11 +142,11 @@ def _check_source_allowed(location: ImageLocation, ref) -> None:
             f"source: imports may not read from {where}: it is not a registry configured in the portal, nor a host"
             " listed in P2P_IMPORT_ALLOWED_HOSTS"
         )
-        raise InvalidInput(message, details={"source": "host not allowed", "host": where})
+        raise NotAllowed(message, details={"source": "host not allowed", "host": where})
     try:
         location.registry.guard(scheme, host, port)
     except registry_errors.DestinationRefused as exc:
-        raise InvalidInput(f"source: {exc.message}", details={"source": "address not allowed", "host": where}) from None
+        raise NotAllowed(f"source: {exc.message}", details={"source": "address not allowed", "host": where}) from None
     except OSError:
         pass  # unresolvable now: the worker's guard decides (see above)
 

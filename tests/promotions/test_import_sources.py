@@ -50,12 +50,12 @@ def import_request(world, source: str):
     )
 
 
-def test_an_import_from_a_host_neither_configured_nor_listed_is_refused_with_400_naming_it(world, rq_queues):
+def test_an_import_from_a_host_neither_configured_nor_listed_is_refused_with_403_naming_it(world, rq_queues):
     response = import_request(world, "builds.elsewhere.example:5000/team/app:1.0")
 
-    assert response.status_code == 400, response.content
+    assert response.status_code == 403, response.content
     error = response.json()["error"]
-    assert error["code"] == "invalid" and "builds.elsewhere.example:5000" in error["message"]
+    assert error["code"] == "forbidden" and "builds.elsewhere.example:5000" in error["message"]
     assert "P2P_IMPORT_ALLOWED_HOSTS" in error["message"]
     assert error["details"]["host"] == "builds.elsewhere.example:5000"
     assert not ImportJob.objects.exists() and all(not queue.job_ids for queue in rq_queues.values())
@@ -95,7 +95,7 @@ def test_a_listed_host_that_resolves_to_cloud_metadata_is_refused(world, setting
     for source in ("metadata.builds.example.com/team/app:1", "169.254.169.254/team/app:1"):
         response = import_request(world, source)
 
-        assert response.status_code == 400, response.content
+        assert response.status_code == 403, response.content
         message = response.json()["error"]["message"]
         assert "resolves to 169.254.169.254, a link-local address" in message
     assert not ImportJob.objects.exists()
@@ -108,7 +108,7 @@ def test_a_loopback_port_where_no_registry_is_configured_is_refused_even_when_li
     for source in (f"127.0.0.1:{port}/team/app:1", f"localhost:{world.build_url.rsplit(':', 1)[1]}/team/app:1"):
         response = import_request(world, source)
 
-        assert response.status_code == 400, response.content
+        assert response.status_code == 403, response.content
         assert "a loopback address" in response.json()["error"]["message"]
     assert not ImportJob.objects.exists()
 
