@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
 from ci_integrations.api.diff_serializers import DiffOut, PreviewDiffIn
-from ci_integrations.api.views import ERRORS, ApiView, artifact_by_reference, integration_for, promotion_for
+from ci_integrations.api.schema import READ_ERRORS, api_operation
+from ci_integrations.api.views import ApiView, artifact_by_reference, integration_for, promotion_for
 from ci_integrations.services.diffs import preview_diff, promotion_diff
 
 
 class PromotionDiffView(ApiView):
-    @extend_schema(responses={200: DiffOut, **ERRORS}, operation_id="promotion_diff")
+    @api_operation(operation_id="promotion_diff", responses={200: DiffOut}, errors=READ_ERRORS)
     def get(self, request, pk: int):
         """What the promotion changes in its target: commits, image config, layers, platforms, SBOM packages,
         vulnerabilities, checks and metadata. A part that cannot be computed says why in `unavailable`."""
@@ -19,8 +19,8 @@ class PromotionDiffView(ApiView):
 
 
 class PreviewDiffView(ApiView):
-    @extend_schema(
-        parameters=[PreviewDiffIn], responses={200: DiffOut, **ERRORS}, operation_id="promotion_preview_diff"
+    @api_operation(
+        operation_id="promotion_preview_diff", parameters=[PreviewDiffIn], responses={200: DiffOut}, errors=READ_ERRORS
     )
     def get(self, request, name: str):
         """What promoting `artifact` (id, digest or tag) into `to_env` would change there, before it is requested."""
