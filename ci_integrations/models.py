@@ -420,7 +420,8 @@ class Promotion(models.Model):
 
     # Named groups of states: services, selectors, templates and the API use these, never lists of their own.
     OPEN = (State.PENDING_APPROVAL, State.QUEUED, State.RUNNING)  # at most one per artifact and bucket
-    CANCELLABLE = (State.PENDING_APPROVAL, State.QUEUED)  # nothing has been copied yet
+    # A running copy is asked to stop; it can no longer be once it has gone to write the tag (result_digest set).
+    CANCELLABLE = (State.PENDING_APPROVAL, State.QUEUED, State.RUNNING)
     RUNNABLE = (State.QUEUED,)  # what a copy job may claim
     ACTIVE = (State.QUEUED, State.RUNNING)  # a job carries it now: pages poll it
     FINAL = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED)

@@ -204,6 +204,10 @@ P2P_AUDIT_VERIFY_MAX_ENTRIES = env_whole_number("P2P_AUDIT_VERIFY_MAX_ENTRIES", 
 # A running promotion whose heartbeat is older than this is taken to have lost its worker.
 P2P_HEARTBEAT_STALE_AFTER = timedelta(seconds=int(os.environ.get("P2P_HEARTBEAT_STALE_SECONDS", "120")))
 P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
+# Seconds one promotion's copy may take in all; unset: 600 s plus a second per 5 MiB to move (at most 3540 s).
+P2P_COPY_DEADLINE = env_whole_number("P2P_COPY_DEADLINE", 0) or None
+# Seconds a web request (registration, preflight, push credentials) waits for a registry, all its calls together.
+P2P_REGISTRY_WEB_TIMEOUT = env_whole_number("P2P_REGISTRY_WEB_TIMEOUT", 10)
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
 P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
 

@@ -191,7 +191,7 @@ class ArtifactsView(ApiView):
 
     @extend_schema(
         request=s.RegisterIn,
-        responses={200: s.RegisterOut, 201: s.RegisterOut, 502: s.ErrorOut, **ERRORS},
+        responses={200: s.RegisterOut, 201: s.RegisterOut, 502: s.ErrorOut, 504: s.ErrorOut, **ERRORS},
         operation_id="artifacts_register",
     )
     def post(self, request, name: str):
@@ -388,7 +388,7 @@ class PushCredentialsView(ApiView):
 
     @extend_schema(
         request=s.PushCredentialsIn,
-        responses={200: s.PushCredentialsOut, 502: s.ErrorOut, **ERRORS},
+        responses={200: s.PushCredentialsOut, 502: s.ErrorOut, 504: s.ErrorOut, **ERRORS},
         operation_id="push_credentials",
     )
     def post(self, request, name: str):

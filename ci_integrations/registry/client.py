@@ -324,15 +324,15 @@ class RegistryClient:
         One attempt only: the caller retries the whole transfer.
         """
         url = self.transport.url(f"/v2/{repository}/blobs/{digest}")
-        response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),))
+        response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),), transfer=True)
         if response.status_code != 200:
             raise response_error(response, what=f"GET blob {repository}@{digest}")
         return response
 
     def start_upload(
-        self, repository: str, *, mount: str | None = None, from_repository: str | None = None
+        self, repository: str, *, mount: str | None = None, from_repository: str | None = None, retry: bool = True
     ) -> tuple[bool, str | None]:
-        """POST an upload session, optionally as a cross-repository mount.
+        """POST an upload session, optionally as a cross-repository mount (asked once with retry=False).
 
         Returns (True, None) when the mount succeeded (201), else (False, upload URL).
         """
@@ -348,6 +348,7 @@ class RegistryClient:
             headers={"Content-Length": "0"},
             ok=(201, 202),
             what=f"start upload to {repository}",
+            policy=None if retry else RetryPolicy(attempts=1),
         )
         response.close()
         if response.status_code == 201 and mount:
@@ -382,6 +383,7 @@ class RegistryClient:
             data=body,
             replayable=False,
             follow_redirects=False,
+            transfer=True,
         )
 
 

@@ -11,6 +11,8 @@ Order of work, so a failure never leaves a half-image under the destination tag:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -18,11 +20,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
+from . import budget as budgets
 from .bodies import read_capped, response_error
 from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, hasher_for
 from .client_cache import shared_client
 from .errors import (
-    AccessDenied,
+    CopyStopped,
+    DeadlineExceeded,
     DigestMismatch,
     ImageMismatch,
     IndexTooLarge,
@@ -36,7 +40,7 @@ from .errors import (
 )
 from .providers import PushCredentials, PushScope, provider_for
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
-from .transport import RetryableFailure, with_retries
+from .transport import RetryableFailure, RetryNotice, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +159,16 @@ class _BlobBody:
 class ImageCopier:
     """One copy_image run: the two clients, the abort flag and the counters."""
 
-    def __init__(self, src: ImageLocation, dst: ImageLocation, *, parallelism: int = 6, progress=None):
+    def __init__(
+        self,
+        src: ImageLocation,
+        dst: ImageLocation,
+        *,
+        parallelism: int = 6,
+        progress=None,
+        notify: RetryNotice | None = None,
+        publish_gate: Callable[[], contextlib.AbstractContextManager] | None = None,
+    ):
         check_repository(src.repository)
         check_repository(dst.repository)
         check_reference(src.reference)
@@ -171,6 +184,10 @@ class ImageCopier:
             else provider_for(dst.registry).client(dst.registry, pool_size=pool)
         )
         self.same_registry = self.src_client.host == self.dst_client.host
+        for client in (self.src_client, self.dst_client):
+            client.transport.notify = notify
+        # The tag write happens inside it: the caller's last word on whether the image may still appear (a cancel).
+        self.publish_gate = publish_gate or contextlib.nullcontext
         self.abort = threading.Event()
         self.tracker: _Tracker | None = None
 
@@ -183,6 +200,14 @@ class ImageCopier:
 
     def run(self, *, expected_digest: str | None = None, copy_attached: bool = False) -> CopySummary:
         started = time.monotonic()
+        if expected_digest and not copy_attached:
+            # Already there: done without reading the source (on Docker Hub every manifest GET counts as a pull).
+            there = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
+            if there is not None and there.digest == expected_digest:
+                log.info("%s already holds %s; nothing to copy", self.dst, expected_digest)
+                return CopySummary(
+                    digest=there.digest, media_type=there.media_type, seconds=round(time.monotonic() - started, 4)
+                )
         top = self.src_client.get_manifest(self.src.repository, self.src.reference)
         if expected_digest and top.digest != expected_digest:
             raise ImageMismatch(
@@ -213,9 +238,10 @@ class ImageCopier:
 
     def _try_fast_path(self, top: Manifest) -> str | None:
         provider = provider_for(self.dst.registry)
+        budgets.check("before the fast path")
         try:
             name = provider.fast_copy(self.src, self.dst, top)
-        except (TagConflict, ImageMismatch):
+        except (TagConflict, ImageMismatch, CopyStopped, DeadlineExceeded):
             raise
         except Exception as exc:  # fast paths are an optimisation; the plain path always works
             log.warning("%s fast path failed (%s); using the plain OCI path", provider.name, cut(redact(str(exc)), 300))
@@ -286,7 +312,8 @@ class ImageCopier:
         if len(items) == 1:
             return [work(items[0])]
         with ThreadPoolExecutor(max_workers=min(self.parallelism, len(items)), thread_name_prefix="copy") as pool:
-            futures: list[Future] = [pool.submit(work, item) for item in items]
+            # Each thread runs in a copy of this context: the budget (deadline, stop switch) is shared by all.
+            futures: list[Future] = [pool.submit(contextvars.copy_context().run, work, item) for item in items]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)
             if failed is not None:
@@ -305,9 +332,11 @@ class ImageCopier:
             raise DigestMismatch(f"{self.dst.repository}@{child.digest} was stored as {digest}")
 
     def _put_top(self, top: Manifest) -> None:
+        budgets.check("before writing the tag")
         try:
-            digest = self.dst_client.put_manifest(self.dst.repository, self.dst.reference, top)
-        except TransientError:
+            with self.publish_gate():
+                digest = self.dst_client.put_manifest(self.dst.repository, self.dst.reference, top)
+        except (TransientError, CopyStopped, DeadlineExceeded):
             raise
         except RegistryError as exc:
             existing = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
@@ -338,21 +367,18 @@ class ImageCopier:
     def _copy_blob(self, blob: Descriptor) -> None:
         if self.abort.is_set():
             raise _Aborted()
+        budgets.check(f"copy blob {blob.digest}")
         tracker = self.tracker
         assert tracker is not None
         dst_repo, src_repo = self.dst.repository, self.src.repository
-        mountable = self.same_registry and src_repo != dst_repo
-        # Same registry: the mount answers "already there" too (201), so it replaces the HEAD: one round trip.
-        if not mountable and self.dst_client.head_blob(dst_repo, blob.digest) is not None:
+        # HEAD first, then mount, then upload: a registry that refuses or ignores mounts (ECR without BLOB_MOUNTING,
+        # Artifactory) may still have the blob, and a mount answer cannot be trusted to say so.
+        if self.dst_client.head_blob(dst_repo, blob.digest) is not None:
             tracker.blob("skipped", blob.size)
             return
         location = None
-        if mountable:
-            try:
-                mounted, location = self.dst_client.start_upload(dst_repo, mount=blob.digest, from_repository=src_repo)
-            except (AccessDenied, NotFound) as exc:
-                log.info("mount of %s from %s refused (%s); uploading instead", blob.digest, src_repo, exc.message)
-                mounted, location = False, None
+        if self.same_registry and src_repo != dst_repo:
+            mounted, location = self._try_mount(blob)
             if mounted:
                 tracker.blob("mounted", blob.size)
                 return
@@ -372,8 +398,34 @@ class ImageCopier:
                 self.dst_client.cancel_upload(upload, dst_repo)  # the next attempt gets a fresh session
                 raise
 
-        counted = with_retries(attempt, policy=self.dst_client.transport.policy, what=f"copy blob {blob.digest}")
+        transport = self.dst_client.transport
+        counted = with_retries(
+            attempt,
+            policy=transport.policy,
+            what=f"copy blob {blob.digest}",
+            host=transport.host,
+            notify=transport.notify,
+        )
         tracker.blob("copied", blob.size, counted=counted)
+
+    def _try_mount(self, blob: Descriptor) -> tuple[bool, str | None]:
+        """(True, None) when the registry mounted the blob; (False, upload URL or None) otherwise.
+
+        Any answer but 201 or 202 is a refusal, whatever it says (Harbor's 401 for a project it will not name, 400 or
+        405 from Nexus and keppel, ECR Public's failures): the blob is then uploaded like any other. Asked once, not
+        retried: a refusal costs one round trip.
+        """
+        try:
+            return self.dst_client.start_upload(
+                self.dst.repository, mount=blob.digest, from_repository=self.src.repository, retry=False
+            )
+        except (CopyStopped, DeadlineExceeded):
+            raise
+        except RegistryError as exc:
+            log.info(
+                "mount of %s from %s refused (%s); uploading instead", blob.digest, self.src.repository, exc.message
+            )
+            return False, None
 
     def _stream(self, blob: Descriptor, upload: str) -> int:
         """GET from the source and PUT to the upload URL in one pass, hashing as bytes flow; returns bytes sent."""
@@ -391,6 +443,7 @@ class ImageCopier:
             expected_hex = blob.digest.partition(":")[2]
             read_into = _raw_reader(source)
             abort = self.abort
+            budget = budgets.current_budget()
 
             def chunks() -> Iterator[memoryview]:
                 # One buffer per stream, refilled in place: each chunk is sent (sendall) before the next read.
@@ -400,6 +453,8 @@ class ImageCopier:
                 while remaining > 0:
                     if abort.is_set():
                         raise _Aborted()
+                    if budget is not None:
+                        budget.check(f"copy blob {blob.digest}")
                     try:
                         chunk = read_into(view[: min(len(view), remaining)])
                     except Exception as exc:
@@ -421,7 +476,8 @@ class ImageCopier:
                 )
             except _SourceFailed as exc:
                 why = f"reading {blob.digest} from the source failed: {exc.why}"
-                raise RetryableFailure(TransientError(why)) from None
+                reason = f"{self.src_client.host} broke off the stream of {blob.digest} ({exc.why})"
+                raise RetryableFailure(TransientError(why), reason=reason) from None
             except _CorruptSource:
                 raise RetryableFailure(
                     DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
@@ -492,7 +548,12 @@ class ImageCopier:
         present = self._parallel(
             lambda b: self.dst_client.head_blob(self.dst.repository, b.digest) is not None, list(blobs.values())
         )
-        mountable = self.same_registry and self.src.repository != self.dst.repository
+        # What will really move: the blobs the destination lacks, unless the registry is expected to mount them.
+        mountable = (
+            self.same_registry
+            and self.src.repository != self.dst.repository
+            and provider_for(self.dst.registry).mounts_blobs(self.dst.registry)
+        )
         to_move = sum(b.size for b, here in zip(blobs.values(), present, strict=True) if not here and not mountable)
         return CopyPlan(
             digest=top.digest,
@@ -562,9 +623,16 @@ def copy_image(
     parallelism: int = 6,
     copy_attached: bool = False,
     expected_digest: str | None = None,
+    notify: RetryNotice | None = None,
+    publish_gate: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> CopySummary:
-    """Copy src to dst (a tag, or a digest to push by digest only); idempotent, verified by digest."""
-    copier = ImageCopier(src, dst, parallelism=parallelism, progress=progress)
+    """Copy src to dst (a tag, or a digest to push by digest only); idempotent, verified by digest.
+
+    `notify` hears of every retry (a sentence naming the host and why); the tag is written inside `publish_gate()`,
+    which may raise CopyStopped to keep the image from appearing. The current budget (budget.py) bounds the whole
+    copy and can stop it.
+    """
+    copier = ImageCopier(src, dst, parallelism=parallelism, progress=progress, notify=notify, publish_gate=publish_gate)
     try:
         return copier.run(expected_digest=expected_digest, copy_attached=copy_attached)
     finally:

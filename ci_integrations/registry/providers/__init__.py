@@ -115,6 +115,15 @@ class Provider:
             guard=spec.guard,
         )
 
+    # Whether a cross-repository mount is expected to work without the registry's own opt-in (ECR needs its
+    # BLOB_MOUNTING account setting); the `blob_mounting` option says so for one registry either way.
+    mounts_by_default = True
+
+    def mounts_blobs(self, spec: RegistrySpec) -> bool:
+        """Whether preflight may count a blob in another repository of this registry as mounted, not moved."""
+        value = spec.options.get("blob_mounting", self.mounts_by_default)
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+
     def same_registry(self, a: RegistrySpec, b: RegistrySpec) -> bool:
         return self.host(a) == provider_for(b).host(b)
 
@@ -171,7 +180,7 @@ def provider_for(spec: RegistrySpec) -> Provider:
 def provider_name_for_host(host: str) -> str:
     """Guess the provider from a registry host (for references typed on the command line)."""
     host = host.lower().split(":", 1)[0]
-    if ".dkr.ecr." in host and host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+    if (".dkr.ecr." in host or ".dkr.ecr-fips." in host) and host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
         return "ecr"
     if host.endswith("-docker.pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io"):
         return "gar"
@@ -197,4 +206,5 @@ def timeouts(options: dict) -> Timeouts:
     return Timeouts(
         connect=float(options.get("connect_timeout", default.connect)),
         read=float(options.get("read_timeout", default.read)),
+        stall=float(options.get("stall_timeout", default.stall)),
     )

@@ -3,7 +3,8 @@
 Push credentials for CI come from a role assumed with a session policy for one repository (see push_credentials).
 
 The token lasts 12 hours; we keep it until 5 minutes before it expires. Blob mounting needs nothing special: ECR
-hosts are per account and region, so "same host" is exactly "same account and region".
+hosts are per account and region, so "same host" is exactly "same account and region"; ECR mounts only when the
+account's BLOB_MOUNTING setting is on, and otherwise answers the mount as an ordinary upload.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def _sdk_error(exc: Exception, what: str) -> Exception:
 
 class EcrProvider(Provider):
     name = "ecr"
+    # ECR answers a mount as an ordinary upload (202) unless the account turned BLOB_MOUNTING on and both
+    # repositories share encryption settings; `blob_mounting: true` says the account did.
+    mounts_by_default = False
 
     def credential_source(self, spec: RegistrySpec) -> CredentialSource | None:
         creds = spec.credentials or {}
