@@ -483,10 +483,10 @@ class Transport:
         except requests.RequestException as exc:
             described = describe_exception(exc)
             if isinstance(exc, requests.ConnectTimeout):
-                reason = f"did not accept a connection in {timeout[0]:g} s"
+                reason = f"did not accept a connection in {timeout[0]:.3g} s"
             elif described == "timed out":
                 what = f"moved no byte of a {method} for" if transfer else f"did not answer a {method} in"
-                reason = f"{what} {timeout[1]:g} s"
+                reason = f"{what} {timeout[1]:.3g} s"
             else:
                 reason = f"{described} during a {method}"
             host = urlsplit(url).netloc
