@@ -21,8 +21,8 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from . import budget as budgets
-from .bodies import read_capped, response_error
-from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, hasher_for
+from .bodies import SizedBody, raw_reader
+from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, accept_upload_answer, hasher_for
 from .client_cache import shared_client
 from .errors import (
     CopyStopped,
@@ -38,6 +38,7 @@ from .errors import (
     cut,
     redact,
 )
+from .large_blobs import ChunkedUpload, LargeBlobSettings, check_layer_limits
 from .providers import PushCredentials, PushScope, provider_for
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
 from .transport import RetryableFailure, RetryNotice, with_retries
@@ -64,6 +65,7 @@ class CopySummary:
     bytes_transferred: int = 0
     bytes_mounted: int = 0  # layer bytes the destination took by cross-repository mount, none of them sent
     bytes_skipped: int = 0  # layer bytes the destination already had
+    bytes_read: int = 0  # layer bytes read from the source, a stream read again after a drop counted again
     seconds: float = 0.0
     fast_path: str | None = None
     attached: int = 0
@@ -142,20 +144,6 @@ class _Tracker:
                 log.exception("progress callback failed")
 
 
-class _BlobBody:
-    """A streamed request body of known length: requests sends Content-Length, not chunked encoding."""
-
-    def __init__(self, chunks: Iterator[bytes], length: int):
-        self._chunks = chunks
-        self._length = length
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-
 class ImageCopier:
     """One copy_image run: the two clients, the abort flag and the counters."""
 
@@ -190,6 +178,9 @@ class ImageCopier:
         self.publish_gate = publish_gate or contextlib.nullcontext
         self.abort = threading.Event()
         self.tracker: _Tracker | None = None
+        self.large = LargeBlobSettings.from_options(dst.registry.options)
+        self._read_lock = threading.Lock()
+        self.bytes_read = 0  # blob bytes read from the source, streams resumed or restarted included
 
     def close(self) -> None:
         self.src_client.close()
@@ -266,6 +257,9 @@ class ImageCopier:
                 if blob.media_type not in FOREIGN_LAYER_TYPES:
                     blobs.setdefault(blob.digest, blob)
         ordered = sorted(blobs.values(), key=lambda d: d.size, reverse=True)
+        check_layer_limits(
+            ordered, provider_for(self.dst.registry).layer_limit(self.dst.registry), host=self.dst_client.host
+        )
         self.tracker = _Tracker(self.progress_callback, len(ordered), sum(d.size for d in ordered))
         self._parallel(self._copy_blob, ordered)
         # Image manifests first; nested indexes after them, each after the indexes it names.
@@ -280,6 +274,7 @@ class ImageCopier:
         summary.bytes_transferred = self.tracker.bytes_transferred
         summary.bytes_mounted = self.tracker.bytes_mounted
         summary.bytes_skipped = self.tracker.bytes_skipped
+        summary.bytes_read = self.bytes_read
 
     def _fetch_children(self, index: Manifest) -> list[Manifest]:
         """Every manifest under an index, nested indexes included, each distinct digest fetched once.
@@ -393,6 +388,8 @@ class ImageCopier:
                 raise _Aborted()
             upload = reusable.pop() if reusable else self.dst_client.start_upload(dst_repo)[1]
             try:
+                if self.large.is_large(blob):
+                    return self._copy_large(blob, upload)
                 return self._stream(blob, upload)
             except BaseException:
                 self.dst_client.cancel_upload(upload, dst_repo)  # the next attempt gets a fresh session
@@ -427,12 +424,44 @@ class ImageCopier:
             )
             return False, None
 
+    def _copy_large(self, blob: Descriptor, upload: str) -> int:
+        """A blob over the large-blob threshold: resumable download, chunked upload (large_blobs.py)."""
+        tracker = self.tracker
+        assert tracker is not None
+        abort, budget = self.abort, budgets.current_budget()
+
+        def keep_going() -> None:
+            if abort.is_set():
+                raise _Aborted()
+            if budget is not None:
+                budget.check(f"copy blob {blob.digest}")
+
+        chunked = ChunkedUpload(
+            self.src_client,
+            self.src.repository,
+            self.dst_client,
+            self.dst.repository,
+            blob,
+            upload,
+            chunk_size=self.large.chunk_size,
+            on_bytes=tracker.bytes,
+            keep_going=keep_going,
+        )
+        try:
+            return chunked.run()
+        finally:
+            self._count_read(chunked.bytes_read)
+
+    def _count_read(self, n: int) -> None:
+        with self._read_lock:
+            self.bytes_read += n
+
     def _stream(self, blob: Descriptor, upload: str) -> int:
         """GET from the source and PUT to the upload URL in one pass, hashing as bytes flow; returns bytes sent."""
         tracker = self.tracker
         assert tracker is not None
         source = self.src_client.open_blob(self.src.repository, blob.digest)
-        sent = 0
+        sent = read = 0
         try:
             length = source.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) != blob.size:
@@ -441,13 +470,13 @@ class ImageCopier:
                 )
             hasher = hasher_for(blob.digest)
             expected_hex = blob.digest.partition(":")[2]
-            read_into = _raw_reader(source)
+            read_into = raw_reader(source)
             abort = self.abort
             budget = budgets.current_budget()
 
             def chunks() -> Iterator[memoryview]:
                 # One buffer per stream, refilled in place: each chunk is sent (sendall) before the next read.
-                nonlocal sent
+                nonlocal sent, read
                 view = memoryview(bytearray(min(CHUNK_SIZE, blob.size)))
                 remaining = blob.size
                 while remaining > 0:
@@ -462,6 +491,7 @@ class ImageCopier:
                     if not chunk:
                         raise _SourceFailed("source closed the stream early")
                     hasher.update(chunk)
+                    read += len(chunk)
                     remaining -= len(chunk)
                     if remaining == 0 and hasher.hexdigest() != expected_hex:
                         # Raised before the last bytes go out: the registry never completes the upload.
@@ -472,7 +502,7 @@ class ImageCopier:
 
             try:
                 response = self.dst_client.finish_upload(
-                    upload, self.dst.repository, blob.digest, _BlobBody(chunks(), blob.size), blob.size
+                    upload, self.dst.repository, blob.digest, SizedBody(chunks(), blob.size), blob.size
                 )
             except _SourceFailed as exc:
                 why = f"reading {blob.digest} from the source failed: {exc.why}"
@@ -482,23 +512,14 @@ class ImageCopier:
                 raise RetryableFailure(
                     DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
                 ) from None
-            status = response.status_code
-            stored = response.headers.get("Docker-Content-Digest")
-            if status not in (201, 204):
-                error = response_error(response, what=f"upload {blob.digest}")
-                if isinstance(error, DigestMismatch | NotFound):  # upload session lost or bytes mangled en route
-                    raise RetryableFailure(error)
-                raise error
-            read_capped(response)  # an empty body, read so the connection is reused
-            response.close()
-            if stored and stored != blob.digest:
-                raise ProtocolError(f"registry stored {blob.digest} as {cut(stored, 200)}")
+            accept_upload_answer(response, blob.digest)
             return sent
         except BaseException:
             tracker.bytes(-sent)  # that attempt's bytes will be sent again (or never)
             raise
         finally:
             source.close()
+            self._count_read(read)
 
     # --- attached artifacts --------------------------------------------------------------------------------------
 
@@ -584,35 +605,6 @@ def _children_first(indexes: list[Manifest]) -> list[Manifest]:
             del pending[index.digest]
         ordered.extend(ready)
     return ordered
-
-
-def _raw_reader(response) -> Callable[[memoryview], memoryview]:
-    """Fill a buffer from the response body as stored (no decoding), returning the filled part.
-
-    Reads through the underlying http.client response when there is one: readinto saves an allocation and a copy
-    per chunk compared with urllib3's read(), which matters at hundreds of MiB per copy.
-    """
-    raw = response.raw
-    fp = getattr(raw, "_fp", None)
-    if fp is not None and hasattr(fp, "readinto") and not getattr(raw, "chunked", False):
-
-        def read_into(buffer: memoryview) -> memoryview:
-            filled = 0
-            while filled < len(buffer):
-                n = fp.readinto(buffer[filled:])
-                if not n:
-                    break
-                filled += n
-            return buffer[:filled]
-
-        return read_into
-
-    def read_copy(buffer: memoryview) -> memoryview:
-        data = raw.read(len(buffer), decode_content=False)
-        buffer[: len(data)] = data
-        return buffer[: len(data)]
-
-    return read_copy
 
 
 def copy_image(

@@ -117,6 +117,11 @@ class PersistentServerError(RegistryError):
     """A server error that came back the same (status and body) try after try: trying more would only repeat it."""
 
 
+class LayerTooLarge(RegistryError):
+    """A layer is over a limit the destination registry documents (GHCR's 10 GB per layer, ECR's 52,000 MiB, ACR
+    import's 2 GiB from public registries, or the registry's `max_layer_bytes`); found before any byte moved."""
+
+
 class ProtocolError(RegistryError):
     """The registry answered something this client cannot use (bad JSON, unsupported media type, missing header)."""
 

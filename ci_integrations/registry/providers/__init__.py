@@ -34,6 +34,13 @@ PROVIDERS = {
 }
 
 
+# Per-layer limits documented by registries that run as generic ones here. GHCR: "layers ... 10 GB each", and an
+# upload must finish within 10 minutes (docs.github.com, "Working with the Container registry").
+KNOWN_LAYER_LIMITS: dict[str, tuple[int, str]] = {
+    "ghcr.io": (10 * 1000**3, "GHCR's limit of 10 GB per layer"),
+}
+
+
 @dataclass(frozen=True)
 class PushScope:
     """What a push credential is for: one repository, and the bucket's settings that let a cloud scope it.
@@ -123,6 +130,17 @@ class Provider:
         """Whether preflight may count a blob in another repository of this registry as mounted, not moved."""
         value = spec.options.get("blob_mounting", self.mounts_by_default)
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+
+    # The largest layer the registry documents that it takes, and the limit's name, for messages; None: unknown.
+    max_layer: tuple[int, str] | None = None
+
+    def layer_limit(self, spec: RegistrySpec) -> tuple[int, str] | None:
+        """The largest layer spec's registry takes (bytes, and which limit that is), checked before a copy moves a
+        byte: the registry's `max_layer_bytes` option, else what the provider or the host documents."""
+        configured = spec.options.get("max_layer_bytes")
+        if configured:
+            return int(configured), "its max_layer_bytes setting"
+        return KNOWN_LAYER_LIMITS.get(self.host(spec).lower(), self.max_layer)
 
     def same_registry(self, a: RegistrySpec, b: RegistrySpec) -> bool:
         return self.host(a) == provider_for(b).host(b)

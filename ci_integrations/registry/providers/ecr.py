@@ -125,6 +125,8 @@ class EcrProvider(Provider):
     # ECR answers a mount as an ordinary upload (202) unless the account turned BLOB_MOUNTING on and both
     # repositories share encryption settings; `blob_mounting: true` says the account did.
     mounts_by_default = False
+    # Amazon ECR service quotas: "Layer size: 52,000 MiB" (maximum size of a layer, not adjustable).
+    max_layer = (52_000 * 1024 * 1024, "ECR's limit of 52,000 MiB per layer")
 
     def credential_source(self, spec: RegistrySpec) -> CredentialSource | None:
         creds = spec.credentials or {}
