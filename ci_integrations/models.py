@@ -18,7 +18,7 @@ from django.utils import timezone
 from ci_integrations.encryption import decrypt_json, encrypt_json
 from ci_integrations.input_rules import CHECK_NAME, DIGEST, NAME, TAG, InputRule
 from ci_integrations.registry import ImageLocation, RegistrySpec
-from ci_integrations.registry.refs import is_valid_host, is_valid_repository
+from ci_integrations.registry.refs import RepositorySettings, is_valid_host, is_valid_repository
 
 
 def _check(rule: InputRule, value: str) -> None:
@@ -240,6 +240,14 @@ class Bucket(models.Model):
     push_service_account = models.CharField(
         max_length=254, blank=True, default="", validators=[validate_service_account]
     )
+    # ECR and Artifact Registry refuse a push into a repository that does not exist; with create_repository the
+    # copy creates it (with immutable_tags and the three settings below) and preflight says it will.
+    create_repository = models.BooleanField(default=False)
+    scan_on_push = models.BooleanField(default=False)  # ECR basic scanning on push
+    encryption = models.CharField(
+        max_length=8, blank=True, default="", choices=[("", "registry default"), ("AES256", "AES256"), ("KMS", "KMS")]
+    )
+    kms_key = models.CharField(max_length=600, blank=True, default="")  # ECR KMS key, or GAR's Cloud KMS key name
     # Denormalised pointer to the latest arrival, kept by the arrival service so the matrix is one query.
     current_arrival = models.ForeignKey(
         "Arrival", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -254,7 +262,19 @@ class Bucket(models.Model):
 
     def location(self, reference: str):
         """Where an image with this tag or digest lives, for the registry package."""
-        return ImageLocation(registry=self.registry.spec(), repository=self.repository, reference=reference)
+        create = (
+            RepositorySettings(
+                immutable_tags=self.immutable_tags,
+                scan_on_push=self.scan_on_push,
+                encryption=self.encryption,
+                kms_key=self.kms_key,
+            )
+            if self.create_repository
+            else None
+        )
+        return ImageLocation(
+            registry=self.registry.spec(), repository=self.repository, reference=reference, create=create
+        )
 
     @property
     def image_name(self) -> str:

@@ -41,6 +41,7 @@ from .errors import (
 from .large_blobs import ChunkedUpload, LargeBlobSettings, check_layer_limits
 from .providers import PushCredentials, PushScope, provider_for
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
+from .repositories import ensure_repository
 from .transport import RetryableFailure, RetryNotice, with_retries
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class CopySummary:
     seconds: float = 0.0
     fast_path: str | None = None
     attached: int = 0
+    repository_created: bool = False  # the destination repository was missing and was created (create_repository)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -210,6 +212,7 @@ class ImageCopier:
         if existing is not None and existing.digest == top.digest:
             log.info("%s already holds %s; nothing to copy", self.dst, top.digest)
         else:
+            summary.repository_created = ensure_repository(self.dst)
             fast_path = self._try_fast_path(top)
             if fast_path:
                 summary.fast_path = fast_path

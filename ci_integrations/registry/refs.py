@@ -180,12 +180,31 @@ class RegistrySpec:
 
 
 @dataclass(frozen=True)
+class RepositorySettings:
+    """How to create the repository when it is missing (a bucket's `create_repository: true`).
+
+    immutable_tags: ECR IMMUTABLE tag mutability, Artifact Registry immutable tags. scan_on_push: ECR basic scanning
+    on push. encryption: ECR "AES256" or "KMS" ("" for the registry's default); kms_key: the KMS key (ECR) or the
+    Cloud KMS key name (Artifact Registry CMEK).
+    """
+
+    immutable_tags: bool = False
+    scan_on_push: bool = False
+    encryption: str = ""
+    kms_key: str = ""
+
+
+@dataclass(frozen=True)
 class ImageLocation:
-    """One image on one registry: repository plus a tag or digest."""
+    """One image on one registry: repository plus a tag or digest.
+
+    `create`, when set, allows creating the repository before a push (ECR and Artifact Registry need one to exist).
+    """
 
     registry: RegistrySpec
     repository: str
     reference: str
+    create: RepositorySettings | None = None
 
     def __str__(self) -> str:
         host = self.registry.url.split("://", 1)[-1].rstrip("/")

@@ -35,6 +35,7 @@ from ci_integrations.models import Arrival, Artifact, Promotion
 from ci_integrations.registry import check_access, copy_image, plan_copy, resolve_manifest
 from ci_integrations.registry import errors as registry_errors
 from ci_integrations.registry.budget import Budget, using_budget
+from ci_integrations.registry.repositories import repository_state
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_record, immutable_tag_holder
 from ci_integrations.services.audit import audit_record
@@ -92,6 +93,7 @@ def _preflight(artifact: Artifact, ev, to_env: str) -> dict:
         "bytes_total": None,
         "bytes_to_move": None,
         "errors": [],
+        "notes": [],
     }
     if ev.from_bucket is None or ev.to_bucket is None:
         result["errors"].append("no workflow step with both buckets leads into " + to_env)
@@ -106,6 +108,8 @@ def _preflight(artifact: Artifact, ev, to_env: str) -> dict:
             # Building the location reads the registry's stored credentials, which fails when they were encrypted
             # under a key no longer in P2P_FERNET_KEYS.
             locations[key] = bucket.location(reference)
+            if push and _repository_preflight(result, bucket, locations[key]):
+                continue
             check_access(locations[key], push=push)
             result[key] = True
         except CredentialsUnreadable as exc:
@@ -132,6 +136,24 @@ def _preflight(artifact: Artifact, ev, to_env: str) -> dict:
     except Exception as exc:  # noqa: BLE001
         result["errors"].append(registry_errors.redact(f"plan: {exc}"))
     return result
+
+
+def _repository_preflight(result: dict, bucket, location) -> bool:
+    """Whether the target repository's absence (ECR, Artifact Registry) already answers "writable": a repository the
+    copy will create is (a note says so), one it may not create is not (an error says why)."""
+    state = repository_state(location)
+    if state.will_be_created:
+        result["target_writable"] = True
+        result["notes"].append(f"{bucket.env} repository does not exist; it will be created ({bucket.image_name})")
+        return True
+    if state.blocks_the_copy:
+        result["target_writable"] = False
+        result["errors"].append(
+            f"{bucket.env} repository does not exist and the bucket does not allow creating it ({bucket.image_name};"
+            " set create_repository: true on the bucket, or create it in the registry)"
+        )
+        return True
+    return False
 
 
 # ---- the copy job ----------------------------------------------------------------------------------------------

@@ -21,8 +21,8 @@ from ..auth import (
     repository_scope,
 )
 from ..client import Endpoint, Manifest, RegistryClient
-from ..errors import InvalidReference
-from ..refs import ImageLocation, RegistrySpec, check_repository
+from ..errors import CannotScope, InvalidReference
+from ..refs import ImageLocation, RegistrySpec, RepositorySettings, check_repository
 from ..transport import RetryPolicy, Timeouts
 
 PROVIDERS = {
@@ -141,6 +141,14 @@ class Provider:
         if configured:
             return int(configured), "its max_layer_bytes setting"
         return KNOWN_LAYER_LIMITS.get(self.host(spec).lower(), self.max_layer)
+
+    def repository_exists(self, spec: RegistrySpec, repository: str) -> bool | None:
+        """Whether the repository exists, for registries where a push needs one (ECR, Artifact Registry); None when
+        the registry creates repositories on push or cannot be asked."""
+        return None
+
+    def create_repository(self, spec: RegistrySpec, repository: str, settings: RepositorySettings) -> None:
+        raise CannotScope(f"{self.name} registries create repositories on push; there is nothing to create")
 
     def same_registry(self, a: RegistrySpec, b: RegistrySpec) -> bool:
         return self.host(a) == provider_for(b).host(b)

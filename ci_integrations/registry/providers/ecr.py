@@ -19,7 +19,7 @@ from dataclasses import replace
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
 from ..errors import AccessDenied, AuthenticationError, CannotScope, NotFound, TagConflict, remember_secret
-from ..refs import ImageLocation, RegistrySpec, check_repository
+from ..refs import ImageLocation, RegistrySpec, RepositorySettings, check_repository
 from . import Provider, PushCredentials, PushScope
 
 _HOST_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
@@ -109,9 +109,13 @@ def registry_id_of(spec: RegistrySpec) -> str | None:
     return spec.options.get("registry_id") or (match.group("account") if match else None)
 
 
+def _sdk_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
 def _sdk_error(exc: Exception, what: str) -> Exception:
     """Map botocore errors to ours without dragging botocore into the module's imports."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    code = _sdk_code(exc)
     message = f"{what}: {code or type(exc).__name__}"
     if code in ("AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"):
         return AccessDenied(message, code=code)
@@ -158,6 +162,38 @@ class EcrProvider(Provider):
         with _lock:
             _tokens[key] = fresh
         return fresh
+
+    def repository_exists(self, spec: RegistrySpec, repository: str) -> bool | None:
+        """describe_repositories: ECR refuses a push into a repository that does not exist (no create on push)."""
+        ids = {"registryId": registry_id_of(spec)} if registry_id_of(spec) else {}
+        try:
+            ecr_client(spec).describe_repositories(repositoryNames=[repository], **ids)
+        except Exception as exc:
+            if _sdk_code(exc) == "RepositoryNotFoundException":
+                return False
+            raise _sdk_error(exc, "ECR describe_repositories") from None
+        return True
+
+    def create_repository(self, spec: RegistrySpec, repository: str, settings: RepositorySettings) -> None:
+        """create_repository with the bucket's tag mutability, scan-on-push and encryption (ECR API reference,
+        CreateRepository); one created meanwhile by someone else is fine."""
+        ids = {"registryId": registry_id_of(spec)} if registry_id_of(spec) else {}
+        encryption = {}
+        if settings.encryption:
+            encryption = {"encryptionType": settings.encryption.upper()}
+            if settings.kms_key:
+                encryption["kmsKey"] = settings.kms_key
+        try:
+            ecr_client(spec).create_repository(
+                repositoryName=repository,
+                imageTagMutability="IMMUTABLE" if settings.immutable_tags else "MUTABLE",
+                imageScanningConfiguration={"scanOnPush": settings.scan_on_push},
+                **({"encryptionConfiguration": encryption} if encryption else {}),
+                **ids,
+            )
+        except Exception as exc:
+            if _sdk_code(exc) != "RepositoryAlreadyExistsException":
+                raise _sdk_error(exc, f"ECR create_repository {repository}") from None
 
     def push_credentials(self, spec: RegistrySpec, scope: PushScope) -> PushCredentials:
         """An ECR login that can push and pull one repository only, valid for at most PUSH_SESSION_SECONDS.

@@ -15,11 +15,12 @@ from urllib.parse import quote
 
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
-from ..errors import AuthenticationError, CannotScope, TagConflict, remember_secret
-from ..refs import ImageLocation, RegistrySpec, check_repository
+from ..errors import AccessDenied, AuthenticationError, CannotScope, RegistryError, TagConflict, remember_secret
+from ..refs import ImageLocation, RegistrySpec, RepositorySettings, check_repository
 from . import Provider, PushCredentials, PushScope
 
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+REPOSITORY_CREATE_SECONDS = 60
 PUSH_TOKEN_SECONDS = 3600  # what CI gets; google-auth's impersonation allows up to 12 hours
 _GCR_LOCATIONS = {"gcr.io": "us", "us.gcr.io": "us", "eu.gcr.io": "europe", "asia.gcr.io": "asia"}
 _lock = threading.Lock()
@@ -65,12 +66,13 @@ class GarPackage:
     package: str
 
     @property
+    def repository_name(self) -> str:
+        return f"projects/{self.project}/locations/{self.location}/repositories/{self.repository}"
+
+    @property
     def parent(self) -> str:
         # Package ids are URL-encoded image paths ("team/app" → "team%2Fapp").
-        return (
-            f"projects/{self.project}/locations/{self.location}/repositories/{self.repository}"
-            f"/packages/{quote(self.package, safe='')}"
-        )
+        return f"{self.repository_name}/packages/{quote(self.package, safe='')}"
 
 
 def package_of(spec: RegistrySpec, repository: str) -> GarPackage | None:
@@ -88,6 +90,14 @@ def package_of(spec: RegistrySpec, repository: str) -> GarPackage | None:
     if not location or len(parts) < 3:
         return None
     return GarPackage(parts[0], location, parts[1], "/".join(parts[2:]))
+
+
+def _api_error(exc, what: str) -> RegistryError:
+    """A google-api-core error as ours: 403 is AccessDenied, the rest a RegistryError with the API's message."""
+    status = getattr(exc, "code", None)
+    status = status if isinstance(status, int) else None
+    kind = AccessDenied if status == 403 else RegistryError
+    return kind(f"{what}: {getattr(exc, 'message', '') or type(exc).__name__}", status=status)
 
 
 class GarProvider(Provider):
@@ -165,6 +175,48 @@ class GarProvider(Provider):
             identity=scope.service_account,
             issuer="iamcredentials.generateAccessToken",
         )
+
+    def repository_exists(self, spec: RegistrySpec, repository: str) -> bool | None:
+        """Whether the Artifact Registry repository (the path's second part on pkg.dev) exists: a push into a
+        missing one is refused. None for paths that do not map to one."""
+        package = package_of(spec, repository)
+        if package is None:
+            return None
+        from google.api_core import exceptions as google_errors
+
+        try:
+            artifact_registry_client(spec).get_repository(name=package.repository_name)
+        except google_errors.NotFound:
+            return False
+        except google_errors.GoogleAPICallError as exc:
+            raise _api_error(exc, "Artifact Registry get_repository") from None
+        return True
+
+    def create_repository(self, spec: RegistrySpec, repository: str, settings: RepositorySettings) -> None:
+        """A DOCKER-format repository with the bucket's immutable tags and CMEK key (REST reference,
+        projects.locations.repositories.create); waits for the operation, at most REPOSITORY_CREATE_SECONDS."""
+        package = package_of(spec, repository)
+        if package is None:
+            raise CannotScope(f"{repository} does not name an Artifact Registry repository (project/repository/...)")
+        from google.api_core import exceptions as google_errors
+        from google.cloud import artifactregistry_v1
+
+        wanted = artifactregistry_v1.Repository(
+            format_=artifactregistry_v1.Repository.Format.DOCKER,
+            docker_config=artifactregistry_v1.Repository.DockerRepositoryConfig(immutable_tags=settings.immutable_tags),
+            kms_key_name=settings.kms_key,
+        )
+        try:
+            operation = artifact_registry_client(spec).create_repository(
+                parent=f"projects/{package.project}/locations/{package.location}",
+                repository_id=package.repository,
+                repository=wanted,
+            )
+            operation.result(timeout=REPOSITORY_CREATE_SECONDS)
+        except google_errors.AlreadyExists:
+            return
+        except google_errors.GoogleAPICallError as exc:
+            raise _api_error(exc, f"Artifact Registry create_repository {package.repository}") from None
 
     def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
         if (
