@@ -292,7 +292,7 @@ def test_acr_exchanges_an_entra_token_for_refresh_and_access_tokens(
 
     assert get_manifest_digest(other_registry.url, "prod/api", "1.0") == digest
     assert len(front.exchanges) == 1 and front.exchanges[0]["service"] == proxy.host
-    assert entra.scopes == [acr.ENTRA_SCOPE]
+    assert entra.scopes == [acr.ACR_AUDIENCE]  # ACR's own audience first (issue 15 item 1)
     assert "repository:prod/api:pull,push" in {f["scope"] for f in front.token_requests}
     acr._refresh_tokens.clear()
 

@@ -15,9 +15,8 @@ import time
 
 import requests
 
-from ..auth import BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token, token_answer
+from ..auth import Authenticator, BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token, token_answer
 from ..client import Manifest
-from ..destinations import check_destination
 from ..errors import (
     AuthenticationError,
     ProtocolError,
@@ -25,13 +24,17 @@ from ..errors import (
     TagConflict,
     TransientError,
     cut,
+    redact,
     remember_secret,
 )
 from ..refs import ImageLocation, RegistrySpec
-from . import Provider, provider_for
+from ..transport import Transport, describe_exception
+from . import Provider, provider_for, timeouts
 
 NULL_USER = "00000000-0000-0000-0000-000000000000"  # ACR's username for refresh-token Basic auth
-ENTRA_SCOPE = "https://management.azure.com/.default"
+ACR_AUDIENCE = "https://containerregistry.azure.net/.default"
+ARM_AUDIENCE = "https://management.azure.com/.default"
+ENTRA_AUDIENCES = (ACR_AUDIENCE, ARM_AUDIENCE)  # in the order asked
 _refresh_tokens: dict[tuple, tuple[str, float]] = {}
 _lock = threading.Lock()
 
@@ -96,7 +99,14 @@ class AcrProvider(Provider):
         return fetch_acr_token
 
     def refresh_token(self, spec: RegistrySpec, *, refresh: bool = False) -> tuple[str, float]:
-        """An ACR refresh token from an Entra token, cached until shortly before the Entra token expires."""
+        """An ACR refresh token from an Entra token, cached until shortly before the Entra token expires.
+
+        The Entra token is asked for ACR's own audience first: a registry under the built-in policy "Container
+        registries should have ARM audience token authentication disabled" (part of the Azure Landing Zone
+        guardrails) takes only those. Older clouds and registries take only the ARM audience: asked second.
+        Source: Microsoft Learn, "Azure Container Registry authentication with Microsoft Entra ID: ARM audience
+        tokens" (az acr config authentication-as-arm).
+        """
         endpoint = self.endpoint(spec)
         creds = spec.credentials or {}
         key = (endpoint.host, creds.get("client_id"), creds.get("tenant_id"))
@@ -104,32 +114,65 @@ class AcrProvider(Provider):
             cached = _refresh_tokens.get(key)
         if cached and not refresh and cached[1] - 300 > time.time():
             return cached
-        entra = azure_credential(spec).get_token(ENTRA_SCOPE)
+        credential = azure_credential(spec)
+        refused: list[str] = []
+        for audience in ENTRA_AUDIENCES:
+            try:
+                fresh = self._exchange(spec, credential, audience)
+            except AuthenticationError as exc:
+                refused.append(f"{audience}: {exc.message}")
+                continue
+            with _lock:
+                _refresh_tokens[key] = fresh
+            return fresh
+        raise AuthenticationError(f"{endpoint.host} took no Entra token for either audience ({'; '.join(refused)})")
+
+    def _exchange(self, spec: RegistrySpec, credential, audience: str) -> tuple[str, float]:
+        """An Entra token for `audience`, exchanged at /oauth2/exchange for an ACR refresh token and its expiry.
+
+        Sent through a session like every other registry call: the registry's `ca_bundle` / `verify_tls`, the
+        environment's proxies, the destination guard and the current time budget all apply.
+        """
+        endpoint = self.endpoint(spec)
+        creds = spec.credentials or {}
+        try:
+            entra = credential.get_token(audience)
+        except Exception as exc:  # azure-identity's ClientAuthenticationError and kin; the next audience may work
+            raise AuthenticationError(f"no Entra token: {cut(redact(str(exc)), 300)}") from None
         remember_secret(entra.token)
         data = {"grant_type": "access_token", "service": endpoint.host, "access_token": entra.token}
         tenant = creds.get("tenant_id") or spec.options.get("tenant_id")
         if tenant:
             data["tenant"] = tenant
-        exchange = f"{endpoint.base_url}/oauth2/exchange"
-        check_destination(spec.guard, exchange)  # sent outside the transport, so asked here
+        transport = Transport(
+            endpoint.base_url,
+            Authenticator(endpoint.host),
+            verify=endpoint.verify,
+            guard=spec.guard,
+            timeouts=timeouts(spec.options),
+        )
         try:
-            response = requests.post(exchange, data=data, timeout=(10, 60), stream=True, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise TransientError(f"ACR token exchange failed: {type(exc).__name__}") from None
-        try:
+            response = transport.session().post(
+                f"{endpoint.base_url}/oauth2/exchange",
+                data=data,
+                timeout=transport.timeouts.for_call(False),
+                stream=True,
+                allow_redirects=False,
+            )
             token = token_answer(response, what="ACR /oauth2/exchange").get("refresh_token")
+        except requests.RequestException as exc:
+            raise TransientError(f"ACR token exchange failed: {describe_exception(exc)}") from None
         except RegistryError as error:
             if error.status in (400, 401) and not isinstance(error, AuthenticationError):
                 raise AuthenticationError(error.message, status=error.status) from None
             raise
+        finally:
+            transport.close()
         if not token:
             raise ProtocolError("ACR /oauth2/exchange answered no refresh_token")
         remember_secret(token)
         # ACR refresh tokens live 3 hours; never trust them longer than the Entra token behind them.
-        fresh = (token, min(float(entra.expires_on), time.time() + 3 * 3600))
-        with _lock:
-            _refresh_tokens[key] = fresh
-        return fresh
+        return token, min(float(entra.expires_on), time.time() + 3 * 3600)
 
     def registry_name(self, spec: RegistrySpec) -> str:
         return spec.options.get("registry_name") or self.host(spec).split(".")[0].split(":")[0]
