@@ -234,7 +234,7 @@ class ImageCopier:
         provider = provider_for(self.dst.registry)
         budgets.check("before the fast path")
         try:
-            name = provider.fast_copy(self.src, self.dst, top)
+            name = provider.fast_copy(self.src, self.dst, top, notify=self.dst_client.transport.notify)
         except (TagConflict, ImageMismatch, CopyStopped, DeadlineExceeded):
             raise
         except Exception as exc:  # fast paths are an optimisation; the plain path always works

@@ -324,7 +324,7 @@ class FakeAcrManagement:
         repository, _, digest = parameters.source.source_image.partition("@")
         target_repository, _, tag = parameters.target_tags[0].partition(":")
         copy_image(location(self.source_url, repository, digest), location(self.target_url, target_repository, tag))
-        return SimpleNamespace(result=lambda: None)
+        return SimpleNamespace(done=lambda: True, status=lambda: "Succeeded", result=lambda: None)
 
 
 def test_acr_import_copies_server_side_from_another_acr(registry, other_registry, monkeypatch):

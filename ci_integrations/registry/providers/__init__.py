@@ -153,8 +153,10 @@ class Provider:
     def same_registry(self, a: RegistrySpec, b: RegistrySpec) -> bool:
         return self.host(a) == provider_for(b).host(b)
 
-    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
-        """Copy server-side if this provider can; return the fast path's name, or None to use the plain path."""
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest, *, notify=None) -> str | None:
+        """Copy server-side if this provider can; return the fast path's name, or None to use the plain path.
+
+        `notify` takes progress lines for the promotion's log."""
         return None
 
     def login_credentials(self, spec: RegistrySpec) -> BasicCredentials | None:

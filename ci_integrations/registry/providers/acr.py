@@ -10,15 +10,19 @@ https registry with short-lived credentials), so the bytes never pass through th
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 import requests
 
+from .. import budget as budgets
 from ..auth import Authenticator, BasicCredentials, CredentialSource, TokenFetcher, fetch_docker_token, token_answer
 from ..client import Manifest
 from ..errors import (
     AuthenticationError,
+    CopyStopped,
+    DeadlineExceeded,
     ProtocolError,
     RegistryError,
     TagConflict,
@@ -28,13 +32,20 @@ from ..errors import (
     remember_secret,
 )
 from ..refs import ImageLocation, RegistrySpec
-from ..transport import Transport, describe_exception
+from ..transport import RetryNotice, Transport, describe_exception
 from . import Provider, provider_for, timeouts
 
+# ACR import's documented limits, and how long and how chattily the portal waits for one.
+IMPORT_MAX_MANIFESTS = 50
+PUBLIC_IMPORT_MAX_LAYER_BYTES = 2 * 1024**3
+IMPORT_TIMEOUT_SECONDS = 300.0
+IMPORT_PROGRESS_SECONDS = 15.0
+IMPORT_POLL_SECONDS = 1.0
 NULL_USER = "00000000-0000-0000-0000-000000000000"  # ACR's username for refresh-token Basic auth
 ACR_AUDIENCE = "https://containerregistry.azure.net/.default"
 ARM_AUDIENCE = "https://management.azure.com/.default"
 ENTRA_AUDIENCES = (ACR_AUDIENCE, ARM_AUDIENCE)  # in the order asked
+log = logging.getLogger(__name__)
 _refresh_tokens: dict[tuple, tuple[str, float]] = {}
 _lock = threading.Lock()
 
@@ -184,8 +195,17 @@ class AcrProvider(Provider):
             f"/providers/Microsoft.ContainerRegistry/registries/{self.registry_name(spec)}"
         )
 
-    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
-        """import_image into this ACR from another registry it can reach; same-registry copies mount instead."""
+    def fast_copy(
+        self, src: ImageLocation, dst: ImageLocation, manifest: Manifest, *, notify: RetryNotice | None = None
+    ) -> str | None:
+        """import_image into this ACR from another registry it can reach; same-registry copies mount instead.
+
+        ACR's documented import limits are checked first (IMPORT_MAX_MANIFESTS manifests; layers of at most
+        PUBLIC_IMPORT_MAX_LAYER_BYTES from a public registry): an image over them goes the plain way. The import
+        is waited for at most `import_timeout` seconds (and never past the copy's deadline), with a line to the
+        promotion's log every IMPORT_PROGRESS_SECONDS; one that fails or runs out of time falls back to the plain
+        copy. Source: Microsoft Learn, "Import container images to a container registry" (limitations).
+        """
         options = dst.registry.options
         if not (options.get("subscription_id") and options.get("resource_group")) or not options.get(
             "import_images", True
@@ -197,16 +217,14 @@ class AcrProvider(Provider):
 
         source_image = f"{src.repository}@{manifest.digest}"
         src_options = src.registry.options
+        public = False
         if src.registry.provider == "acr" and src_options.get("subscription_id") and src_options.get("resource_group"):
             source = ImportSource(resource_id=self.resource_id(src.registry), source_image=source_image)
         elif src.registry.url.startswith("https://"):
             # ACR's servers pull from the source on our behalf, so they get the portal's own (pull) login for it.
             login = provider_for(src.registry).login_credentials(src.registry)
-            credentials = (
-                ImportSourceCredentials(username=login.username, password=login.password)
-                if login and login.password
-                else None
-            )
+            public = not (login and login.password)
+            credentials = None if public else ImportSourceCredentials(username=login.username, password=login.password)
             source = ImportSource(
                 registry_uri=provider_for(src.registry).host(src.registry),
                 source_image=source_image,
@@ -214,17 +232,75 @@ class AcrProvider(Provider):
             )
         else:
             return None  # ACR cannot reach plain-HTTP or private-loopback registries
+        over = import_limit_problem(manifest, public=public)
+        if over:
+            _tell(notify, f"ACR import of {source_image} skipped: {over}; copying through the portal instead")
+            return None
         parameters = ImportImageParameters(
             source=source, target_tags=[f"{dst.repository}:{dst.reference}"], mode="Force"
         )
         client = management_client(dst.registry)
+        seconds = float(options.get("import_timeout", IMPORT_TIMEOUT_SECONDS))
+        budget = budgets.current_budget()
+        if budget is not None:
+            seconds = budget.cap(seconds)
+        what = f"ACR import of {source_image} into {self.host(dst.registry)}/{dst.repository}:{dst.reference}"
+        _tell(notify, f"{what}: started (waiting up to {seconds:.0f} s)")
         try:
-            client.registries.begin_import_image(
+            poller = client.registries.begin_import_image(
                 options["resource_group"], self.registry_name(dst.registry), parameters
-            ).result()
+            )
+            wait_for_import(poller, seconds=seconds, what=what, notify=notify)
+        except (CopyStopped, DeadlineExceeded):
+            raise
         except Exception as exc:
             text = str(getattr(exc, "message", "") or exc)
             if "locked" in text.lower() or "write" in text.lower() and "disabled" in text.lower():
                 raise TagConflict(f"{dst} is locked in ACR and cannot be moved: {cut(text, 200)}") from None
+            _tell(notify, f"{what}: failed ({cut(redact(text), 200)}); copying through the portal instead")
             raise
         return "acr-import"
+
+
+def import_limit_problem(manifest: Manifest, *, public: bool) -> str:
+    """What makes `manifest` one ACR import will not take ("" when nothing does): more than IMPORT_MAX_MANIFESTS
+    manifests, or (from a public registry) a layer over PUBLIC_IMPORT_MAX_LAYER_BYTES. The layers of an index's
+    children are not fetched for this (each would count as a pull on Docker Hub): such an import that fails falls
+    back all the same."""
+    if manifest.is_index:
+        count = len(manifest.children()) + 1
+        if count > IMPORT_MAX_MANIFESTS:
+            return f"{count} manifests, over ACR import's limit of {IMPORT_MAX_MANIFESTS}"
+        return ""
+    if public:
+        largest = max((blob.size for blob in manifest.blobs()), default=0)
+        if largest > PUBLIC_IMPORT_MAX_LAYER_BYTES:
+            return f"a layer of {largest} bytes, over ACR import's limit of 2 GiB per layer from a public registry"
+    return ""
+
+
+def wait_for_import(poller, *, seconds: float, what: str, notify: RetryNotice | None) -> None:
+    """Wait for an import's long-running operation: a progress line every IMPORT_PROGRESS_SECONDS, the copy's
+    budget checked between polls (a cancel stops the wait), TransientError after `seconds`."""
+    started = time.monotonic()
+    next_line = started + IMPORT_PROGRESS_SECONDS
+    while not poller.done():
+        budgets.check(what)
+        now = time.monotonic()
+        if now - started >= seconds:
+            raise TransientError(f"{what}: not finished after {seconds:.0f} s (status {poller.status()})")
+        if now >= next_line:
+            _tell(notify, f"{what}: still running after {now - started:.0f} s (status {poller.status()})")
+            next_line = now + IMPORT_PROGRESS_SECONDS
+        budgets.pause(min(IMPORT_POLL_SECONDS, max(0.01, seconds - (now - started))), doing=what)
+    poller.result()  # raises the operation's error, if it failed
+    _tell(notify, f"{what}: finished in {time.monotonic() - started:.1f} s")
+
+
+def _tell(notify: RetryNotice | None, line: str) -> None:
+    log.info("%s", line)
+    if notify is not None:
+        try:
+            notify(line)
+        except Exception:  # a broken log writer must not fail the copy
+            log.exception("import progress notice failed")

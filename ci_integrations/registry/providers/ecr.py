@@ -252,7 +252,7 @@ class EcrProvider(Provider):
             issuer="ecr:GetAuthorizationToken",
         )
 
-    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest, *, notify=None) -> str | None:
         """Same repository, new tag: put_image with the manifest ECR already has (no blob traffic at all)."""
         if (
             src.registry.provider != "ecr"

@@ -218,7 +218,7 @@ class GarProvider(Provider):
         except google_errors.GoogleAPICallError as exc:
             raise _api_error(exc, f"Artifact Registry create_repository {package.repository}") from None
 
-    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest, *, notify=None) -> str | None:
         if (
             src.registry.provider != "gar"
             or not self.same_registry(src.registry, dst.registry)
