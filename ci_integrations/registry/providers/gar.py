@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -23,6 +24,7 @@ SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 REPOSITORY_CREATE_SECONDS = 60
 PUSH_TOKEN_SECONDS = 3600  # what CI gets; google-auth's impersonation allows up to 12 hours
 _GCR_LOCATIONS = {"gcr.io": "us", "us.gcr.io": "us", "eu.gcr.io": "europe", "asia.gcr.io": "asia"}
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _credentials: dict[tuple, object] = {}
 
@@ -50,11 +52,20 @@ def artifact_registry_client(spec: RegistrySpec):
 
 
 def _cached_credentials(spec: RegistrySpec):
+    """The spec's google-auth credentials, made once; None when none are stored and Application Default
+    Credentials are absent (remembered too: looking for them probes the GCE metadata server, which takes seconds)."""
     key = (spec.url, json.dumps(spec.credentials or {}, sort_keys=True, default=str))
     with _lock:
-        credentials = _credentials.get(key)
-        if credentials is None:
-            credentials = _credentials[key] = google_credentials(spec)
+        if key in _credentials:
+            return _credentials[key]
+        try:
+            credentials = google_credentials(spec)
+        except Exception as exc:
+            if spec.credentials or type(exc).__name__ != "DefaultCredentialsError":
+                raise
+            log.info("no Google credentials stored or found for %s; pulling anonymously", spec.url)
+            credentials = None
+        _credentials[key] = credentials
         return credentials
 
 
@@ -108,13 +119,21 @@ class GarProvider(Provider):
         if creds.get("username") and creds.get("password"):
             return super().credential_source(spec)  # _json_key or a pre-fetched token
 
-        def source(refresh: bool = False) -> BasicCredentials:
+        def source(refresh: bool = False) -> BasicCredentials | None:
+            # No stored credentials and no Application Default Credentials: anonymous, which public images
+            # (gcr.io/distroless/..., public Artifact Registry repositories) allow.
+            if _cached_credentials(spec) is None:
+                return None
             return BasicCredentials("oauth2accesstoken", self.access_token(spec, refresh=refresh)[0])
 
         return source
 
     def access_token(self, spec: RegistrySpec, *, refresh: bool = False) -> tuple[str, object]:
         credentials = _cached_credentials(spec)
+        if credentials is None:
+            raise AuthenticationError(
+                f"{self.host(spec)}: no Google credentials are stored and Application Default Credentials are absent"
+            )
         with _lock:
             if refresh or not getattr(credentials, "valid", False):
                 import google.auth.transport.requests
@@ -142,6 +161,11 @@ class GarProvider(Provider):
                 "on it)"
             )
         source = _cached_credentials(spec)
+        if source is None:
+            raise AuthenticationError(
+                f"{self.host(spec)}: impersonating {scope.service_account} needs the portal's own Google credentials,"
+                " and none are stored or found"
+            )
         if scope.service_account == getattr(source, "service_account_email", None):
             raise CannotScope(
                 f"push_service_account {scope.service_account} is the portal's own account; name one that can write "
