@@ -184,3 +184,21 @@ def test_harbor_project_policy_violation_is_reported_as_the_policy_not_a_tag_con
 def test_ecr_fips_hosts_are_recognised_as_ecr(host):
     """Issue 15 item 11: FIPS endpoints are ecr-fips.<region>.amazonaws.com (AWS service endpoints for ECR)."""
     assert provider_name_for_host(host) == "ecr"
+
+
+def test_official_docker_hub_images_are_asked_for_under_library(registry, other_registry, proxy_factory):
+    """Issue 15 item 7: Docker Hub serves official images under library/ (`docker pull nginx` is library/nginx;
+    distribution/reference ParseNormalizedNamed), in bucket repositories as in typed references. A dockerhub
+    registry pointed at a local registry stands in for a pull-through mirror of Hub, which names them the same."""
+    from ci_integrations.registry import RegistrySpec, parse_reference
+
+    digest = push_random_image(registry.url, "library/nginx", "1.27")
+    hub = proxy_factory(registry.url)
+    source = RegistrySpec("dockerhub", hub.url)
+
+    copy_image(location(source, "nginx", "1.27"), location(other_registry.url, "mirror/nginx", "1.27"))
+
+    assert get_manifest_digest(other_registry.url, "mirror/nginx", "1.27") == digest
+    assert hub.requests(path=r"^/v2/nginx/") == [] and hub.requests("GET", r"^/v2/library/nginx/manifests/")
+    assert location(source, "team/app", "1").repository == "team/app"  # only one-component names are official
+    assert parse_reference("nginx:1.27").repository == "library/nginx"
