@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from .errors import CopyStopped, DeadlineExceeded
 
+T = TypeVar("T")
 _current: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("registry_budget", default=None)
 
 
@@ -105,3 +107,35 @@ def check(doing: str = "") -> None:
     budget = _current.get()
     if budget is not None:
         budget.check(doing)
+
+
+def bounded(call: Callable[[], T], *, doing: str, host: str = "") -> T:
+    """call() within the current budget's deadline, for calls whose own timeouts we do not control (cloud SDKs:
+    boto3 retries, google-auth's 120 s default, azure-identity's chain).
+
+    Without a deadline it is just call(). With one, it runs on a helper thread (in a copy of this context) and
+    DeadlineExceeded is raised once the deadline passes; the helper finishes in the background and its answer is
+    dropped. Its exceptions are raised here.
+    """
+    budget = _current.get()
+    left = budget.remaining() if budget is not None else None
+    if left is None:
+        return call()
+    budget.check(doing)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+
+    context = contextvars.copy_context()
+    helper = threading.Thread(target=context.run, args=(run,), daemon=True, name="bounded-call")
+    helper.start()
+    helper.join(max(0.0, left))
+    if helper.is_alive():
+        raise DeadlineExceeded(f"{host or 'the cloud API'} did not answer {doing} within {budget.what}", host=host)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

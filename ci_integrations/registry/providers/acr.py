@@ -147,7 +147,11 @@ class AcrProvider(Provider):
         endpoint = self.endpoint(spec)
         creds = spec.credentials or {}
         try:
-            entra = credential.get_token(audience)
+            entra = budgets.bounded(
+                lambda: credential.get_token(audience), doing="an Entra token", host="login.microsoftonline.com"
+            )
+        except DeadlineExceeded:
+            raise
         except Exception as exc:  # azure-identity's ClientAuthenticationError and kin; the next audience may work
             raise AuthenticationError(f"no Entra token: {cut(redact(str(exc)), 300)}") from None
         remember_secret(entra.token)

@@ -16,6 +16,7 @@ import re
 import threading
 from dataclasses import replace
 
+from .. import budget as budgets
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
 from ..errors import AccessDenied, AuthenticationError, CannotScope, NotFound, TagConflict, remember_secret
@@ -109,6 +110,10 @@ def registry_id_of(spec: RegistrySpec) -> str | None:
     return spec.options.get("registry_id") or (match.group("account") if match else None)
 
 
+def _api_host(spec: RegistrySpec) -> str:
+    return f"api.ecr.{region_of(spec)}.amazonaws.com"
+
+
 def _sdk_code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
@@ -150,7 +155,11 @@ class EcrProvider(Provider):
         client = ecr_client(spec)
         registry_id = registry_id_of(spec)
         try:
-            answer = client.get_authorization_token(**({"registryIds": [registry_id]} if registry_id else {}))
+            answer = budgets.bounded(
+                lambda: client.get_authorization_token(**({"registryIds": [registry_id]} if registry_id else {})),
+                doing="ECR get_authorization_token",
+                host=_api_host(spec),
+            )
         except Exception as exc:
             raise _sdk_error(exc, "ECR get_authorization_token") from None
         data = answer["authorizationData"][0]
@@ -167,7 +176,11 @@ class EcrProvider(Provider):
         """describe_repositories: ECR refuses a push into a repository that does not exist (no create on push)."""
         ids = {"registryId": registry_id_of(spec)} if registry_id_of(spec) else {}
         try:
-            ecr_client(spec).describe_repositories(repositoryNames=[repository], **ids)
+            budgets.bounded(
+                lambda: ecr_client(spec).describe_repositories(repositoryNames=[repository], **ids),
+                doing="ECR describe_repositories",
+                host=_api_host(spec),
+            )
         except Exception as exc:
             if _sdk_code(exc) == "RepositoryNotFoundException":
                 return False
@@ -184,12 +197,16 @@ class EcrProvider(Provider):
             if settings.kms_key:
                 encryption["kmsKey"] = settings.kms_key
         try:
-            ecr_client(spec).create_repository(
-                repositoryName=repository,
-                imageTagMutability="IMMUTABLE" if settings.immutable_tags else "MUTABLE",
-                imageScanningConfiguration={"scanOnPush": settings.scan_on_push},
-                **({"encryptionConfiguration": encryption} if encryption else {}),
-                **ids,
+            budgets.bounded(
+                lambda: ecr_client(spec).create_repository(
+                    repositoryName=repository,
+                    imageTagMutability="IMMUTABLE" if settings.immutable_tags else "MUTABLE",
+                    imageScanningConfiguration={"scanOnPush": settings.scan_on_push},
+                    **({"encryptionConfiguration": encryption} if encryption else {}),
+                    **ids,
+                ),
+                doing="ECR create_repository",
+                host=_api_host(spec),
             )
         except Exception as exc:
             if _sdk_code(exc) != "RepositoryAlreadyExistsException":
@@ -214,11 +231,15 @@ class EcrProvider(Provider):
             raise CannotScope(f"ECR registry {spec.url}: set options.registry_id (the account) to name the repository")
         arn = repository_arn(region, account, repository)
         try:
-            answer = sts_client(spec).assume_role(
-                RoleArn=scope.role_arn,
-                RoleSessionName=session_name(scope.session_name),
-                Policy=json.dumps(push_session_policy(arn), separators=(",", ":")),
-                DurationSeconds=PUSH_SESSION_SECONDS,
+            answer = budgets.bounded(
+                lambda: sts_client(spec).assume_role(
+                    RoleArn=scope.role_arn,
+                    RoleSessionName=session_name(scope.session_name),
+                    Policy=json.dumps(push_session_policy(arn), separators=(",", ":")),
+                    DurationSeconds=PUSH_SESSION_SECONDS,
+                ),
+                doing="STS assume_role",
+                host=f"sts.{region}.amazonaws.com",
             )
         except Exception as exc:
             raise _sdk_error(exc, f"STS assume_role {scope.role_arn}") from None
@@ -233,7 +254,11 @@ class EcrProvider(Provider):
             },
         )
         try:
-            token = ecr_client(narrowed).get_authorization_token(registryIds=[account])
+            token = budgets.bounded(
+                lambda: ecr_client(narrowed).get_authorization_token(registryIds=[account]),
+                doing="ECR get_authorization_token",
+                host=_api_host(spec),
+            )
         except Exception as exc:
             raise _sdk_error(exc, "ECR get_authorization_token (as the push role)") from None
         data = token["authorizationData"][0]

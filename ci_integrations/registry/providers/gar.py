@@ -14,9 +14,18 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .. import budget as budgets
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
-from ..errors import AccessDenied, AuthenticationError, CannotScope, RegistryError, TagConflict, remember_secret
+from ..errors import (
+    AccessDenied,
+    AuthenticationError,
+    CannotScope,
+    DeadlineExceeded,
+    RegistryError,
+    TagConflict,
+    remember_secret,
+)
 from ..refs import ImageLocation, RegistrySpec, RepositorySettings, check_repository
 from . import Provider, PushCredentials, PushScope
 
@@ -139,7 +148,13 @@ class GarProvider(Provider):
                 import google.auth.transport.requests
 
                 try:
-                    credentials.refresh(google.auth.transport.requests.Request())
+                    budgets.bounded(
+                        lambda: credentials.refresh(google.auth.transport.requests.Request()),
+                        doing="a Google access token",
+                        host="oauth2.googleapis.com",
+                    )
+                except DeadlineExceeded:
+                    raise
                 except Exception as exc:
                     raise AuthenticationError(f"could not get a Google access token: {type(exc).__name__}") from None
             return credentials.token, getattr(credentials, "expiry", None)
@@ -181,7 +196,11 @@ class GarProvider(Provider):
             lifetime=PUSH_TOKEN_SECONDS,
         )
         try:
-            target.refresh(Request())
+            budgets.bounded(
+                lambda: target.refresh(Request()), doing="generateAccessToken", host="iamcredentials.googleapis.com"
+            )
+        except DeadlineExceeded:
+            raise
         except Exception as exc:
             raise AuthenticationError(
                 f"could not impersonate {scope.service_account}: {type(exc).__name__} (does the portal hold "
@@ -209,7 +228,11 @@ class GarProvider(Provider):
         from google.api_core import exceptions as google_errors
 
         try:
-            artifact_registry_client(spec).get_repository(name=package.repository_name)
+            budgets.bounded(
+                lambda: artifact_registry_client(spec).get_repository(name=package.repository_name),
+                doing="Artifact Registry get_repository",
+                host="artifactregistry.googleapis.com",
+            )
         except google_errors.NotFound:
             return False
         except google_errors.GoogleAPICallError as exc:
