@@ -30,13 +30,19 @@ class Budget:
 
     def __init__(self, seconds: float | None = None, *, what: str = "the time allowed") -> None:
         self.what = what
-        self.deadline = None if seconds is None else time.monotonic() + seconds
+        self.started = time.monotonic()
+        self.deadline = None if seconds is None else self.started + seconds
         self._stopped = threading.Event()
         self.stop_reason = ""
 
     def set_deadline(self, seconds: float, *, what: str) -> None:
         """Start (or restart) the clock: from now, `seconds` in all."""
         self.deadline = time.monotonic() + seconds
+        self.what = what
+
+    def set_total(self, seconds: float, *, what: str) -> None:
+        """Make the whole work, counted from when the budget was made (not from now), take at most `seconds`."""
+        self.deadline = self.started + seconds
         self.what = what
 
     def remaining(self) -> float | None:

@@ -311,7 +311,8 @@ def _copy_with_progress(p: Promotion, src, dst, budget: Budget):
             budget.sized = True  # the deadline grows with what there is to move, once that is known
             seconds, what = copy_deadline(snap.bytes_total)
             if not settings.P2P_COPY_DEADLINE:
-                budget.set_deadline(seconds - (time.monotonic() - started), what=what)
+                # Counted from the promotion's first try (the budget's start), not from this one.
+                budget.set_total(seconds, what=what)
         fields = {"heartbeat_at": timezone.now()}
         if snap is not None:
             fields.update(
@@ -335,7 +336,6 @@ def _copy_with_progress(p: Promotion, src, dst, budget: Budget):
             budget.stop("cancelled")
         talk.publish_answered.set()
 
-    started = time.monotonic()
     promotion_log_append(p.pk, registry_errors.cut(f"copying {src} → {dst}"))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"promotion-{p.pk}") as pool:
         future = pool.submit(

@@ -202,3 +202,15 @@ def test_official_docker_hub_images_are_asked_for_under_library(registry, other_
     assert hub.requests(path=r"^/v2/nginx/") == [] and hub.requests("GET", r"^/v2/library/nginx/manifests/")
     assert location(source, "team/app", "1").repository == "team/app"  # only one-component names are official
     assert parse_reference("nginx:1.27").repository == "library/nginx"
+
+
+def test_a_budget_resized_once_the_bytes_are_known_counts_from_its_start_not_from_now():
+    """Issue 15 item 12 (the gap left): a promotion's default deadline grows with the bytes to move once they are
+    known, counted from the promotion's first try, so a retried copy cannot stretch the deadline each time."""
+    from ci_integrations.registry.budget import Budget
+
+    budget = Budget(60, what="first")
+    time.sleep(0.3)
+    budget.set_total(10, what="sized")
+
+    assert 9.0 < budget.remaining() < 9.75 and budget.what == "sized"
