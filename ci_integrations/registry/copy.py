@@ -38,7 +38,7 @@ from .errors import (
     cut,
     redact,
 )
-from .large_blobs import ChunkedUpload, LargeBlobSettings, check_layer_limits
+from .large_blobs import ChunkedUpload, ChunkingRefused, LargeBlobSettings, check_layer_limits
 from .providers import PushCredentials, PushScope, provider_for
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
 from .repositories import ensure_repository
@@ -181,6 +181,7 @@ class ImageCopier:
         self.abort = threading.Event()
         self.tracker: _Tracker | None = None
         self.large = LargeBlobSettings.from_options(dst.registry.options)
+        self.chunking_refused = False  # the destination took no chunked upload: large blobs go in one PUT too
         self._read_lock = threading.Lock()
         self.bytes_read = 0  # blob bytes read from the source, streams resumed or restarted included
 
@@ -391,7 +392,7 @@ class ImageCopier:
                 raise _Aborted()
             upload = reusable.pop() if reusable else self.dst_client.start_upload(dst_repo)[1]
             try:
-                if self.large.is_large(blob):
+                if self.large.is_large(blob) and not self.chunking_refused:
                     return self._copy_large(blob, upload)
                 return self._stream(blob, upload)
             except BaseException:
@@ -452,6 +453,20 @@ class ImageCopier:
         )
         try:
             return chunked.run()
+        except ChunkingRefused as refused:
+            # Some registries take uploads in one PUT only: this blob and the rest of the copy go that way.
+            self.chunking_refused = True
+            line = f"{self.dst_client.host} refused a chunked upload ({refused.error.message}); uploading in one PUT"
+            log.info("%s", line)
+            if self.dst_client.transport.notify is not None:
+                self.dst_client.transport.notify(line)
+            self.dst_client.cancel_upload(upload, self.dst.repository)
+            _, fresh = self.dst_client.start_upload(self.dst.repository)
+            try:
+                return self._stream(blob, fresh)
+            except BaseException:
+                self.dst_client.cancel_upload(fresh, self.dst.repository)
+                raise
         finally:
             self._count_read(chunked.bytes_read)
 

@@ -69,6 +69,18 @@ def check_layer_limits(blobs: list[Descriptor], limit: tuple[int, str] | None, *
             )
 
 
+# Answers to a first chunk that mean "no chunked uploads here": the blob goes up in one PUT instead.
+CHUNKING_REFUSED = {400, 405, 411, 415, 501}
+
+
+class ChunkingRefused(Exception):
+    """The registry refused the first chunk of an upload (it does not take chunked uploads)."""
+
+    def __init__(self, error: RegistryError):
+        super().__init__(error.message)
+        self.error = error
+
+
 class SourceFailed(Exception):
     """The source stream could not be resumed (or the resumes are spent); `why` says what happened last."""
 
@@ -283,6 +295,8 @@ class ChunkedUpload:
                     if location:
                         self.location = urljoin(response.url, location)
                     return
+                if start == 0 and response.status_code in CHUNKING_REFUSED:
+                    raise ChunkingRefused(response_error(response, what=f"PATCH {self.blob.digest}"))
                 if response.status_code != 416:  # 416: the registry holds another offset than we thought
                     accept_upload_answer(response, self.blob.digest, ok=(202,))
                 problem = RetryableFailure(response_error(response, what=f"PATCH {self.blob.digest}"))
@@ -298,6 +312,11 @@ class ChunkedUpload:
             raise RetryableFailure(
                 TransientError(f"upload session of {self.blob.digest} lost"),
                 reason=f"{self.dst.host} lost the upload session of {self.blob.digest}; starting the blob again",
+            ) from None
+        except RegistryError as exc:  # a registry that does not tell (or did not answer): the blob starts again
+            raise RetryableFailure(
+                TransientError(f"offset of the upload of {self.blob.digest} unknown: {exc.message}"),
+                reason=f"{self.dst.host} did not say how much of {self.blob.digest} it holds; starting the blob again",
             ) from None
         end = chunk.offset + chunk.filled
         if not chunk.offset <= held <= end:

@@ -170,3 +170,45 @@ def test_documented_layer_limits_are_known_per_registry(provider, url, limit, na
 def test_a_registry_without_a_documented_limit_has_none():
     spec = RegistrySpec(provider="generic", url="https://registry.example")
     assert provider_for(spec).layer_limit(spec) is None
+
+
+def test_a_registry_that_refuses_chunked_uploads_gets_the_layer_in_one_put(registry, other_registry, proxy_factory):
+    """Not every registry takes PATCH chunks (some answer 400 or 405 to a Content-Range): the first refusal sends
+    the blob, and every large blob after it, as one monolithic PUT (the distribution spec's other upload form)."""
+    digest, LAYER = _large_image(registry.url)  # noqa: N806
+    target = proxy_factory(other_registry.url)
+    target.add("status", method="PATCH", path=r"/blobs/uploads/", status=405, body=b"", times=None)
+    lines: list[str] = []
+
+    copy_image(
+        location(registry.url, "team/api", "1.0"),
+        location(target.url, "prod/api", "1.0", **LARGE),
+        notify=lines.append,
+    )
+
+    assert get_manifest_digest(other_registry.url, "prod/api", "1.0") == digest
+    assert len(target.requests("PATCH")) == 1  # asked once
+    assert max(e.bytes_up for e in target.requests("PUT", r"/blobs/uploads/")) == LAYER
+    assert any("refused a chunked upload" in line for line in lines)
+
+
+def test_a_registry_that_cannot_say_its_offset_gets_the_blob_again_in_a_new_session(
+    registry, other_registry, proxy_factory
+):
+    """A cut chunk on a registry that does not answer GET on an upload session: the blob starts again from a new
+    session rather than failing the copy."""
+    digest, _ = _large_image(registry.url)
+    target = proxy_factory(other_registry.url)
+    target.add("reset", method="PATCH", path=r"/blobs/uploads/", after=1)
+    target.add("status", method="GET", path=r"/blobs/uploads/", status=405, body=b"", times=None)
+    lines: list[str] = []
+
+    copy_image(
+        location(registry.url, "team/api", "1.0"),
+        location(target.url, "prod/api", "1.0", **LARGE),
+        notify=lines.append,
+    )
+
+    assert get_manifest_digest(other_registry.url, "prod/api", "1.0") == digest
+    assert len(target.requests("POST")) == 3  # the layer twice, the config once
+    assert any("did not say how much" in line for line in lines)
