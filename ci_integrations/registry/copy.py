@@ -38,11 +38,19 @@ from .errors import (
     cut,
     redact,
 )
-from .large_blobs import ChunkedUpload, ChunkingRefused, LargeBlobSettings, check_layer_limits
+from .large_blobs import (
+    ChunkedUpload,
+    ChunkingRefused,
+    CorruptSource,
+    LargeBlobSettings,
+    SourceFailed,
+    check_layer_limits,
+    source_failure,
+)
 from .providers import PushCredentials, PushScope, provider_for
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
 from .repositories import ensure_repository
-from .transport import RetryableFailure, RetryNotice, with_retries
+from .transport import RetryableFailure, RetryNotice, announce, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +105,6 @@ class CopyPlan:
 
 class _Aborted(Exception):
     """Another blob failed; stop this one quickly."""
-
-
-class _SourceFailed(Exception):
-    def __init__(self, why: str):
-        super().__init__(why)
-        self.why = why
 
 
 class _Tracker:
@@ -456,10 +458,11 @@ class ImageCopier:
         except ChunkingRefused as refused:
             # Some registries take uploads in one PUT only: this blob and the rest of the copy go that way.
             self.chunking_refused = True
-            line = f"{self.dst_client.host} refused a chunked upload ({refused.error.message}); uploading in one PUT"
-            log.info("%s", line)
-            if self.dst_client.transport.notify is not None:
-                self.dst_client.transport.notify(line)
+            announce(
+                self.dst_client.transport.notify,
+                f"{self.dst_client.host} refused a chunked upload ({refused.error.message}); uploading in one PUT",
+                logger=log,
+            )
             self.dst_client.cancel_upload(upload, self.dst.repository)
             _, fresh = self.dst_client.start_upload(self.dst.repository)
             try:
@@ -505,15 +508,15 @@ class ImageCopier:
                     try:
                         chunk = read_into(view[: min(len(view), remaining)])
                     except Exception as exc:
-                        raise _SourceFailed(type(exc).__name__) from None
+                        raise SourceFailed(type(exc).__name__) from None
                     if not chunk:
-                        raise _SourceFailed("source closed the stream early")
+                        raise SourceFailed("source closed the stream early")
                     hasher.update(chunk)
                     read += len(chunk)
                     remaining -= len(chunk)
                     if remaining == 0 and hasher.hexdigest() != expected_hex:
                         # Raised before the last bytes go out: the registry never completes the upload.
-                        raise _CorruptSource()
+                        raise CorruptSource()
                     sent += len(chunk)
                     tracker.bytes(len(chunk))
                     yield chunk
@@ -522,14 +525,8 @@ class ImageCopier:
                 response = self.dst_client.finish_upload(
                     upload, self.dst.repository, blob.digest, SizedBody(chunks(), blob.size), blob.size
                 )
-            except _SourceFailed as exc:
-                why = f"reading {blob.digest} from the source failed: {exc.why}"
-                reason = f"{self.src_client.host} broke off the stream of {blob.digest} ({exc.why})"
-                raise RetryableFailure(TransientError(why), reason=reason) from None
-            except _CorruptSource:
-                raise RetryableFailure(
-                    DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
-                ) from None
+            except (SourceFailed, CorruptSource) as exc:
+                raise source_failure(exc, blob, self.src_client.host) from None
             accept_upload_answer(response, blob.digest)
             return sent
         except BaseException:
@@ -603,10 +600,6 @@ class ImageCopier:
             blobs_mountable=sum(1 for here in present if not here) if mountable else 0,
             tag_conflict_digest=conflict,
         )
-
-
-class _CorruptSource(Exception):
-    pass
 
 
 def _children_first(indexes: list[Manifest]) -> list[Manifest]:

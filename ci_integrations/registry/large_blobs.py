@@ -27,7 +27,7 @@ from . import budget as budgets
 from .bodies import READ_FAILURES, SizedBody, raw_reader, read_capped, response_error
 from .client import Descriptor, RegistryClient, accept_upload_answer, hasher_for
 from .errors import DigestMismatch, LayerTooLarge, NotFound, RegistryError, TransientError
-from .transport import RetryableFailure, RetryNotice, RetryPolicy, describe_exception
+from .transport import RetryableFailure, RetryNotice, RetryPolicy, announce, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,18 @@ class CorruptSource(Exception):
     """The source's bytes do not hash to the blob's digest (found before the last bytes go out)."""
 
 
+def source_failure(exc: SourceFailed | CorruptSource, blob: Descriptor, host: str, *, tail: str = "") -> Exception:
+    """What a broken or corrupt source stream means for the blob: a RetryableFailure (a new try, a new session)."""
+    if isinstance(exc, CorruptSource):
+        return RetryableFailure(
+            DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
+        )
+    why = f"reading {blob.digest} from the source failed: {exc.why}"
+    return RetryableFailure(
+        TransientError(why), reason=f"{host} broke off the stream of {blob.digest} ({exc.why}){tail}"
+    )
+
+
 class ResumingSource:
     """A blob's GET that picks up where it broke: `read_into` hides up to `resumes` drops of the stream.
 
@@ -149,13 +161,12 @@ class ResumingSource:
             self.resumed += 1
             host, digest = self.client.host, self.blob.digest
             pause = self.policy.delay(self.resumed - 1)
-            line = (
+            announce(
+                self.notify,
                 f"{host} broke off the stream of {digest} at byte {self.received} of {self.blob.size} ({why}); "
-                f"resuming from there, retry {self.resumed} of {self.resumes} in {pause:.2g} s"
+                f"resuming from there, retry {self.resumed} of {self.resumes} in {pause:.2g} s",
+                logger=log,
             )
-            log.info("%s", line)
-            if self.notify is not None:
-                self.notify(line)
             budgets.pause(pause, doing=f"resume {digest}")
             try:
                 self.response = self.client.open_blob(self.repository, digest, offset=self.received)
@@ -183,13 +194,12 @@ class ResumingSource:
 
     def _skip_received(self) -> None:
         """A 200 to a Range request: the whole blob again. Read and drop what was already received."""
-        line = (
+        announce(
+            self.notify,
             f"{self.client.host} ignored the Range and sent {self.blob.digest} from its first byte; "
-            f"reading {self.received} bytes again to skip them"
+            f"reading {self.received} bytes again to skip them",
+            logger=log,
         )
-        log.info("%s", line)
-        if self.notify is not None:
-            self.notify(line)
         scratch = memoryview(bytearray(min(READ_SIZE, max(1, self.received))))
         left = self.received
         while left > 0:
@@ -255,14 +265,8 @@ class ChunkedUpload:
             response = self.dst.finish_upload(self.location, self.dst_repository, blob.digest, b"", 0)
             accept_upload_answer(response, blob.digest)
             return self.reported
-        except SourceFailed as exc:
-            why = f"reading {blob.digest} from the source failed: {exc.why}"
-            reason = f"{self.src.host} broke off the stream of {blob.digest} ({exc.why}) and it could not be resumed"
-            raise RetryableFailure(TransientError(why), reason=reason) from None
-        except CorruptSource:
-            raise RetryableFailure(
-                DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
-            ) from None
+        except (SourceFailed, CorruptSource) as exc:
+            raise source_failure(exc, blob, self.src.host, tail=" and it could not be resumed") from None
         except BaseException:
             self.on_bytes(-self.reported)  # that attempt's bytes will be sent again (or never)
             self.reported = 0
@@ -329,13 +333,12 @@ class ChunkedUpload:
             )
         pause = self.policy.delay(attempt)
         why = problem.reason or problem.error.message
-        line = (
+        announce(
+            self.notify,
             f"{why}; the registry holds {held} of {self.blob.size} bytes of {self.blob.digest}: resuming there, "
-            f"retry {attempt + 1} of {attempts - 1} in {pause:.2g} s"
+            f"retry {attempt + 1} of {attempts - 1} in {pause:.2g} s",
+            logger=log,
         )
-        log.info("%s", line)
-        if self.notify is not None:
-            self.notify(line)
         budgets.pause(pause, doing=f"upload {self.blob.digest}")
         return held
 

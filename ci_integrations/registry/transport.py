@@ -141,6 +141,18 @@ class RetryableFailure(Exception):
 RetryNotice = Callable[[str], None]
 
 
+def announce(notify: RetryNotice | None, line: str, *, logger: logging.Logger | None = log) -> None:
+    """Log `line` (unless logger is None) and hand it to `notify` (the promotion's log); a broken log writer never
+    fails the copy."""
+    if logger is not None:
+        logger.info("%s", line)
+    if notify is not None:
+        try:
+            notify(line)
+        except Exception:
+            log.exception("notice failed")
+
+
 def with_retries(
     operation: Callable[[int], T],
     *,
@@ -178,11 +190,7 @@ def with_retries(
                 reason = failure.reason or (f"{host}: {failure.error.message}" if host else failure.error.message)
                 line = f"{reason}; retry {attempt + 1} of {attempts - 1} in {pause:.2g} s"
                 log.info("%s: %s", what, line)
-                if notify is not None:
-                    try:
-                        notify(line)
-                    except Exception:  # a broken log writer must not fail the copy
-                        log.exception("retry notice failed")
+                announce(notify, line, logger=None)  # logged just above, with the call's name
                 try:
                     if sleep is not None:
                         sleep(pause)

@@ -32,7 +32,7 @@ from ..errors import (
     remember_secret,
 )
 from ..refs import ImageLocation, RegistrySpec
-from ..transport import RetryNotice, Transport, describe_exception
+from ..transport import RetryNotice, Transport, announce, describe_exception
 from . import Provider, provider_for, timeouts
 
 # ACR import's documented limits, and how long and how chattily the portal waits for one.
@@ -302,9 +302,4 @@ def wait_for_import(poller, *, seconds: float, what: str, notify: RetryNotice | 
 
 
 def _tell(notify: RetryNotice | None, line: str) -> None:
-    log.info("%s", line)
-    if notify is not None:
-        try:
-            notify(line)
-        except Exception:  # a broken log writer must not fail the copy
-            log.exception("import progress notice failed")
+    announce(notify, line, logger=log)
