@@ -215,7 +215,7 @@ class ImageCopier:
         if existing is not None and existing.digest == top.digest:
             log.info("%s already holds %s; nothing to copy", self.dst, top.digest)
         else:
-            summary.repository_created = ensure_repository(self.dst)
+            summary.repository_created = ensure_repository(self.dst, notify=self.dst_client.transport.notify)
             fast_path = self._try_fast_path(top)
             if fast_path:
                 summary.fast_path = fast_path

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .providers import provider_for
 from .refs import ImageLocation
+from .transport import RetryNotice, announce
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ def repository_state(location: ImageLocation) -> RepositoryState:
     )
 
 
-def ensure_repository(location: ImageLocation) -> bool:
-    """Create location's repository when it is missing and its bucket allows it; True when it was created.
+def ensure_repository(location: ImageLocation, *, notify: RetryNotice | None = None) -> bool:
+    """Create location's repository when it is missing and its bucket allows it; True when it was created (and
+    `notify`, the promotion's log, is told).
 
     Without `create`, nothing is asked: a missing repository then fails the push with the registry's own words.
     """
@@ -54,5 +56,9 @@ def ensure_repository(location: ImageLocation) -> bool:
     if provider.repository_exists(location.registry, location.repository) is not False:
         return False
     provider.create_repository(location.registry, location.repository, location.create)
-    log.info("created repository %s on %s", location.repository, provider.host(location.registry))
+    announce(
+        notify,
+        f"created repository {location.repository} on {provider.host(location.registry)} (create_repository)",
+        logger=log,
+    )
     return True

@@ -64,9 +64,13 @@ def test_a_missing_ecr_repository_is_created_with_the_buckets_settings_before_th
     digest = push_random_image(registry.url, "team/api", "1.0")
     settings = RepositorySettings(immutable_tags=True, scan_on_push=True, encryption="KMS", kms_key=KMS_KEY)
 
-    summary = copy_image(location(registry.url, "team/api", "1.0"), _ecr_destination(ecr_registry.url, settings))
+    lines: list[str] = []
+    summary = copy_image(
+        location(registry.url, "team/api", "1.0"), _ecr_destination(ecr_registry.url, settings), notify=lines.append
+    )
 
     assert summary.repository_created and summary.digest == digest
+    assert lines == [f"created repository prod/api on {ecr_registry.host} (create_repository)"]
     [created] = api.client.describe_repositories(repositoryNames=["prod/api"])["repositories"]
     assert created["imageTagMutability"] == "IMMUTABLE"
     assert created["imageScanningConfiguration"] == {"scanOnPush": True}
