@@ -21,7 +21,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 
 from . import budget as budgets
-from .bodies import SizedBody, raw_reader
+from .bodies import SizedBody
 from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, accept_upload_answer, hasher_for
 from .client_cache import shared_client
 from .errors import (
@@ -43,6 +43,7 @@ from .large_blobs import (
     ChunkingRefused,
     CorruptSource,
     LargeBlobSettings,
+    ResumingSource,
     SourceFailed,
     check_layer_limits,
     source_failure,
@@ -50,7 +51,7 @@ from .large_blobs import (
 from .providers import PushCredentials, PushScope, provider_for
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
 from .repositories import ensure_repository
-from .transport import RetryableFailure, RetryNotice, announce, with_retries
+from .transport import RetryNotice, announce, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -478,26 +479,31 @@ class ImageCopier:
             self.bytes_read += n
 
     def _stream(self, blob: Descriptor, upload: str) -> int:
-        """GET from the source and PUT to the upload URL in one pass, hashing as bytes flow; returns bytes sent."""
+        """GET from the source and PUT to the upload URL in one pass, hashing as bytes flow; returns bytes sent.
+
+        A source that breaks off is asked again from the next byte (Range) while the PUT waits, so the upload goes
+        on rather than starting again (large_blobs.ResumingSource).
+        """
         tracker = self.tracker
         assert tracker is not None
-        source = self.src_client.open_blob(self.src.repository, blob.digest)
-        sent = read = 0
+        source = ResumingSource(
+            self.src_client,
+            self.src.repository,
+            blob,
+            policy=self.src_client.transport.policy,
+            notify=self.dst_client.transport.notify,
+        )
+        sent = 0
         try:
-            length = source.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != blob.size:
-                raise RetryableFailure(
-                    DigestMismatch(f"source serves {length} bytes for {blob.digest}, the manifest says {blob.size}")
-                )
             hasher = hasher_for(blob.digest)
             expected_hex = blob.digest.partition(":")[2]
-            read_into = raw_reader(source)
+            read_into = source.read_into
             abort = self.abort
             budget = budgets.current_budget()
 
             def chunks() -> Iterator[memoryview]:
                 # One buffer per stream, refilled in place: each chunk is sent (sendall) before the next read.
-                nonlocal sent, read
+                nonlocal sent
                 view = memoryview(bytearray(min(CHUNK_SIZE, blob.size)))
                 remaining = blob.size
                 while remaining > 0:
@@ -507,12 +513,13 @@ class ImageCopier:
                         budget.check(f"copy blob {blob.digest}")
                     try:
                         chunk = read_into(view[: min(len(view), remaining)])
+                    except SourceFailed:
+                        raise
                     except Exception as exc:
                         raise SourceFailed(type(exc).__name__) from None
                     if not chunk:
                         raise SourceFailed("source closed the stream early")
                     hasher.update(chunk)
-                    read += len(chunk)
                     remaining -= len(chunk)
                     if remaining == 0 and hasher.hexdigest() != expected_hex:
                         # Raised before the last bytes go out: the registry never completes the upload.
@@ -534,7 +541,7 @@ class ImageCopier:
             raise
         finally:
             source.close()
-            self._count_read(read)
+            self._count_read(source.bytes_read)
 
     # --- attached artifacts --------------------------------------------------------------------------------------
 

@@ -1,14 +1,15 @@
 """Large blobs: a dropped source stream resumes where it broke, an upload goes in chunks that resume where the
 registry says it stopped, and documented layer limits are checked before a byte moves.
 
-For blobs over `large_blob_threshold` bytes (128 MiB unless the destination's options say otherwise):
-- the source GET resumes with `Range: bytes=<next byte>-`. A 206 must start exactly there (its Content-Range); a 200
-  means the server ignored the Range, so the bytes already received are read again and dropped, and the upload
-  goes on untouched;
-- the upload is PATCH chunks of `upload_chunk_size` bytes (8 MiB, never under the 5 MiB that ECR's UploadLayerPart
-  requires of every part but the last) with `Content-Range: <start>-<end>`, then a PUT with the digest and no body.
-  A chunk that fails is resumed from the offset the registry reports (GET on the session), resent from the copy of
-  the chunk kept in memory; only a registry that lost the session or the earlier chunks costs a new upload.
+For every blob, the source GET resumes with `Range: bytes=<next byte>-` (ResumingSource, also used by the copy
+engine's single-PUT path). A 206 must start exactly there (its Content-Range); a 200 means the server ignored the
+Range, so the bytes already received are read again and dropped, and the upload goes on untouched.
+
+For blobs over `large_blob_threshold` bytes (128 MiB unless the destination's options say otherwise), the upload
+is PATCH chunks of `upload_chunk_size` bytes (8 MiB, never under the 5 MiB that ECR's UploadLayerPart requires of
+every part but the last) with `Content-Range: <start>-<end>`, then a PUT with the digest and no body. A chunk that
+fails is resumed from the offset the registry reports (GET on the session), resent from the copy of the chunk kept
+in memory; only a registry that lost the session or the earlier chunks costs a new upload.
 
 Sources: OCI distribution spec, "Pushing a blob in chunks" and "Resuming an upload"
 (https://github.com/opencontainers/distribution-spec/blob/main/spec.md); RFC 9110 §14 (Range, 206, Content-Range);
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 # Chunks cost a round trip each, and distribution stores its hash state per PATCH: measured on 8 × 64 MiB layers,
-# chunked uploads took 1.18× the time of one PUT each. Layers of up to 128 MiB go in one PUT (their download still
-# restarts whole after a drop, which costs little at that size).
+# chunked uploads took 1.18× the time of one PUT each. Layers of up to 128 MiB go in one PUT (a cut download still
+# resumes inside it; a cut upload starts that layer again, which costs little at that size).
 DEFAULT_THRESHOLD = 128 * MIB
 DEFAULT_CHUNK_SIZE = 8 * MIB
 MIN_CHUNK_SIZE = 5 * MIB  # ECR refuses smaller parts (all but the last)

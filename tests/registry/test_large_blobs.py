@@ -24,9 +24,9 @@ LARGE = {"large_blob_threshold": 4 * MIB, "upload_chunk_size": 5 * MIB}
 BLOB_GET = r"/v2/team/api/blobs/sha256:"
 
 
-def _large_image(url: str) -> tuple[str, int]:
-    """An image with one layer of about LAYER_SIZE bytes; returns its digest and the layer's exact size."""
-    digest = push_random_image(url, "team/api", "1.0", layers=1, layer_size=LAYER_SIZE)
+def _large_image(url: str, size: int = LAYER_SIZE) -> tuple[str, int]:
+    """An image with one layer of about `size` bytes; returns its digest and the layer's exact size."""
+    digest = push_random_image(url, "team/api", "1.0", layers=1, layer_size=size)
     manifest = requests.get(
         f"{url}/v2/team/api/manifests/{digest}",
         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
@@ -212,3 +212,24 @@ def test_a_registry_that_cannot_say_its_offset_gets_the_blob_again_in_a_new_sess
     assert get_manifest_digest(other_registry.url, "prod/api", "1.0") == digest
     assert len(target.requests("POST")) == 3  # the layer twice, the config once
     assert any("did not say how much" in line for line in lines)
+
+
+def test_a_smaller_layer_cut_mid_stream_resumes_inside_the_same_put(registry, other_registry, proxy_factory):
+    """Under the large-blob threshold the upload is one streamed PUT; a source that breaks off is asked again from
+    the next byte while that PUT waits, so the upload neither restarts nor opens a new session."""
+    digest, size = _large_image(registry.url, 24 * MIB)
+    source = proxy_factory(registry.url)
+    target = proxy_factory(other_registry.url)
+    source.add("reset", method="GET", path=BLOB_GET, cut_at=0.6)
+
+    copy_image(
+        location(source.url, "team/api", "1.0"),
+        location(target.url, "prod/api", "1.0", large_blob_threshold=64 * MIB),
+        parallelism=1,
+    )
+
+    assert get_manifest_digest(other_registry.url, "prod/api", "1.0") == digest
+    gets = _layer_gets(source)
+    assert len(gets) == 2 and gets[1].status == 206 and "Range" in gets[1].headers
+    assert len(target.requests("POST")) == 2 and target.requests("PATCH") == []  # a session per blob, no retry
+    assert max(e.bytes_up for e in target.requests("PUT", r"/blobs/uploads/")) == size  # each byte sent once
