@@ -204,18 +204,20 @@ def refused_mount_row(source: RegistryServer) -> dict:
 
 def resumed_download_rows(source: RegistryServer) -> list[dict]:
     """P10: one 1 GiB layer whose source stream is reset at 90 %: GiB read from the source and GiB sent to the
-    destination, each counted by a proxy, with the resumed download and chunked upload ("ours") against the same
-    copy treating the blob as small, which starts it again from byte 0 as the engine did before ("raw" column)."""
+    destination, each counted by a proxy, with the resumed download and chunked upload ("ours") against the copy as
+    the engine made it before ("raw" column): one streamed PUT, and no resumes (the source's retry_attempts 1), so
+    the blob starts again from byte 0."""
     push_big_image(source, "team/p10", "1.0")
     down: dict[str, float] = {}
     up: dict[str, float] = {}
-    for how, options in (("resumed", {}), ("restarted", {"large_blob_threshold": 4 * 1024 * MiB})):
+    before = ({"retry_attempts": 1}, {"large_blob_threshold": 4 * 1024 * MiB})
+    for how, (source_options, options) in (("resumed", ({}, {})), ("restarted", before)):
         proxy = StreamingProxy(source.url, cut_blob_at=0.9, cut_min_bytes=512 * MiB)
         dst = fresh()
         counter = StreamingProxy(dst.url)
         try:
             summary = copy_image(
-                ImageLocation(RegistrySpec("generic", proxy.url), "team/p10", "1.0"),
+                ImageLocation(RegistrySpec("generic", proxy.url, options=source_options), "team/p10", "1.0"),
                 ImageLocation(RegistrySpec("generic", counter.url, options=options), "prod/p10", "1.0"),
             )
             assert summary.bytes_transferred >= 1024 * MiB and proxy.cut_blob_at is None  # the cut happened

@@ -110,7 +110,8 @@ def source_failure(exc: SourceFailed | CorruptSource, blob: Descriptor, host: st
 
 
 class ResumingSource:
-    """A blob's GET that picks up where it broke: `read_into` hides up to `resumes` drops of the stream.
+    """A blob's GET that picks up where it broke: `read_into` hides up to `resumes` drops of the stream (the source
+    registry's retry_attempts less one; with retry_attempts 1 a drop fails the try, and the blob starts again).
 
     `received` counts the blob's bytes handed to the caller; `bytes_read` every byte read from the source, including
     those read again and dropped after a server ignored the Range.
@@ -258,7 +259,9 @@ class ChunkedUpload:
         """Copy the blob; returns the bytes reported through on_bytes (the blob's size)."""
         blob = self.blob
         try:
-            self.source = ResumingSource(self.src, self.src_repository, blob, policy=self.policy, notify=self.notify)
+            self.source = ResumingSource(
+                self.src, self.src_repository, blob, policy=self.src.transport.policy, notify=self.notify
+            )
             hasher = hasher_for(blob.digest)
             buffer = memoryview(bytearray(min(self.chunk_size, blob.size)))
             offset = 0
