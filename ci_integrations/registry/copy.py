@@ -30,6 +30,7 @@ from .errors import (
     DigestMismatch,
     ImageMismatch,
     IndexTooLarge,
+    LayerTooLarge,
     NotFound,
     ProtocolError,
     RegistryError,
@@ -102,6 +103,7 @@ class CopyPlan:
     blobs_present: int
     blobs_mountable: int
     tag_conflict_digest: str | None
+    layer_too_large: str | None = None  # why the destination will refuse a layer (its documented limit), if it will
 
 
 class _Aborted(Exception):
@@ -598,7 +600,14 @@ class ImageCopier:
             and provider_for(self.dst.registry).mounts_blobs(self.dst.registry)
         )
         to_move = sum(b.size for b, here in zip(blobs.values(), present, strict=True) if not here and not mountable)
+        try:
+            limit = provider_for(self.dst.registry).layer_limit(self.dst.registry)
+            check_layer_limits(list(blobs.values()), limit, host=self.dst_client.host)
+            too_large = None
+        except LayerTooLarge as exc:
+            too_large = exc.message
         return CopyPlan(
+            layer_too_large=too_large,
             digest=top.digest,
             blobs_total=len(blobs),
             bytes_total=sum(b.size for b in blobs.values()),

@@ -131,6 +131,8 @@ def _preflight(artifact: Artifact, ev, to_env: str) -> dict:
             bytes_total=plan.bytes_total,
             bytes_to_move=plan.bytes_to_move,
         )
+        if plan.layer_too_large:
+            result["errors"].append(f"plan: {plan.layer_too_large}")
     except registry_errors.RegistryError as exc:
         result["errors"].append(f"plan: {exc.message}")
     except Exception as exc:  # noqa: BLE001

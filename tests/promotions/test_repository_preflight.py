@@ -74,3 +74,16 @@ def test_preflight_checks_push_access_as_before_when_the_repository_exists(world
     report = promotion_preflight(artifact=artifact, to_env="prod")
 
     assert report["target_writable"] is True and report["errors"] == [] and report["notes"] == []
+
+
+def test_preflight_names_a_layer_over_the_target_registrys_limit(world):
+    """Issue 15 item 8: a registry's layer limit is checked before moving bytes, in the preflight as in the copy."""
+    artifact = world.register("staging", "v1", layers=1, layer_size=64 * 1024)
+    Registry.objects.filter(pk=world.prod.registry_id).update(options={"max_layer_bytes": 1024})
+
+    report = promotion_preflight(artifact=artifact, to_env="prod")
+
+    assert any(
+        e.startswith("plan: layer sha256:") and "takes layers of at most 1024 bytes (its max_layer_bytes setting)" in e
+        for e in report["errors"]
+    ), report["errors"]
