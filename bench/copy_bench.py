@@ -8,9 +8,12 @@ Starts its own docker-registry instances on free loopback ports and builds the i
   P5  one 1 GiB layer, peak RSS of a copy running in its own process
   A1  cross-registry promotion of a small image with a cosign signature and an SBOM referrer attached, against
       the same promotion with attached=none (fresh destination each run)
+  P9  same-registry promotion, every mount refused, the destination already has the layers: bytes moved
+  P10 one 1 GiB layer whose source stream is reset at 90 %: GiB read and sent, resumed against restarted
 
     .venv/bin/python bench/copy_bench.py            # medians of 5
     .venv/bin/python bench/copy_bench.py --quick    # one run each
+    .venv/bin/python bench/copy_bench.py --only P9 P10
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
+from bench.streaming_proxy import StreamingProxy  # noqa: E402
 from ci_integrations.registry import ImageLocation, RegistrySpec, copy_image  # noqa: E402
 from tests.support.attachments import SPDX, push_fallback_index, push_referrer, referrer_entry  # noqa: E402
 from tests.support.cosign import generate_key_pair, sign_image  # noqa: E402
@@ -41,6 +45,7 @@ from tests.support.images import (  # noqa: E402
     OCI_LAYER,
     OCI_MANIFEST,
     get_manifest,
+    push_blob,
     push_blob_stream,
     push_index,
     push_random_image,
@@ -207,6 +212,88 @@ def attachment_rows(source: RegistryServer, runs: int) -> list[dict]:
     return rows
 
 
+def push_big_image(source: RegistryServer, repository: str, tag: str) -> int:
+    """One image with a single 1 GiB layer, built without holding it in memory; returns the layer's size."""
+    print("building the 1 GiB layer…", file=sys.stderr)
+    digest, size = push_blob_stream(source.url, repository, random_layer_stream(1024 * MiB))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
+    config_digest = push_blob(source.url, repository, config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
+        "layers": [{"mediaType": OCI_LAYER, "digest": digest, "size": size}],
+    }
+    put_manifest(source.url, repository, tag, json.dumps(manifest).encode(), OCI_MANIFEST)
+    return size
+
+
+def refused_mount_row(source: RegistryServer) -> dict:
+    """P9: a same-registry promotion where the registry refuses every mount (ECR without BLOB_MOUNTING, Artifactory,
+    Harbor) and the destination repository already has the layers: layer bytes moved, measured by a proxy."""
+    image = push_random_image(source.url, "team/p9", "1.0", layers=8, layer_size=64 * MiB)
+    copy_image(loc(source, "team/p9", "1.0"), loc(source, "prod/p9", "before"))  # the layers are there now
+    proxy = StreamingProxy(source.url, refuse_mounts=True)
+    try:
+        spec = RegistrySpec("generic", proxy.url)
+        summary = copy_image(ImageLocation(spec, "team/p9", "1.0"), ImageLocation(spec, "prod/p9", "2.0"))
+        assert summary.digest == image
+        moved = proxy.blob_bytes_down + proxy.bytes_up
+    finally:
+        proxy.stop()
+    image_size = summary.bytes_skipped + summary.bytes_transferred + summary.bytes_mounted
+    return {
+        "id": "P9",
+        "what": f"mount refused, layers there: MiB moved (image {image_size / MiB:.0f})",
+        "ours": moved / MiB,
+        "skopeo": None,
+        "raw": None,
+        "bar": "0 layer bytes (was the whole image)",
+        "ok": moved == 0,
+        "unit": "MiB",
+    }
+
+
+def resumed_download_rows(source: RegistryServer) -> list[dict]:
+    """P10: one 1 GiB layer whose source stream is reset at 90 %: GiB read from the source and GiB sent to the
+    destination, each counted by a proxy, with the resumed download and chunked upload ("ours") against the copy as
+    the engine made it before ("raw" column): one streamed PUT, and no resumes (the source's retry_attempts 1), so
+    the blob starts again from byte 0."""
+    push_big_image(source, "team/p10", "1.0")
+    down: dict[str, float] = {}
+    up: dict[str, float] = {}
+    before = ({"retry_attempts": 1}, {"large_blob_threshold": 4 * 1024 * MiB})
+    for how, (source_options, options) in (("resumed", ({}, {})), ("restarted", before)):
+        proxy = StreamingProxy(source.url, cut_blob_at=0.9, cut_min_bytes=512 * MiB)
+        dst = fresh()
+        counter = StreamingProxy(dst.url)
+        try:
+            summary = copy_image(
+                ImageLocation(RegistrySpec("generic", proxy.url, options=source_options), "team/p10", "1.0"),
+                ImageLocation(RegistrySpec("generic", counter.url, options=options), "prod/p10", "1.0"),
+            )
+            assert summary.bytes_transferred >= 1024 * MiB and proxy.cut_blob_at is None  # the cut happened
+            down[how] = proxy.blob_bytes_down / (1024 * MiB)
+            up[how] = counter.bytes_up / (1024 * MiB)
+        finally:
+            proxy.stop()
+            counter.stop()
+            dst.stop()
+    return [
+        {
+            "id": "P10",
+            "what": f"1 GiB layer cut at 90 %: GiB {direction}",
+            "ours": figures["resumed"],
+            "skopeo": None,
+            "raw": figures["restarted"],
+            "bar": "≤1.1 GiB (raw: restarted)",
+            "ok": figures["resumed"] <= 1.1,
+            "unit": "GiB",
+        }
+        for direction, figures in (("read from the source", down), ("sent to the destination", up))
+    ]
+
+
 def bench(runs: int, big: bool) -> list[dict]:
     rows: list[dict] = []
     source = fresh()
@@ -332,22 +419,13 @@ def bench(runs: int, big: bool) -> list[dict]:
         )
 
         rows.extend(attachment_rows(source, runs))
+        rows.append(refused_mount_row(source))
+        if big:
+            rows.extend(resumed_download_rows(source))
 
         # P5: 1 GiB layer, peak RSS of our copy in its own process (and skopeo's, for reference).
         if big:
-            print("building the 1 GiB layer…", file=sys.stderr)
-            digest, size = push_blob_stream(source.url, "team/big", random_layer_stream(1024 * MiB))
-            config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers"}}).encode()
-            from tests.support.images import push_blob
-
-            config_digest = push_blob(source.url, "team/big", config)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config)},
-                "layers": [{"mediaType": OCI_LAYER, "digest": digest, "size": size}],
-            }
-            put_manifest(source.url, "team/big", "p5", json.dumps(manifest).encode(), OCI_MANIFEST)
+            push_big_image(source, "team/big", "p5")
             ours_t, ours_rss, theirs_t, theirs_rss = [], [], [], []
             for _ in range(max(1, min(runs, 3))):
                 dst = fresh()
@@ -419,10 +497,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="one run of each")
-    parser.add_argument("--no-big", action="store_true", help="skip the 1 GiB layer (P5)")
+    parser.add_argument("--no-big", action="store_true", help="skip the 1 GiB layers (P5, P10)")
     parser.add_argument("--attachments-only", action="store_true", help="only A1 (attached signature and SBOM)")
+    parser.add_argument("--only", choices=["P9", "P10"], nargs="+", help="run only these rows (no skopeo needed)")
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
+    if args.only:
+        source = fresh()
+        try:
+            rows = ([refused_mount_row(source)] if "P9" in args.only else []) + (
+                resumed_download_rows(source) if "P10" in args.only else []
+            )
+        finally:
+            source.stop()
+        print_table(rows, 1)
+        return
     if args.attachments_only:
         source = fresh()
         try:

@@ -263,6 +263,10 @@ class BucketInline(admin.TabularInline):
         "allow_direct_register",
         "push_role_arn",
         "push_service_account",
+        "create_repository",
+        "scan_on_push",
+        "encryption",
+        "kms_key",
     ]
 
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from ci_integrations.encryption import decrypt_json, encrypt_json
 from ci_integrations.input_rules import CHECK_NAME, DIGEST, NAME, TAG, InputRule
 from ci_integrations.registry import ImageLocation, RegistrySpec
-from ci_integrations.registry.refs import is_valid_host, is_valid_repository
+from ci_integrations.registry.refs import RepositorySettings, is_valid_host, is_valid_repository
 
 
 def _check(rule: InputRule, value: str) -> None:
@@ -342,6 +342,14 @@ class Bucket(models.Model):
     push_service_account = models.CharField(
         max_length=254, blank=True, default="", validators=[validate_service_account]
     )
+    # ECR and Artifact Registry refuse a push into a repository that does not exist; with create_repository the
+    # copy creates it (with immutable_tags and the three settings below) and preflight says it will.
+    create_repository = models.BooleanField(default=False)
+    scan_on_push = models.BooleanField(default=False)  # ECR basic scanning on push
+    encryption = models.CharField(
+        max_length=8, blank=True, default="", choices=[("", "registry default"), ("AES256", "AES256"), ("KMS", "KMS")]
+    )
+    kms_key = models.CharField(max_length=600, blank=True, default="")  # ECR KMS key, or GAR's Cloud KMS key name
     # Denormalised pointer to the latest arrival, kept by the arrival service so the matrix is one query.
     current_arrival = models.ForeignKey(
         "Arrival", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
@@ -356,7 +364,19 @@ class Bucket(models.Model):
 
     def location(self, reference: str):
         """Where an image with this tag or digest lives, for the registry package."""
-        return ImageLocation(registry=self.registry.spec(), repository=self.repository, reference=reference)
+        create = (
+            RepositorySettings(
+                immutable_tags=self.immutable_tags,
+                scan_on_push=self.scan_on_push,
+                encryption=self.encryption,
+                kms_key=self.kms_key,
+            )
+            if self.create_repository
+            else None
+        )
+        return ImageLocation(
+            registry=self.registry.spec(), repository=self.repository, reference=reference, create=create
+        )
 
     @property
     def image_name(self) -> str:
@@ -547,7 +567,9 @@ class Promotion(models.Model):
 
     # Named groups of states: services, selectors, templates and the API use these, never lists of their own.
     OPEN = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED, State.RUNNING)  # at most one per artifact and bucket
-    CANCELLABLE = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED)  # nothing has been copied yet
+    # Nothing has been copied yet, or a running copy is asked to stop; it can no longer be once it has gone to write
+    # the tag (result_digest set).
+    CANCELLABLE = (State.PENDING_APPROVAL, State.APPROVED, State.QUEUED, State.RUNNING)
     RUNNABLE = (State.QUEUED,)  # what a copy job may claim
     ACTIVE = (State.QUEUED, State.RUNNING)  # a job carries it now: pages poll it
     FINAL = (State.SUCCEEDED, State.FAILED, State.REJECTED, State.CANCELLED, State.EXPIRED)

@@ -51,13 +51,13 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_export_csv, audit_export_jsonl
 from ci_integrations.services.audit_checkpoints import audit_signing_status
 from ci_integrations.services.audit_verification import audit_verification_start, audit_verification_status
-from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.diffs import preview_diff, promotion_diff
 from ci_integrations.services.emergency_stop import emergency_stop_pull, emergency_stop_release
 from ci_integrations.services.errors import ServiceError
 from ci_integrations.services.freeze import freeze_window_create, freeze_window_end
 from ci_integrations.services.identity import SESSION_SIGNED_IN_AT, SESSION_SIGNED_IN_WITH, sign_in_record
 from ci_integrations.services.policy import promotion_evaluate, promotion_reevaluate
+from ci_integrations.services.preflight import promotion_preflight
 from ci_integrations.services.teams import sees_integration
 from ci_integrations.services.tokens import PERSONAL_SCOPES, token_create, token_revoke
 

@@ -237,6 +237,10 @@ P2P_COPY_PARALLELISM = int(os.environ.get("P2P_COPY_PARALLELISM", "6"))
 # How long the registry part of a diff (config, layers, SBOM, vulnerabilities) is kept for a digest pair: an SBOM
 # or a scan attached after the push shows once this has passed.
 P2P_DIFF_CACHE_SECONDS = env_whole_number("P2P_DIFF_CACHE_SECONDS", 3600)
+# Seconds one promotion's copy may take in all; unset: 600 s plus a second per 5 MiB to move (at most 3540 s).
+P2P_COPY_DEADLINE = env_whole_number("P2P_COPY_DEADLINE", 0) or None
+# Seconds a web request (registration, preflight, push credentials) waits for a registry, all its calls together.
+P2P_REGISTRY_WEB_TIMEOUT = env_whole_number("P2P_REGISTRY_WEB_TIMEOUT", 10)
 # CI tokens expire: this is both their default lifetime and the longest one can be given (in days).
 P2P_CI_TOKEN_MAX_AGE = timedelta(days=env_whole_number("P2P_CI_TOKEN_MAX_AGE", 90))
 # CI's OIDC token exchange (POST /api/v1/auth/oidc/): minutes an exchanged CI token lives at most (never past the ID

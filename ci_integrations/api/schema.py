@@ -43,6 +43,8 @@ ERROR_MEANINGS = {
     429: "Over the token's rate limit (code `rate_limited`); `Retry-After` says when to retry.",
     502: "The registry (or cloud) could not be reached, did not answer in time after retries, or answered with an "
     "error (code `registry`).",
+    504: "A registry did not answer within the request's time (`P2P_REGISTRY_WEB_TIMEOUT`); `message` names it (code "
+    "`registry_timeout`). Registrations on other registries are not held up.",
 }
 READ_ERRORS = frozenset({400, 401, 403, 404, 429})
 WRITE_ERRORS = READ_ERRORS | {409, 413, 415, 422}

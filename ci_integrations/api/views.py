@@ -44,7 +44,7 @@ from ci_integrations.services.tokens import (
 )
 
 CLI_PATH = Path(__file__).resolve().parent.parent / "cli" / "p2p.py"
-REGISTRY_ERRORS = WRITE_ERRORS | {502}
+REGISTRY_ERRORS = WRITE_ERRORS | {502, 504}
 PROMOTION_LINKS = {
     "GetPromotion": ("promotion_detail", "id"),
     "ApprovePromotion": ("promotion_approve", "id"),

@@ -6,6 +6,8 @@ been read through here first.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import requests
 import urllib3
 
@@ -65,3 +67,46 @@ def response_error(response: requests.Response, *, what: str, retry_after: float
         retry_after=retry_after,
         content_type=response.headers.get("Content-Type"),
     )
+
+
+def raw_reader(response: requests.Response) -> Callable[[memoryview], memoryview]:
+    """Fill a buffer from the response body as stored (no decoding), returning the filled part.
+
+    Reads through the underlying http.client response when there is one: readinto saves an allocation and a copy
+    per chunk compared with urllib3's read(), which matters at hundreds of MiB per copy.
+    """
+    raw = response.raw
+    fp = getattr(raw, "_fp", None)
+    if fp is not None and hasattr(fp, "readinto") and not getattr(raw, "chunked", False):
+
+        def read_into(buffer: memoryview) -> memoryview:
+            filled = 0
+            while filled < len(buffer):
+                n = fp.readinto(buffer[filled:])
+                if not n:
+                    break
+                filled += n
+            return buffer[:filled]
+
+        return read_into
+
+    def read_copy(buffer: memoryview) -> memoryview:
+        data = raw.read(len(buffer), decode_content=False)
+        buffer[: len(data)] = data
+        return buffer[: len(data)]
+
+    return read_copy
+
+
+class SizedBody:
+    """A streamed request body of known length: requests sends Content-Length, not chunked encoding."""
+
+    def __init__(self, chunks: Iterator[memoryview], length: int):
+        self._chunks = chunks
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return self._chunks

@@ -17,8 +17,8 @@ import requests
 from .auth import Authenticator, repository_scope
 from .bodies import read_capped, read_up_to, response_error
 from .destinations import Guard
-from .errors import DigestMismatch, IndexTooLarge, ProtocolError
-from .transport import RetryPolicy, Timeouts, Transport
+from .errors import DigestMismatch, IndexTooLarge, NotFound, ProtocolError, cut
+from .transport import RetryableFailure, RetryPolicy, Timeouts, Transport
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
@@ -335,14 +335,19 @@ class RegistryClient:
         length = response.headers.get("Content-Length")
         return int(length) if length and length.isdigit() else -1
 
-    def open_blob(self, repository: str, digest: str) -> requests.Response:
+    def open_blob(self, repository: str, digest: str, *, offset: int = 0) -> requests.Response:
         """Start a streaming GET of a blob (redirects to storage followed without our credentials).
 
-        One attempt only: the caller retries the whole transfer.
+        With `offset`, asks for the bytes from there on (`Range: bytes=<offset>-`); the answer is 206 when the server
+        honoured that, or 200 with the whole blob when it did not: the caller checks which. One attempt only: the
+        caller retries the whole transfer.
         """
         url = self.transport.url(f"/v2/{repository}/blobs/{digest}")
-        response = self.transport.send_once("GET", url, scopes=(repository_scope(repository, "pull"),))
-        if response.status_code != 200:
+        headers = {"Range": f"bytes={offset}-"} if offset else None
+        response = self.transport.send_once(
+            "GET", url, scopes=(repository_scope(repository, "pull"),), headers=headers, transfer=True
+        )
+        if response.status_code != 200 and not (offset and response.status_code == 206):
             raise response_error(response, what=f"GET blob {repository}@{digest}")
         return response
 
@@ -363,9 +368,9 @@ class RegistryClient:
         return body
 
     def start_upload(
-        self, repository: str, *, mount: str | None = None, from_repository: str | None = None
+        self, repository: str, *, mount: str | None = None, from_repository: str | None = None, retry: bool = True
     ) -> tuple[bool, str | None]:
-        """POST an upload session, optionally as a cross-repository mount.
+        """POST an upload session, optionally as a cross-repository mount (asked once with retry=False).
 
         Returns (True, None) when the mount succeeded (201), else (False, upload URL).
         """
@@ -381,6 +386,7 @@ class RegistryClient:
             headers={"Content-Length": "0"},
             ok=(201, 202),
             what=f"start upload to {repository}",
+            policy=None if retry else RetryPolicy(attempts=1),
         )
         response.close()
         if response.status_code == 201 and mount:
@@ -400,6 +406,39 @@ class RegistryClient:
         except Exception:  # best effort: an abandoned session is purged by the registry anyway
             pass
 
+    def patch_upload(self, location: str, repository: str, body, *, start: int, length: int) -> requests.Response:
+        """PATCH one chunk of `length` bytes at offset `start` (`Content-Range: <start>-<end>`, the distribution
+        spec's form); one attempt, streamed, answer unread. A 202 carries the next Location."""
+        return self.transport.send_once(
+            "PATCH",
+            location,
+            scopes=(repository_scope(repository, "pull", "push"),),
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(length),
+                "Content-Range": f"{start}-{start + length - 1}",
+            },
+            data=body,
+            replayable=False,
+            follow_redirects=False,
+            transfer=True,
+        )
+
+    def upload_offset(self, location: str, repository: str) -> tuple[int, str]:
+        """How many bytes the registry holds of an upload session, and the Location to go on with (GET on the
+        session: 204 with `Range: 0-<last byte>`). NotFound when the session is gone."""
+        response = self.transport.request(
+            "GET",
+            location,
+            scopes=(repository_scope(repository, "pull", "push"),),
+            ok=(204, 200),
+            what=f"status of an upload to {repository}",
+        )
+        held = (response.headers.get("Range") or "").removeprefix("bytes=").partition("-")[2].strip()
+        # distribution answers "0-0" both for nothing and for one byte; one byte never happens in whole chunks.
+        offset = int(held) + 1 if held.isdigit() and int(held) > 0 else 0
+        return offset, urljoin(response.url, response.headers.get("Location") or location)
+
     def finish_upload(self, location: str, repository: str, digest: str, body, length: int) -> requests.Response:
         """Monolithic PUT <location>&digest=… with a streamed body of known length; one attempt (not replayable).
 
@@ -415,6 +454,7 @@ class RegistryClient:
             data=body,
             replayable=False,
             follow_redirects=False,
+            transfer=True,
         )
 
     def push_blob(self, repository: str, data: bytes) -> str:
@@ -429,6 +469,24 @@ class RegistryClient:
         read_capped(response)
         response.close()
         return digest
+
+
+def accept_upload_answer(response: requests.Response, digest: str, *, ok: tuple[int, ...] = (201, 204)) -> None:
+    """Check the registry's answer to the last request of a blob upload (the PUT with the digest, or a PATCH).
+
+    A lost session or bytes mangled on the way (NotFound, DigestMismatch) are worth a new upload (RetryableFailure);
+    any other refusal is raised; a stored digest other than ours is a ProtocolError.
+    """
+    if response.status_code not in ok:
+        error = response_error(response, what=f"upload {digest}")
+        if isinstance(error, DigestMismatch | NotFound):
+            raise RetryableFailure(error)
+        raise error
+    stored = response.headers.get("Docker-Content-Digest")
+    read_capped(response)  # an empty body, read so the connection is reused
+    response.close()
+    if response.status_code in (201, 204) and stored and stored != digest:
+        raise ProtocolError(f"registry stored {digest} as {cut(stored, 200)}")
 
 
 GENERIC_TYPES = {"", "application/json", "text/plain", "application/octet-stream"}

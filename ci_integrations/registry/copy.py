@@ -11,6 +11,8 @@ Order of work, so a failure never leaves a half-image under the destination tag:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
@@ -18,14 +20,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 
-from .bodies import read_capped, response_error
-from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, hasher_for
+from . import budget as budgets
+from .bodies import SizedBody
+from .client import MAX_INDEX_CHILDREN, Descriptor, Manifest, ManifestInfo, accept_upload_answer, hasher_for
 from .client_cache import shared_client
 from .errors import (
-    AccessDenied,
+    CopyStopped,
+    DeadlineExceeded,
     DigestMismatch,
     ImageMismatch,
     IndexTooLarge,
+    LayerTooLarge,
     NotFound,
     ProtocolError,
     RegistryError,
@@ -34,10 +39,21 @@ from .errors import (
     cut,
     redact,
 )
+from .large_blobs import (
+    ChunkedUpload,
+    ChunkingRefused,
+    CorruptSource,
+    LargeBlobSettings,
+    ResumingSource,
+    SourceFailed,
+    check_layer_limits,
+    source_failure,
+)
 from .providers import PushCredentials, PushScope, provider_for
 from .referrers import NONE, copy_attachments
 from .refs import ImageLocation, RegistrySpec, check_reference, check_repository
-from .transport import RetryableFailure, with_retries
+from .repositories import ensure_repository
+from .transport import RetryNotice, announce, with_retries
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +77,13 @@ class CopySummary:
     bytes_transferred: int = 0
     bytes_mounted: int = 0  # layer bytes the destination took by cross-repository mount, none of them sent
     bytes_skipped: int = 0  # layer bytes the destination already had
+    bytes_read: int = 0  # layer bytes read from the source, a stream read again after a drop counted again
     seconds: float = 0.0
     fast_path: str | None = None
     attached: int = 0
     attachments: list[dict] = field(default_factory=list)  # those that landed: digest, artifact type, kind
     attachment_warnings: list[str] = field(default_factory=list)  # those the destination refused, and why
+    repository_created: bool = False  # the destination repository was missing and was created (create_repository)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -88,16 +106,11 @@ class CopyPlan:
     blobs_present: int
     blobs_mountable: int
     tag_conflict_digest: str | None
+    layer_too_large: str | None = None  # why the destination will refuse a layer (its documented limit), if it will
 
 
 class _Aborted(Exception):
     """Another blob failed; stop this one quickly."""
-
-
-class _SourceFailed(Exception):
-    def __init__(self, why: str):
-        super().__init__(why)
-        self.why = why
 
 
 class _Tracker:
@@ -141,20 +154,6 @@ class _Tracker:
                 log.exception("progress callback failed")
 
 
-class _BlobBody:
-    """A streamed request body of known length: requests sends Content-Length, not chunked encoding."""
-
-    def __init__(self, chunks: Iterator[bytes], length: int):
-        self._chunks = chunks
-        self._length = length
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self._chunks
-
-
 class _ImageGate:
     """Opened once the image's manifest is at the destination (or its copy failed); attachments wait for it."""
 
@@ -184,6 +183,8 @@ class ImageCopier:
         progress=None,
         clients=None,
         gate: _ImageGate | None = None,
+        notify: RetryNotice | None = None,
+        publish_gate: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         check_repository(src.repository)
         check_repository(dst.repository)
@@ -205,8 +206,17 @@ class ImageCopier:
                 else provider_for(dst.registry).client(dst.registry, pool_size=pool)
             )
         self.same_registry = self.src_client.host == self.dst_client.host
+        if self.owns_clients:  # an attachment's copy keeps the image copy's listener on the borrowed clients
+            for client in (self.src_client, self.dst_client):
+                client.transport.notify = notify
+        # The tag write happens inside it: the caller's last word on whether the image may still appear (a cancel).
+        self.publish_gate = publish_gate or contextlib.nullcontext
         self.abort = threading.Event()
         self.tracker: _Tracker | None = None
+        self.large = LargeBlobSettings.from_options(dst.registry.options)
+        self.chunking_refused = False  # the destination took no chunked upload: large blobs go in one PUT too
+        self._read_lock = threading.Lock()
+        self.bytes_read = 0  # blob bytes read from the source, streams resumed or restarted included
 
     def close(self) -> None:
         if not self.owns_clients:
@@ -228,6 +238,14 @@ class ImageCopier:
         """Copy the image, then what `attached` (all, signatures, none) selects of what is attached to it;
         `copy_attached=True` is `attached="all"`."""
         started = time.monotonic()
+        if expected_digest and not copy_attached:
+            # Already there: done without reading the source (on Docker Hub every manifest GET counts as a pull).
+            there = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
+            if there is not None and there.digest == expected_digest:
+                log.info("%s already holds %s; nothing to copy", self.dst, expected_digest)
+                return CopySummary(
+                    digest=there.digest, media_type=there.media_type, seconds=round(time.monotonic() - started, 4)
+                )
         top = self.src_client.get_manifest(self.src.repository, self.src.reference)
         if expected_digest and top.digest != expected_digest:
             raise ImageMismatch(
@@ -243,6 +261,7 @@ class ImageCopier:
             gate = _ImageGate()
             with ThreadPoolExecutor(max_workers=1) as side:
                 attaching = side.submit(
+                    contextvars.copy_context().run,  # the budget (deadline, stop switch) holds for attachments too
                     copy_attachments,
                     source=self.src_client,
                     source_repository=self.src.repository,
@@ -272,6 +291,7 @@ class ImageCopier:
         if existing is not None and existing.digest == top.digest:
             log.info("%s already holds %s; nothing to copy", self.dst, top.digest)
         else:
+            summary.repository_created = ensure_repository(self.dst, notify=self.dst_client.transport.notify)
             # An attachment is small, and a fast path would put its manifest before the image's is there.
             fast_path = self._try_fast_path(top) if self.gate is None else None
             if fast_path:
@@ -288,9 +308,10 @@ class ImageCopier:
 
     def _try_fast_path(self, top: Manifest) -> str | None:
         provider = provider_for(self.dst.registry)
+        budgets.check("before the fast path")
         try:
-            name = provider.fast_copy(self.src, self.dst, top)
-        except (TagConflict, ImageMismatch):
+            name = provider.fast_copy(self.src, self.dst, top, notify=self.dst_client.transport.notify)
+        except (TagConflict, ImageMismatch, CopyStopped, DeadlineExceeded):
             raise
         except Exception as exc:  # fast paths are an optimisation; the plain path always works
             log.warning("%s fast path failed (%s); using the plain OCI path", provider.name, cut(redact(str(exc)), 300))
@@ -315,6 +336,9 @@ class ImageCopier:
                 if blob.media_type not in FOREIGN_LAYER_TYPES:
                     blobs.setdefault(blob.digest, blob)
         ordered = sorted(blobs.values(), key=lambda d: d.size, reverse=True)
+        check_layer_limits(
+            ordered, provider_for(self.dst.registry).layer_limit(self.dst.registry), host=self.dst_client.host
+        )
         self.tracker = _Tracker(self.progress_callback, len(ordered), sum(d.size for d in ordered))
         self._parallel(self._copy_blob, ordered)
         # Image manifests first; nested indexes after them, each after the indexes it names.
@@ -329,6 +353,7 @@ class ImageCopier:
         summary.bytes_transferred = self.tracker.bytes_transferred
         summary.bytes_mounted = self.tracker.bytes_mounted
         summary.bytes_skipped = self.tracker.bytes_skipped
+        summary.bytes_read = self.bytes_read
 
     def _fetch_children(self, index: Manifest) -> list[Manifest]:
         """Every manifest under an index, nested indexes included, each distinct digest fetched once.
@@ -361,7 +386,8 @@ class ImageCopier:
         if len(items) == 1:
             return [work(items[0])]
         with ThreadPoolExecutor(max_workers=min(self.parallelism, len(items)), thread_name_prefix="copy") as pool:
-            futures: list[Future] = [pool.submit(work, item) for item in items]
+            # Each thread runs in a copy of this context: the budget (deadline, stop switch) is shared by all.
+            futures: list[Future] = [pool.submit(contextvars.copy_context().run, work, item) for item in items]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             failed = next((f for f in futures if f.done() and f.exception() is not None), None)
             if failed is not None:
@@ -382,9 +408,11 @@ class ImageCopier:
     def _put_top(self, top: Manifest) -> None:
         if self.gate is not None:
             self.gate.wait()
+        budgets.check("before writing the tag")
         try:
-            digest = self.dst_client.put_manifest(self.dst.repository, self.dst.reference, top)
-        except TransientError:
+            with self.publish_gate():
+                digest = self.dst_client.put_manifest(self.dst.repository, self.dst.reference, top)
+        except (TransientError, CopyStopped, DeadlineExceeded):
             raise
         except RegistryError as exc:
             existing = self.dst_client.head_manifest(self.dst.repository, self.dst.reference)
@@ -415,21 +443,18 @@ class ImageCopier:
     def _copy_blob(self, blob: Descriptor) -> None:
         if self.abort.is_set():
             raise _Aborted()
+        budgets.check(f"copy blob {blob.digest}")
         tracker = self.tracker
         assert tracker is not None
         dst_repo, src_repo = self.dst.repository, self.src.repository
-        mountable = self.same_registry and src_repo != dst_repo
-        # Same registry: the mount answers "already there" too (201), so it replaces the HEAD: one round trip.
-        if not mountable and self.dst_client.head_blob(dst_repo, blob.digest) is not None:
+        # HEAD first, then mount, then upload: a registry that refuses or ignores mounts (ECR without BLOB_MOUNTING,
+        # Artifactory) may still have the blob, and a mount answer cannot be trusted to say so.
+        if self.dst_client.head_blob(dst_repo, blob.digest) is not None:
             tracker.blob("skipped", blob.size)
             return
         location = None
-        if mountable:
-            try:
-                mounted, location = self.dst_client.start_upload(dst_repo, mount=blob.digest, from_repository=src_repo)
-            except (AccessDenied, NotFound) as exc:
-                log.info("mount of %s from %s refused (%s); uploading instead", blob.digest, src_repo, exc.message)
-                mounted, location = False, None
+        if self.same_registry and src_repo != dst_repo:
+            mounted, location = self._try_mount(blob)
             if mounted:
                 tracker.blob("mounted", blob.size)
                 return
@@ -444,30 +469,111 @@ class ImageCopier:
                 raise _Aborted()
             upload = reusable.pop() if reusable else self.dst_client.start_upload(dst_repo)[1]
             try:
+                if self.large.is_large(blob) and not self.chunking_refused:
+                    return self._copy_large(blob, upload)
                 return self._stream(blob, upload)
             except BaseException:
                 self.dst_client.cancel_upload(upload, dst_repo)  # the next attempt gets a fresh session
                 raise
 
-        counted = with_retries(attempt, policy=self.dst_client.transport.policy, what=f"copy blob {blob.digest}")
+        transport = self.dst_client.transport
+        counted = with_retries(
+            attempt,
+            policy=transport.policy,
+            what=f"copy blob {blob.digest}",
+            host=transport.host,
+            notify=transport.notify,
+        )
         tracker.blob("copied", blob.size, counted=counted)
 
-    def _stream(self, blob: Descriptor, upload: str) -> int:
-        """GET from the source and PUT to the upload URL in one pass, hashing as bytes flow; returns bytes sent."""
+    def _try_mount(self, blob: Descriptor) -> tuple[bool, str | None]:
+        """(True, None) when the registry mounted the blob; (False, upload URL or None) otherwise.
+
+        Any answer but 201 or 202 is a refusal, whatever it says (Harbor's 401 for a project it will not name, 400 or
+        405 from Nexus and keppel, ECR Public's failures): the blob is then uploaded like any other. Asked once, not
+        retried: a refusal costs one round trip.
+        """
+        try:
+            return self.dst_client.start_upload(
+                self.dst.repository, mount=blob.digest, from_repository=self.src.repository, retry=False
+            )
+        except (CopyStopped, DeadlineExceeded):
+            raise
+        except RegistryError as exc:
+            log.info(
+                "mount of %s from %s refused (%s); uploading instead", blob.digest, self.src.repository, exc.message
+            )
+            return False, None
+
+    def _copy_large(self, blob: Descriptor, upload: str) -> int:
+        """A blob over the large-blob threshold: resumable download, chunked upload (large_blobs.py)."""
         tracker = self.tracker
         assert tracker is not None
-        source = self.src_client.open_blob(self.src.repository, blob.digest)
+        abort, budget = self.abort, budgets.current_budget()
+
+        def keep_going() -> None:
+            if abort.is_set():
+                raise _Aborted()
+            if budget is not None:
+                budget.check(f"copy blob {blob.digest}")
+
+        chunked = ChunkedUpload(
+            self.src_client,
+            self.src.repository,
+            self.dst_client,
+            self.dst.repository,
+            blob,
+            upload,
+            chunk_size=self.large.chunk_size,
+            on_bytes=tracker.bytes,
+            keep_going=keep_going,
+        )
+        try:
+            return chunked.run()
+        except ChunkingRefused as refused:
+            # Some registries take uploads in one PUT only: this blob and the rest of the copy go that way.
+            self.chunking_refused = True
+            announce(
+                self.dst_client.transport.notify,
+                f"{self.dst_client.host} refused a chunked upload ({refused.error.message}); uploading in one PUT",
+                logger=log,
+            )
+            self.dst_client.cancel_upload(upload, self.dst.repository)
+            _, fresh = self.dst_client.start_upload(self.dst.repository)
+            try:
+                return self._stream(blob, fresh)
+            except BaseException:
+                self.dst_client.cancel_upload(fresh, self.dst.repository)
+                raise
+        finally:
+            self._count_read(chunked.bytes_read)
+
+    def _count_read(self, n: int) -> None:
+        with self._read_lock:
+            self.bytes_read += n
+
+    def _stream(self, blob: Descriptor, upload: str) -> int:
+        """GET from the source and PUT to the upload URL in one pass, hashing as bytes flow; returns bytes sent.
+
+        A source that breaks off is asked again from the next byte (Range) while the PUT waits, so the upload goes
+        on rather than starting again (large_blobs.ResumingSource).
+        """
+        tracker = self.tracker
+        assert tracker is not None
+        source = ResumingSource(
+            self.src_client,
+            self.src.repository,
+            blob,
+            policy=self.src_client.transport.policy,
+            notify=self.dst_client.transport.notify,
+        )
         sent = 0
         try:
-            length = source.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != blob.size:
-                raise RetryableFailure(
-                    DigestMismatch(f"source serves {length} bytes for {blob.digest}, the manifest says {blob.size}")
-                )
             hasher = hasher_for(blob.digest)
             expected_hex = blob.digest.partition(":")[2]
-            read_into = _raw_reader(source)
+            read_into = source.read_into
             abort = self.abort
+            budget = budgets.current_budget()
 
             def chunks() -> Iterator[memoryview]:
                 # One buffer per stream, refilled in place: each chunk is sent (sendall) before the next read.
@@ -477,49 +583,39 @@ class ImageCopier:
                 while remaining > 0:
                     if abort.is_set():
                         raise _Aborted()
+                    if budget is not None:
+                        budget.check(f"copy blob {blob.digest}")
                     try:
                         chunk = read_into(view[: min(len(view), remaining)])
+                    except SourceFailed:
+                        raise
                     except Exception as exc:
-                        raise _SourceFailed(type(exc).__name__) from None
+                        raise SourceFailed(type(exc).__name__) from None
                     if not chunk:
-                        raise _SourceFailed("source closed the stream early")
+                        raise SourceFailed("source closed the stream early")
                     hasher.update(chunk)
                     remaining -= len(chunk)
                     if remaining == 0 and hasher.hexdigest() != expected_hex:
                         # Raised before the last bytes go out: the registry never completes the upload.
-                        raise _CorruptSource()
+                        raise CorruptSource()
                     sent += len(chunk)
                     tracker.bytes(len(chunk))
                     yield chunk
 
             try:
                 response = self.dst_client.finish_upload(
-                    upload, self.dst.repository, blob.digest, _BlobBody(chunks(), blob.size), blob.size
+                    upload, self.dst.repository, blob.digest, SizedBody(chunks(), blob.size), blob.size
                 )
-            except _SourceFailed as exc:
-                why = f"reading {blob.digest} from the source failed: {exc.why}"
-                raise RetryableFailure(TransientError(why)) from None
-            except _CorruptSource:
-                raise RetryableFailure(
-                    DigestMismatch(f"the source served bytes for {blob.digest} that do not match that digest")
-                ) from None
-            status = response.status_code
-            stored = response.headers.get("Docker-Content-Digest")
-            if status not in (201, 204):
-                error = response_error(response, what=f"upload {blob.digest}")
-                if isinstance(error, DigestMismatch | NotFound):  # upload session lost or bytes mangled en route
-                    raise RetryableFailure(error)
-                raise error
-            read_capped(response)  # an empty body, read so the connection is reused
-            response.close()
-            if stored and stored != blob.digest:
-                raise ProtocolError(f"registry stored {blob.digest} as {cut(stored, 200)}")
+            except (SourceFailed, CorruptSource) as exc:
+                raise source_failure(exc, blob, self.src_client.host) from None
+            accept_upload_answer(response, blob.digest)
             return sent
         except BaseException:
             tracker.bytes(-sent)  # that attempt's bytes will be sent again (or never)
             raise
         finally:
             source.close()
+            self._count_read(source.bytes_read)
 
     # --- attached artifacts --------------------------------------------------------------------------------------
 
@@ -548,9 +644,21 @@ class ImageCopier:
         present = self._parallel(
             lambda b: self.dst_client.head_blob(self.dst.repository, b.digest) is not None, list(blobs.values())
         )
-        mountable = self.same_registry and self.src.repository != self.dst.repository
+        # What will really move: the blobs the destination lacks, unless the registry is expected to mount them.
+        mountable = (
+            self.same_registry
+            and self.src.repository != self.dst.repository
+            and provider_for(self.dst.registry).mounts_blobs(self.dst.registry)
+        )
         to_move = sum(b.size for b, here in zip(blobs.values(), present, strict=True) if not here and not mountable)
+        try:
+            limit = provider_for(self.dst.registry).layer_limit(self.dst.registry)
+            check_layer_limits(list(blobs.values()), limit, host=self.dst_client.host)
+            too_large = None
+        except LayerTooLarge as exc:
+            too_large = exc.message
         return CopyPlan(
+            layer_too_large=too_large,
             digest=top.digest,
             blobs_total=len(blobs),
             bytes_total=sum(b.size for b in blobs.values()),
@@ -559,10 +667,6 @@ class ImageCopier:
             blobs_mountable=sum(1 for here in present if not here) if mountable else 0,
             tag_conflict_digest=conflict,
         )
-
-
-class _CorruptSource(Exception):
-    pass
 
 
 def _children_first(indexes: list[Manifest]) -> list[Manifest]:
@@ -581,35 +685,6 @@ def _children_first(indexes: list[Manifest]) -> list[Manifest]:
     return ordered
 
 
-def _raw_reader(response) -> Callable[[memoryview], memoryview]:
-    """Fill a buffer from the response body as stored (no decoding), returning the filled part.
-
-    Reads through the underlying http.client response when there is one: readinto saves an allocation and a copy
-    per chunk compared with urllib3's read(), which matters at hundreds of MiB per copy.
-    """
-    raw = response.raw
-    fp = getattr(raw, "_fp", None)
-    if fp is not None and hasattr(fp, "readinto") and not getattr(raw, "chunked", False):
-
-        def read_into(buffer: memoryview) -> memoryview:
-            filled = 0
-            while filled < len(buffer):
-                n = fp.readinto(buffer[filled:])
-                if not n:
-                    break
-                filled += n
-            return buffer[:filled]
-
-        return read_into
-
-    def read_copy(buffer: memoryview) -> memoryview:
-        data = raw.read(len(buffer), decode_content=False)
-        buffer[: len(data)] = data
-        return buffer[: len(data)]
-
-    return read_copy
-
-
 def copy_image(
     src: ImageLocation,
     dst: ImageLocation,
@@ -620,13 +695,18 @@ def copy_image(
     expected_digest: str | None = None,
     attached: str | None = None,
     require_signatures: bool = False,
+    notify: RetryNotice | None = None,
+    publish_gate: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> CopySummary:
     """Copy src to dst (a tag, or a digest to push by digest only); idempotent, verified by digest.
 
     `attached` (all, signatures, none; default none, or all with copy_attached) says which attached artifacts
-    travel too; with `require_signatures`, a signature the destination refuses fails the copy.
+    travel too; with `require_signatures`, a signature the destination refuses fails the copy. `notify` hears of
+    every retry (a sentence naming the host and why); the tag is written inside `publish_gate()`, which may raise
+    CopyStopped to keep the image from appearing. The current budget (budget.py) bounds the whole copy and can stop
+    it.
     """
-    copier = ImageCopier(src, dst, parallelism=parallelism, progress=progress)
+    copier = ImageCopier(src, dst, parallelism=parallelism, progress=progress, notify=notify, publish_gate=publish_gate)
     try:
         return copier.run(
             expected_digest=expected_digest,

@@ -87,6 +87,45 @@ class TransientError(RegistryError):
         self.retry_after = retry_after
 
 
+class DeadlineExceeded(RegistryError):
+    """The work ran out of time (a web request's budget, a promotion's deadline): retrying within it cannot help.
+
+    `host` names the registry that did not answer in time, when one did not."""
+
+    def __init__(self, message: str, *, host: str = "", **kwargs):
+        super().__init__(message, **kwargs)
+        self.host = host
+
+
+class CopyStopped(RegistryError):
+    """Someone asked the work to stop (a cancelled promotion); nothing after the stop was written."""
+
+
+class RegistryPolicyViolation(RegistryError):
+    """The registry's own policy refuses the image (Harbor's 412 PROJECTPOLICYVIOLATION: a vulnerability or signature
+    policy of the project); the message carries the registry's words."""
+
+
+class RateLimited(TransientError):
+    """429 with the registry's rate-limit headers, and the window resets later than the work can wait: trying again
+    before `reset_at` (Unix time) only spends more of the limit."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, reset_at: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.reset_at = reset_at
+
+
+class PersistentServerError(RegistryError):
+    """A server error that came back the same (status and body) try after try: trying more would only repeat it."""
+
+
+class LayerTooLarge(RegistryError):
+    """A layer is over a limit the destination registry documents (GHCR's 10 GB per layer, ECR's 52,000 MiB, ACR
+    import's 2 GiB from public registries, or the registry's `max_layer_bytes`); found before any byte moved."""
+
+
 class ProtocolError(RegistryError):
     """The registry answered something this client cannot use (bad JSON, unsupported media type, missing header)."""
 
@@ -208,6 +247,8 @@ def error_for_response(
         return AuthenticationError(message, **kwargs)
     if status == 403 or code == "DENIED":
         return AccessDenied(message, **kwargs)
+    if status == 412 and code == "PROJECTPOLICYVIOLATION":
+        return RegistryPolicyViolation(message, **kwargs)
     if status == 429 or code == "TOOMANYREQUESTS":
         return TransientError(message, retry_after=retry_after, **kwargs)
     if status >= 500:

@@ -135,6 +135,13 @@ class ImageReference:
         return text
 
 
+def docker_hub_repository(repository: str) -> str:
+    """Docker Hub's name for a repository: official images (one path component) live under library/."""
+    return (
+        f"library/{repository}" if isinstance(repository, str) and repository and "/" not in repository else repository
+    )
+
+
 def _looks_like_host(component: str) -> bool:
     # Docker's rule: the first component is a registry host if it has a '.' or ':' or is localhost.
     return "." in component or ":" in component or component == "localhost" or component.startswith("[")
@@ -167,8 +174,7 @@ def parse_reference(text: str) -> ImageReference:
     repository = remainder
     if host in _DOCKER_HUB_ALIASES:
         host = DOCKER_HUB
-        if repository and "/" not in repository:
-            repository = f"library/{repository}"
+        repository = docker_hub_repository(repository)
     if not repository:
         raise InvalidReference(f"image reference {text!r} has no repository")
     check_repository(repository)
@@ -201,12 +207,37 @@ class RegistrySpec:
 
 
 @dataclass(frozen=True)
+class RepositorySettings:
+    """How to create the repository when it is missing (a bucket's `create_repository: true`).
+
+    immutable_tags: ECR IMMUTABLE tag mutability, Artifact Registry immutable tags. scan_on_push: ECR basic scanning
+    on push. encryption: ECR "AES256" or "KMS" ("" for the registry's default); kms_key: the KMS key (ECR) or the
+    Cloud KMS key name (Artifact Registry CMEK).
+    """
+
+    immutable_tags: bool = False
+    scan_on_push: bool = False
+    encryption: str = ""
+    kms_key: str = ""
+
+
+@dataclass(frozen=True)
 class ImageLocation:
-    """One image on one registry: repository plus a tag or digest."""
+    """One image on one registry: repository plus a tag or digest.
+
+    `create`, when set, allows creating the repository before a push (ECR and Artifact Registry need one to exist).
+    """
 
     registry: RegistrySpec
     repository: str
     reference: str
+    create: RepositorySettings | None = None
+
+    def __post_init__(self) -> None:
+        # Docker Hub (and its pull-through mirrors) serve official images under library/: "nginx" is library/nginx
+        # there, as `docker pull nginx` means (distribution/reference, ParseNormalizedNamed).
+        if (self.registry.provider or "").lower() == "dockerhub":
+            object.__setattr__(self, "repository", docker_hub_repository(self.repository))
 
     def __str__(self) -> str:
         host = self.registry.url.split("://", 1)[-1].rstrip("/")

@@ -20,6 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import budget as budgets
 from .auth import Authenticator, Challenge, merge_scopes, parse_www_authenticate
 from .bodies import READ_FAILURES, read_capped, read_up_to, response_error
 from .destinations import Guard, check_destination, check_realm, origin, same_origin
@@ -27,7 +28,10 @@ from .errors import (
     AccessDenied,
     AuthenticationError,
     CannotScope,
+    DeadlineExceeded,
+    PersistentServerError,
     ProtocolError,
+    RateLimited,
     RegistryError,
     TransientError,
 )
@@ -58,14 +62,46 @@ class RetryPolicy:
         return random.uniform(self.base_delay / 2, min(self.max_delay, self.base_delay * (2**attempt)))
 
 
+# A 500 answered this many times in a row with the same body is the registry's answer, not a hiccup (a Windows
+# foreign-layer manifest, say): no more tries, in the engine or by the promotion.
+SAME_SERVER_ERROR_LIMIT = 3
+PERSISTENT_STATUSES = {500, 501}
+
+
 @dataclass(frozen=True)
 class Timeouts:
+    """Deadlines by kind of call.
+
+    connect: to open a connection. read: a metadata call (ping, token, HEAD, manifest GET/PUT, mount, upload start)
+    must answer within it. stall: a blob transfer fails when no byte has moved for this long, however long the
+    whole transfer takes.
+    """
+
     connect: float = 10.0
-    read: float = 120.0
+    read: float = 15.0
+    stall: float = 60.0
 
     @property
     def pair(self) -> tuple[float, float]:
         return (self.connect, self.read)
+
+    def for_call(self, transfer: bool) -> tuple[float, float]:
+        """(connect, read) for one request, cut to what the current budget has left."""
+        wait = self.stall if transfer else self.read
+        budget = budgets.current_budget()
+        if budget is None:
+            return (self.connect, wait)
+        return (budget.cap(self.connect), budget.cap(wait))
+
+
+def parse_rate_limit_reset(headers, *, now: float | None = None) -> float | None:
+    """When a rate-limit window resets, as Unix time, from `ratelimit-reset` or `x-ratelimit-reset` (either delta
+    seconds, as the IETF RateLimit fields, or a Unix time, as GitHub's and Docker Hub's API send); None without."""
+    value = (headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset") or "").split(";", 1)[0].strip()
+    if not value.isdigit():
+        return None
+    number, current = float(value), time.time() if now is None else now
+    return number if number > 1_000_000_000 else current + number
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -85,12 +121,36 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 class RetryableFailure(Exception):
-    """Internal: one attempt failed in a way worth retrying (wraps the typed error to raise at the end)."""
+    """Internal: one attempt failed in a way worth retrying (wraps the typed error to raise at the end).
 
-    def __init__(self, error: RegistryError, retry_after: float | None = None):
+    `reason` is what a retry line says, host first ("127.0.0.1:5002 did not answer a HEAD in 15 s"); without one,
+    the line gives the host and the error's message.
+    """
+
+    def __init__(
+        self, error: RegistryError, retry_after: float | None = None, *, reason: str = "", until_reset: bool = False
+    ):
         super().__init__(error.message)
         self.error = error
         self.retry_after = retry_after
+        self.reason = reason
+        self.until_reset = until_reset  # a rate-limit reset already checked against the budget: wait for all of it
+
+
+# Told of each retry (a line for the promotion's log): called with a sentence naming the host and the reason.
+RetryNotice = Callable[[str], None]
+
+
+def announce(notify: RetryNotice | None, line: str, *, logger: logging.Logger | None = log) -> None:
+    """Log `line` (unless logger is None) and hand it to `notify` (the promotion's log); a broken log writer never
+    fails the copy."""
+    if logger is not None:
+        logger.info("%s", line)
+    if notify is not None:
+        try:
+            notify(line)
+        except Exception:
+            log.exception("notice failed")
 
 
 def with_retries(
@@ -98,20 +158,46 @@ def with_retries(
     *,
     policy: RetryPolicy,
     what: str,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
+    host: str = "",
+    notify: RetryNotice | None = None,
 ) -> T:
-    """Run operation(attempt) until it returns; retry on RetryableFailure up to policy.attempts, then raise."""
+    """Run operation(attempt) until it returns; retry on RetryableFailure up to policy.attempts, then raise.
+
+    Pauses follow the current budget (budget.py): a pause that would outlast it raises DeadlineExceeded, a stop ends
+    it at once. A 500 repeated with the same body SAME_SERVER_ERROR_LIMIT times is final (PersistentServerError).
+    """
     attempts = max(1, policy.attempts)  # "retry_attempts: 0" means no retries, not no request
     last: RetryableFailure | None = None
+    repeats = 0
     for attempt in range(attempts):
         try:
+            budgets.check()
             return operation(attempt)
+        except DeadlineExceeded as exc:
+            raise _out_of_time(exc, what, host, last) from None
         except RetryableFailure as failure:
+            repeats = repeats + 1 if last is not None and _same_server_error(last, failure) else 1
             last = failure
+            if repeats >= SAME_SERVER_ERROR_LIMIT and failure.error.status in PERSISTENT_STATUSES:
+                raise PersistentServerError(
+                    f"{failure.error.message} (the same answer {repeats} times in a row: not retrying)",
+                    status=failure.error.status,
+                    code=failure.error.code,
+                ) from None
             if attempt + 1 < attempts:
-                pause = policy.delay(attempt, failure.retry_after)
-                log.info("%s: %s; retry in %.2fs (%d/%d)", what, failure, pause, attempt + 1, attempts)
-                sleep(pause)
+                pause = failure.retry_after if failure.until_reset else policy.delay(attempt, failure.retry_after)
+                reason = failure.reason or (f"{host}: {failure.error.message}" if host else failure.error.message)
+                line = f"{reason}; retry {attempt + 1} of {attempts - 1} in {pause:.2g} s"
+                log.info("%s: %s", what, line)
+                announce(notify, line, logger=None)  # logged just above, with the call's name
+                try:
+                    if sleep is not None:
+                        sleep(pause)
+                    else:
+                        budgets.pause(pause, doing=what)
+                except DeadlineExceeded as exc:
+                    raise _out_of_time(exc, what, host, failure) from None
     assert last is not None
     error = last.error
     if isinstance(error, TransientError):
@@ -122,6 +208,22 @@ def with_retries(
             retry_after=error.retry_after,
         ) from None
     raise error
+
+
+def _out_of_time(exc: DeadlineExceeded, what: str, host: str, last: RetryableFailure | None) -> DeadlineExceeded:
+    """DeadlineExceeded naming the registry, the call and the last thing that went wrong ("timed out")."""
+    budget = budgets.current_budget()
+    limit = budget.what if budget is not None else "the time allowed"
+    tail = f"; last try: {last.reason or last.error.message}" if last is not None else ""
+    return DeadlineExceeded(
+        f"{host or 'the registry'} did not finish {what} within {limit}{tail}",
+        host=host or exc.host,
+        status=last.error.status if last is not None else None,
+    )
+
+
+def _same_server_error(a: RetryableFailure, b: RetryableFailure) -> bool:
+    return a.error.status is not None and (a.error.status, a.error.message) == (b.error.status, b.error.message)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -177,6 +279,7 @@ class Transport:
         self.timeouts = timeouts or Timeouts()
         self.verify = verify
         self.guard = guard
+        self.notify: RetryNotice | None = None  # told of each retry (the copy engine sets it for a promotion's log)
         self._pool_size = pool_size
         self._sessions: dict[str, requests.Session] = {}
         self._lock = threading.Lock()
@@ -222,8 +325,11 @@ class Transport:
         data=None,
         replayable: bool = True,
         follow_redirects: bool = True,
+        transfer: bool = False,
     ) -> requests.Response:
         """One logical request: auth challenge answered (bodies must be replayable for that), redirects followed.
+        `transfer` marks a blob body moving either way: it may take as long as it likes while bytes flow, and fails
+        when none has moved for the stall time; every other call must answer within the read timeout.
 
         Connection failures and retryable statuses surface as RetryableFailure; callers decide whether to retry. The
         response is always streamed: read its body with `read_bounded` or `read_capped`, never `.content`.
@@ -239,7 +345,7 @@ class Transport:
             request_headers = dict(headers or {})
             if sent:
                 request_headers["Authorization"] = sent
-            response = self._send(method, url, request_headers, data)
+            response = self._send(method, url, request_headers, data, transfer=transfer)
             if response.status_code != 401:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
@@ -263,14 +369,37 @@ class Transport:
             if not replayable:
                 raise RetryableFailure(AuthenticationError(f"{method} {_path(url)}: needed auth first"))
         if follow_redirects and response.status_code in REDIRECT_STATUS and method in ("GET", "HEAD"):
-            response = self._follow(method, response, headers or {}, sent)
+            response = self._follow(method, response, headers or {}, sent, transfer=transfer)
         if response.status_code in RETRYABLE_STATUS:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            reset_at = parse_rate_limit_reset(response.headers) if response.status_code == 429 else None
             error = response_error(response, what=f"{method} {_path(url)}", retry_after=retry_after)
+            if reset_at is not None and retry_after is None:
+                raise self._rate_limited(error, reset_at)
             if not isinstance(error, TransientError):
                 error = TransientError(error.message, status=response.status_code, retry_after=retry_after)
-            raise RetryableFailure(error, retry_after)
+            raise RetryableFailure(
+                error, retry_after, reason=f"{self.host} answered {response.status_code} to a {method}"
+            )
         return response
+
+    def _rate_limited(self, error: RegistryError, reset_at: float) -> RetryableFailure | RateLimited:
+        """A 429 whose window resets at `reset_at` (Docker Hub sends no Retry-After): wait for the reset when it
+        comes within the time the work has left (a copy's deadline; else the longest Retry-After honoured), fail
+        saying when it resets otherwise."""
+        wait = max(0.0, reset_at - time.time())
+        budget = budgets.current_budget()
+        left = budget.remaining() if budget is not None else None
+        fits = wait <= (left - 1.0 if left is not None else self.policy.max_retry_after)
+        if fits:
+            return RetryableFailure(
+                TransientError(error.message, status=429, retry_after=wait),
+                wait,
+                reason=f"{self.host} reached its rate limit; it resets in {wait:.0f} s",
+                until_reset=True,
+            )
+        when = time.strftime("%H:%M UTC", time.gmtime(reset_at))
+        return RateLimited(f"pull limit reached at {self.host}; resets at {when}", reset_at=reset_at, status=429)
 
     def challenges(self) -> list[Challenge]:
         """How the registry asks to be authenticated: the challenges of a bare GET /v2/ (none when it lets anyone in).
@@ -288,7 +417,7 @@ class Transport:
                 raise RetryableFailure(TransientError(error.message, status=response.status_code), retry_after)
             return response
 
-        response = with_retries(attempt, policy=self.policy, what="GET /v2/")
+        response = with_retries(attempt, policy=self.policy, what="GET /v2/", host=self.host, notify=self.notify)
         if response.status_code == 401:
             return parse_www_authenticate(response.headers.get("WWW-Authenticate", ""))
         if response.status_code == 200:
@@ -310,7 +439,11 @@ class Transport:
         check_realm(bearer.params["realm"], self.base_url)  # the request carries the registry's credentials
         try:
             token, lifetime = with_retries(
-                lambda _: self._issue(bearer, scopes), policy=self.policy, what="token request"
+                lambda _: self._issue(bearer, scopes),
+                policy=self.policy,
+                what="token request",
+                host=self.host,
+                notify=self.notify,
             )
         except AuthenticationError as exc:
             raise AuthenticationError(
@@ -321,7 +454,11 @@ class Transport:
     def _issue(self, bearer: Challenge, scopes: tuple[str, ...]) -> tuple[str, float]:
         try:
             return self.auth.issue_token(
-                bearer.params["realm"], bearer.params.get("service", ""), scopes, self.session(), self.timeouts.pair
+                bearer.params["realm"],
+                bearer.params.get("service", ""),
+                scopes,
+                self.session(),
+                self.timeouts.for_call(False),
             )
         except TransientError as exc:
             raise RetryableFailure(exc, exc.retry_after) from None
@@ -332,11 +469,13 @@ class Transport:
             # The token request carries the registry's credentials: never to plain HTTP elsewhere.
             check_realm(bearer.params["realm"], self.base_url)
         try:
-            return self.auth.answer(challenge, scopes, self.session(), self.timeouts.pair, sent=sent)
+            return self.auth.answer(challenge, scopes, self.session(), self.timeouts.for_call(False), sent=sent)
         except TransientError as exc:  # the token service had a hiccup: retry like any other request
             raise RetryableFailure(exc, exc.retry_after) from None
 
-    def _send(self, method: str, url: str, headers: dict, data) -> requests.Response:
+    def _send(self, method: str, url: str, headers: dict, data, *, transfer: bool = False) -> requests.Response:
+        budgets.check(f"{method} {_path(url)}")
+        timeout = self.timeouts.for_call(transfer)
         try:
             return self.session(urlsplit(url).netloc).request(
                 method,
@@ -346,13 +485,26 @@ class Transport:
                 # Always streamed, whatever the caller reads later: requests would otherwise read a body of any size
                 # (an error page, a hostile answer) into memory before we see the status.
                 stream=True,
-                timeout=self.timeouts.pair,
+                timeout=timeout,
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            raise RetryableFailure(TransientError(f"{method} {_path(url)}: {describe_exception(exc)}")) from None
+            described = describe_exception(exc)
+            if isinstance(exc, requests.ConnectTimeout):
+                reason = f"did not accept a connection in {timeout[0]:.3g} s"
+            elif described == "timed out":
+                what = f"moved no byte of a {method} for" if transfer else f"did not answer a {method} in"
+                reason = f"{what} {timeout[1]:.3g} s"
+            else:
+                reason = f"{described} during a {method}"
+            host = urlsplit(url).netloc
+            raise RetryableFailure(
+                TransientError(f"{method} {_path(url)}: {described}"), reason=f"{host} {reason}"
+            ) from None
 
-    def _follow(self, method: str, response: requests.Response, headers: dict, sent: str | None) -> requests.Response:
+    def _follow(
+        self, method: str, response: requests.Response, headers: dict, sent: str | None, *, transfer: bool = False
+    ) -> requests.Response:
         what = f"{method} {_path(response.url)}"
         for _ in range(MAX_REDIRECTS):
             location = response.headers.get("Location")
@@ -369,7 +521,7 @@ class Transport:
             # Storage backends (S3, GCS, Azure blob) get presigned URLs and must never see registry credentials.
             if sent and same_origin(target, self.base_url):
                 request_headers["Authorization"] = sent
-            response = self._send(method, target, request_headers, None)
+            response = self._send(method, target, request_headers, None, transfer=transfer)
             if response.status_code not in REDIRECT_STATUS:
                 return response
         response.close()
@@ -388,6 +540,7 @@ class Transport:
         allow: tuple[int, ...] = (),
         what: str | None = None,
         max_bytes: int | None = None,
+        policy: RetryPolicy | None = None,
     ) -> requests.Response:
         """A replayable request with retries; returns the response when its status is in ok+allow, else raises.
 
@@ -409,7 +562,7 @@ class Transport:
                 read_capped(response)
             return response
 
-        response = with_retries(attempt, policy=self.policy, what=label)
+        response = with_retries(attempt, policy=policy or self.policy, what=label, host=self.host, notify=self.notify)
         if response.status_code in ok or response.status_code in allow:
             return response
         raise response_error(response, what=label)

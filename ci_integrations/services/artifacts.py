@@ -40,6 +40,7 @@ from ci_integrations.services.errors import (
 )
 from ci_integrations.services.locks import artifact_locked, bucket_locked
 from ci_integrations.services.promotions import promotions_auto_request
+from ci_integrations.services.registry_budget import registry_timeout, web_budget
 from ci_integrations.services.rows import columns, fetch_one, insert_unless_exists, table
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,10 @@ def no_bucket(integration: Integration, env: str) -> NotFound:
 
 def _resolve(bucket: Bucket, reference: str):
     try:
-        return resolve_manifest(bucket.location(reference))
+        with web_budget("registration"):
+            return resolve_manifest(bucket.location(reference))
+    except registry_errors.DeadlineExceeded as exc:
+        raise registry_timeout(exc, registry_name=bucket.registry.name) from None
     except registry_errors.RegistryError as exc:
         raise registry_error_to_service(exc, what=f"image {bucket.image_name}:{reference}") from None
 

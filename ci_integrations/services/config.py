@@ -379,7 +379,14 @@ def config_export() -> dict:
                 **({"attached": bucket.attached} if bucket.attached else {}),
                 **{
                     key: getattr(bucket, key)
-                    for key in ("push_role_arn", "push_service_account")
+                    for key in (
+                        "push_role_arn",
+                        "push_service_account",
+                        "create_repository",
+                        "scan_on_push",
+                        "encryption",
+                        "kms_key",
+                    )
                     if getattr(bucket, key)
                 },
             }

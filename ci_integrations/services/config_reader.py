@@ -65,6 +65,10 @@ BUCKET_KEYS = {
     "push_role_arn",
     "push_service_account",
     "attached",
+    "create_repository",
+    "scan_on_push",
+    "encryption",
+    "kms_key",
 }
 
 # `approver_group: "@release_managers"`: the release managers of the integration's team.
@@ -455,4 +459,17 @@ class _Reader:
             "push_role_arn": str(bucket.get("push_role_arn") or ""),  # checked by the model's validator
             "push_service_account": str(bucket.get("push_service_account") or ""),
             "attached": self.attached(f"{path}.attached", bucket.get("attached")),
+            "create_repository": self.boolean(f"{path}.create_repository", bucket.get("create_repository"), False),
+            "scan_on_push": self.boolean(f"{path}.scan_on_push", bucket.get("scan_on_push"), False),
+            "encryption": self.encryption(f"{path}.encryption", bucket.get("encryption")),
+            "kms_key": str(bucket.get("kms_key") or ""),
         }
+
+    def encryption(self, path: str, value: Any) -> str:
+        """A new repository's encryption: AES256 or KMS (ECR's names), or none for the registry's default."""
+        if value is None or value == "":
+            return ""
+        if not isinstance(value, str) or value.upper() not in ("AES256", "KMS"):
+            self.problem(path, f"{value!r} must be AES256 or KMS")
+            return ""
+        return value.upper()

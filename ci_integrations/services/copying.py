@@ -1,8 +1,14 @@
-"""Copying: the preflight of a promotion, and the job that copies its image by digest and records the outcome.
+"""Copying: the job that copies a promotion's image by digest and records the outcome (services/preflight.py says
+beforehand what the copy would meet).
 
 The copy runs under the target bucket's copy lock, writes progress and a heartbeat about once a second, retries
 transient registry errors a few times, and ends the promotion succeeded (with its arrival) or failed with a message
 that holds no credential. Running it twice, even at once, is harmless.
+
+Hangs are short, visible and stoppable: the whole copy has a deadline (P2P_COPY_DEADLINE, by default growing with the
+bytes to move), every retry of a registry call becomes a line of the promotion's log, and a cancel of the running
+promotion is seen by the heartbeat, which stops the copy; the tag is written only after a last check that the
+promotion is still running (a conditional update that also makes it too late to cancel).
 
 May import: models, registry, promotions (auto-promotion after a success), arrivals, locks, audit, webhooks,
 background, emergency_stop.
@@ -10,12 +16,14 @@ background, emergency_stop.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 
 from django.conf import settings
 from django.db import transaction
@@ -23,10 +31,10 @@ from django.db.models import F, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
-from ci_integrations.encryption import CredentialsUnreadable
-from ci_integrations.models import Arrival, Artifact, Promotion
-from ci_integrations.registry import check_access, copy_image, list_attachments, plan_copy, resolve_manifest
+from ci_integrations.models import Arrival, Promotion
+from ci_integrations.registry import copy_image, resolve_manifest
 from ci_integrations.registry import errors as registry_errors
+from ci_integrations.registry.budget import Budget, using_budget
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.arrivals import arrival_record, immutable_tag_holder
 from ci_integrations.services.audit import audit_record
@@ -39,7 +47,6 @@ from ci_integrations.services.emergency_stop import (
 from ci_integrations.services.evidence import promotion_evidence_attach
 from ci_integrations.services.locks import artifact_locked, bucket_copy_lock
 from ci_integrations.services.notifications import notify_promotion
-from ci_integrations.services.policy import promotion_evaluate
 from ci_integrations.services.promotions import log_line, promotion_log_append, promotions_auto_request
 from ci_integrations.services.supply_chain import attached_mode, signature_requirement, signature_verdict
 
@@ -48,74 +55,25 @@ logger = logging.getLogger(__name__)
 State = Promotion.State
 WORKER = Actor.system("p2p-worker")
 PROGRESS_EVERY = 1.0  # seconds between progress/heartbeat writes
+TICK = 0.1  # how often the heartbeat thread looks for requests of the copy thread (a retry line, the tag check)
+# The default copy deadline: this much for the calls of any copy, plus a second per this many bytes to move
+# (5 MiB/s, far below any registry link worth using), never past the promotions queue's RQ timeout.
+DEADLINE_BASE_SECONDS = 600
+DEADLINE_BYTES_PER_SECOND = 5 * 1024 * 1024
+DEADLINE_CAP_SECONDS = 3600 - 60
 
 
 def _copy_retry_delays() -> list[float]:
     return list(getattr(settings, "P2P_COPY_RETRY_DELAYS", [2.0, 8.0]))
 
 
-# ---- preflight -------------------------------------------------------------------------------------------------
-
-
-def promotion_preflight(*, artifact: Artifact, to_env: str) -> dict:
-    """What a copy would meet: source readable, target writable, tag conflict, bytes to move. Never raises for
-    registry trouble; each problem becomes an entry in `errors`."""
-    ev = promotion_evaluate(artifact=artifact, to_env=to_env, actor=Actor.system("preflight"))
-    result = {
-        "source_readable": None,
-        "target_writable": None,
-        "tag_conflict": None,
-        "tag": ev.tag,
-        "blobs_total": None,
-        "bytes_total": None,
-        "bytes_to_move": None,
-        "attachments": None,
-        "errors": [],
-    }
-    if ev.from_bucket is None or ev.to_bucket is None:
-        result["errors"].append("no workflow step with both buckets leads into " + to_env)
-        return result
-    locations = {}
-    for key, bucket, reference, push in (
-        ("source_readable", ev.from_bucket, artifact.digest, False),
-        ("target_writable", ev.to_bucket, ev.tag or artifact.digest, True),
-    ):
-        side = "source" if key == "source_readable" else "target"
-        try:
-            # Building the location reads the registry's stored credentials, which fails when they were encrypted
-            # under a key no longer in P2P_FERNET_KEYS.
-            locations[key] = bucket.location(reference)
-            check_access(locations[key], push=push)
-            result[key] = True
-        except CredentialsUnreadable as exc:
-            result[key] = False
-            result["errors"].append(f"{side}: registry {bucket.registry.name!r}: {exc}")
-        except registry_errors.RegistryError as exc:
-            result[key] = False
-            result["errors"].append(f"{side}: {exc.message}")
-        except Exception as exc:  # noqa: BLE001 - a preflight reports, it never fails the page
-            result[key] = False
-            result["errors"].append(registry_errors.redact(f"{key}: {exc}"))
-    if len(locations) < 2:
-        return result
-    try:
-        plan = plan_copy(locations["source_readable"], locations["target_writable"])
-        result.update(
-            tag_conflict=plan.tag_conflict_digest,
-            blobs_total=plan.blobs_total,
-            bytes_total=plan.bytes_total,
-            bytes_to_move=plan.bytes_to_move,
-        )
-    except registry_errors.RegistryError as exc:
-        result["errors"].append(f"plan: {exc.message}")
-    except Exception as exc:  # noqa: BLE001
-        result["errors"].append(registry_errors.redact(f"plan: {exc}"))
-    try:
-        mode = attached_mode(step=ev.step, bucket=ev.to_bucket)
-        result["attachments"] = len(list_attachments(locations["source_readable"], mode))
-    except registry_errors.RegistryError as exc:
-        result["errors"].append(f"attachments: {exc.message}")
-    return result
+def copy_deadline(bytes_to_move: int | None = None) -> tuple[float, str]:
+    """Seconds a promotion's copy may take in all, and how to name that limit in its error."""
+    fixed = getattr(settings, "P2P_COPY_DEADLINE", None)
+    if fixed:
+        return float(fixed), f"the copy deadline (P2P_COPY_DEADLINE, {fixed:g} s)"
+    seconds = min(DEADLINE_CAP_SECONDS, DEADLINE_BASE_SECONDS + (bytes_to_move or 0) / DEADLINE_BYTES_PER_SECOND)
+    return seconds, f"the copy deadline ({seconds:.0f} s for {bytes_to_move or 0} bytes; P2P_COPY_DEADLINE sets it)"
 
 
 # ---- the copy job ----------------------------------------------------------------------------------------------
@@ -141,6 +99,7 @@ def promotion_execute(*, promotion_id: int) -> None:
                 started_at=now,
                 heartbeat_at=now,
                 finished_at=None,
+                result_digest="",  # set again only when this run goes to write the tag
                 log=Concat(F("log"), Value(log_line("copy started"))),
             )
             if not claimed:
@@ -202,10 +161,17 @@ def _run(p: Promotion) -> None:
         signature = verdict.as_dict() if verdict is not None else None
     delays = _copy_retry_delays()
     summary = None
+    # One budget for every attempt: the deadline bounds the promotion, not each try of it.
+    seconds, what = copy_deadline()
+    budget = Budget(seconds, what=what)
     for attempt in range(len(delays) + 1):
         try:
-            summary = _copy_with_progress(p, _source(p), p.to_bucket.location(p.tag))
+            with using_budget(budget):
+                summary = _copy_with_progress(p, _source(p), p.to_bucket.location(p.tag), budget)
             break
+        except registry_errors.CopyStopped:
+            promotion_log_append(p.pk, "copy stopped: the promotion was cancelled; the tag was not written")
+            return
         except registry_errors.RegistryError as exc:
             if exc.retryable and attempt < len(delays):
                 promotion_log_append(
@@ -213,7 +179,9 @@ def _run(p: Promotion) -> None:
                     registry_errors.cut(f"transient registry error, retrying in {delays[attempt]:g}s: {exc.message}"),
                     heartbeat_at=timezone.now(),
                 )
-                time.sleep(delays[attempt])
+                if _wait_or_cancelled(p.pk, delays[attempt]):
+                    promotion_log_append(p.pk, "copy stopped: the promotion was cancelled; the tag was not written")
+                    return
                 continue
             _finish_failed(p, exc.message)
             return
@@ -231,21 +199,65 @@ def _run(p: Promotion) -> None:
         promotion_evidence_attach(promotion_id=p.pk, audit_entry_id=entry.pk)
 
 
-def _copy_with_progress(p: Promotion, src, dst):
-    """Run copy_image in a helper thread; this thread writes progress and the heartbeat about once a second.
+def _wait_or_cancelled(pk: int, seconds: float) -> bool:
+    """Sleep between two attempts, looking every second whether the promotion was cancelled meanwhile."""
+    end = time.monotonic() + seconds
+    while True:
+        if not Promotion.objects.filter(pk=pk, state=State.RUNNING).exists():
+            return True
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(PROGRESS_EVERY, left))
 
-    The progress callback may be called from several copy threads, so it only stores the latest numbers.
-    """
-    latest = {}
-    lock = threading.Lock()
 
-    def progress(snapshot) -> None:
-        with lock:
-            latest["p"] = snapshot
+class _CopyTalk:
+    """What the copy threads ask of the heartbeat thread, which alone touches the database (a thread of its own
+    would need a connection of its own, and could not see a test's transaction): retry lines for the log, the
+    latest progress, and the last check before the tag is written."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latest = None
+        self.lines: list[str] = []
+        self.publish_asked = threading.Event()
+        self.publish_answered = threading.Event()
+        self.publish_allowed = False
+
+    def progress(self, snapshot) -> None:
+        with self.lock:
+            self.latest = snapshot
+
+    def notify(self, line: str) -> None:
+        with self.lock:
+            self.lines.append(line)
+
+    @contextlib.contextmanager
+    def publish_gate(self):
+        self.publish_asked.set()
+        self.publish_answered.wait()
+        if not self.publish_allowed:
+            raise registry_errors.CopyStopped("the promotion was cancelled before its tag was written")
+        yield
+
+
+def _copy_with_progress(p: Promotion, src, dst, budget: Budget):
+    """Run copy_image in a helper thread; this thread writes progress, retry lines and the heartbeat, stops the copy
+    when the promotion is cancelled, and answers the copy's last check before it writes the tag."""
+    talk = _CopyTalk()
+    roles = [(_host(p.to_bucket.registry.url), p.to_bucket.env)]
+    if p.from_bucket_id:
+        roles.append((_host(p.from_bucket.registry.url), p.from_bucket.env))
 
     def write() -> None:
-        with lock:
-            snap = latest.get("p")
+        with talk.lock:
+            snap, lines, talk.lines = talk.latest, talk.lines, []
+        if snap is not None and budget.deadline is not None and not getattr(budget, "sized", False):
+            budget.sized = True  # the deadline grows with what there is to move, once that is known
+            seconds, what = copy_deadline(snap.bytes_total)
+            if not settings.P2P_COPY_DEADLINE:
+                # Counted from the promotion's first try (the budget's start), not from this one.
+                budget.set_total(seconds, what=what)
         fields = {"heartbeat_at": timezone.now()}
         if snap is not None:
             fields.update(
@@ -254,28 +266,59 @@ def _copy_with_progress(p: Promotion, src, dst):
                 bytes_total=snap.bytes_total,
                 bytes_done=snap.bytes_done,
             )
-        Promotion.objects.filter(pk=p.pk, state=State.RUNNING).update(**fields)
+        if lines:
+            text = "".join(log_line(registry_errors.cut(_with_role(line, roles))) for line in lines)
+            fields["log"] = Concat(F("log"), Value(text))
+        if not Promotion.objects.filter(pk=p.pk, state=State.RUNNING).update(**fields):
+            budget.stop("cancelled")  # no longer running: someone cancelled it
+
+    def answer_publish() -> None:
+        # One conditional UPDATE: still running, so the tag may be written, and from now on a cancel is refused.
+        talk.publish_allowed = bool(
+            Promotion.objects.filter(pk=p.pk, state=State.RUNNING).update(result_digest=p.digest)
+        )
+        if not talk.publish_allowed:
+            budget.stop("cancelled")
+        talk.publish_answered.set()
 
     promotion_log_append(p.pk, registry_errors.cut(f"copying {src} → {dst}"))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"promotion-{p.pk}") as pool:
         future = pool.submit(
+            contextvars.copy_context().run,  # the copy runs under this thread's budget (deadline, stop switch)
             copy_image,
             src,
             dst,
-            progress=progress,
+            progress=talk.progress,
             parallelism=settings.P2P_COPY_PARALLELISM,
             expected_digest=p.digest,
             attached=attached_mode(step=p.step, bucket=p.to_bucket),
             require_signatures=p.kind != Promotion.Kind.ROLLBACK and signature_requirement(p.step) is not None,
+            notify=talk.notify,
+            publish_gate=talk.publish_gate,
         )
-        while True:
-            try:
-                summary = future.result(timeout=PROGRESS_EVERY)
-                break
-            except FutureTimeout:
+        last_write = time.monotonic()
+        while not futures_wait([future], timeout=TICK).done:
+            if talk.publish_asked.is_set() and not talk.publish_answered.is_set():
+                answer_publish()
+            if time.monotonic() - last_write >= PROGRESS_EVERY:
                 write()
-    write()  # the final numbers, however short the copy was
-    return summary
+                last_write = time.monotonic()
+        if talk.publish_asked.is_set() and not talk.publish_answered.is_set():
+            answer_publish()  # cannot happen (the copy waits for the answer), but never leave it waiting
+    write()  # the final numbers and lines, however short the copy was
+    return future.result()
+
+
+def _host(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+def _with_role(line: str, roles: list[tuple[str, str]]) -> str:
+    """A retry line named by the environment whose registry it is ("prod registry 127.0.0.1:5002 did not …")."""
+    for host, env in roles:
+        if host and line.startswith(host):
+            return f"{env} registry {line}"
+    return f"registry {line}"
 
 
 def _finish_succeeded(p: Promotion, summary, *, signature: dict | None = None):

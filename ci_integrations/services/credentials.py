@@ -14,6 +14,7 @@ from ci_integrations.registry import errors as registry_errors
 from ci_integrations.services.actors import Actor
 from ci_integrations.services.audit import audit_record
 from ci_integrations.services.errors import NotAllowed, RegistryUnavailable, StateConflict
+from ci_integrations.services.registry_budget import registry_timeout, web_budget
 
 
 def bucket_push_credentials(*, bucket: Bucket, actor: Actor) -> dict:
@@ -43,7 +44,10 @@ def bucket_push_credentials(*, bucket: Bucket, actor: Actor) -> dict:
         session_name=f"p2p-{bucket.integration.name}-{bucket.env}",
     )
     try:
-        issued = registry.push_credentials(bucket.registry.spec(), scope)
+        with web_budget("push credentials"):
+            issued = registry.push_credentials(bucket.registry.spec(), scope)
+    except registry_errors.DeadlineExceeded as exc:
+        raise registry_timeout(exc, registry_name=bucket.registry.name) from None
     except registry_errors.CannotScope as exc:
         raise StateConflict(
             f"bucket {bucket} cannot hand out push credentials: {exc.message}",

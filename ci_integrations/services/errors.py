@@ -60,3 +60,10 @@ class RegistryUnavailable(ServiceError):
 
     code = "registry"
     http_status = 502
+
+
+class RegistryTimeout(RegistryUnavailable):
+    """The registry did not answer within the time a web request waits for it (P2P_REGISTRY_WEB_TIMEOUT)."""
+
+    code = "registry_timeout"
+    http_status = 504

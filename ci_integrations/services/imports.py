@@ -16,6 +16,7 @@ May import: models, registry, artifacts, arrivals, audit, secrets, background.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -34,6 +35,7 @@ from ci_integrations.input_rules import TAG
 from ci_integrations.models import Arrival, Bucket, ImportJob, Integration, Registry
 from ci_integrations.registry import ImageLocation, RegistrySpec, address_guard, copy_image, resolve_manifest
 from ci_integrations.registry import errors as registry_errors
+from ci_integrations.registry.budget import Budget, using_budget
 from ci_integrations.registry.destinations import AddressGuard, Guard, origin
 from ci_integrations.registry.refs import parse_reference
 from ci_integrations.services.actors import Actor
@@ -245,15 +247,21 @@ def _by_deadline(deadline: float, name: str, call, *args, **kwargs):
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting job as it is
             outcome.set_exception(exc)
 
-    threading.Thread(target=run, name=name, daemon=True).start()
+    # In a copy of this context: the registry calls see the import's budget (its deadline cuts retry pauses and
+    # stops the copy between chunks), so the thread usually ends by itself at the deadline.
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), name=name, daemon=True).start()
     wait([outcome], timeout=max(0.0, deadline - time.monotonic()))
+    seconds = settings.P2P_IMPORT_TIMEOUT
+    timed_out = (
+        f"the import took longer than P2P_IMPORT_TIMEOUT ({seconds} s) and was stopped: the source registry is too"
+        " slow, or trickles"
+    )
     if not outcome.done():
-        seconds = settings.P2P_IMPORT_TIMEOUT
-        raise ImportTimedOut(
-            f"the import took longer than P2P_IMPORT_TIMEOUT ({seconds} s) and was stopped: the source registry"
-            " is too slow, or trickles"
-        )
-    return outcome.result()
+        raise ImportTimedOut(timed_out)
+    try:
+        return outcome.result()
+    except registry_errors.DeadlineExceeded as exc:
+        raise ImportTimedOut(f"{timed_out} ({exc.message})") from None
 
 
 def _immutable_tag_check(bucket: Bucket, tag: str, src, resolve) -> str | None:
@@ -294,25 +302,27 @@ def artifact_import_execute(*, job_id: int) -> None:
     args = job.arguments
     actor = Actor.system(f"import:{job.created_by}"[:150])
     thread = f"import-{job_id}"
+    budget = Budget(settings.P2P_IMPORT_TIMEOUT, what=f"P2P_IMPORT_TIMEOUT ({settings.P2P_IMPORT_TIMEOUT} s)")
     try:
         credentials = decrypt_json(args["credentials_encrypted"]) if args.get("credentials_encrypted") else None
         src, _ = _source_location(args["source"], credentials, guard=_source_guard())
         src = _until(deadline, src)
         bucket = _bucket(job.integration, args["env"])
         dst = _until(deadline, bucket.location(args["tag"]))
-        expected = _immutable_tag_check(
-            bucket, args["tag"], src, lambda location: _by_deadline(deadline, thread, resolve_manifest, location)
-        )
-        summary = _by_deadline(
-            deadline,
-            thread,
-            copy_image,
-            src,
-            dst,
-            expected_digest=expected,
-            parallelism=settings.P2P_COPY_PARALLELISM,
-            attached=attached_mode(step=None, bucket=bucket),
-        )
+        with using_budget(budget):
+            expected = _immutable_tag_check(
+                bucket, args["tag"], src, lambda location: _by_deadline(deadline, thread, resolve_manifest, location)
+            )
+            summary = _by_deadline(
+                deadline,
+                thread,
+                copy_image,
+                src,
+                dst,
+                expected_digest=expected,
+                parallelism=settings.P2P_COPY_PARALLELISM,
+                attached=attached_mode(step=None, bucket=bucket),
+            )
         artifact, arrival, created = artifact_register(
             integration=job.integration,
             env=bucket.env,

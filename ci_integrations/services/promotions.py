@@ -416,15 +416,27 @@ def _may_manage(p: Promotion, actor: Actor) -> bool:
 
 
 def promotion_cancel(*, promotion: Promotion, actor: Actor, reason: str = "") -> Promotion:
-    """Cancel a promotion that has not started copying (pending approval or queued). Audited."""
+    """Cancel a promotion that has not finished (pending approval, queued or running). Audited.
+
+    A running copy sees the cancel at its next heartbeat and stops (between blobs and between chunks); it never
+    writes the tag afterwards. Once it has gone to write the tag (result_digest set), it is too late.
+    """
     with transaction.atomic():
         p = promotion_locked(promotion)
         if not _may_manage(p, actor):
             raise NotAllowed(f"{actor.label} may not cancel promotion #{p.pk}")
         if not p.is_cancellable:
-            raise StateConflict(f"promotion #{p.pk} is {p.state}; only promotions not yet running can be cancelled")
+            raise StateConflict(f"promotion #{p.pk} is {p.state}; only promotions not yet finished can be cancelled")
+        if p.state == State.RUNNING and p.result_digest:
+            raise StateConflict(
+                f"promotion #{p.pk} is writing its tag in {p.to_bucket.env}; it can no longer be cancelled"
+            )
         before = {"state": p.state}
-        promotion_end(p, State.CANCELLED, f"cancelled by {actor.label}")
+        promotion_end(
+            p,
+            State.CANCELLED,
+            f"cancelled by {actor.label}" + (" while copying" if before["state"] == State.RUNNING else ""),
+        )
         audit_record(
             actor=actor,
             action="promotion.cancelled",

@@ -384,3 +384,22 @@ def test_bucket_push_options_are_read_exported_and_checked(db, config_file, tmp_
 
     err, _ = failing("apply_config", config_file(text.replace("arn:aws:iam::123456789012:role", "not-an-arn")))
     assert "push_role_arn" in err and "not an IAM role ARN" in err
+
+
+def test_bucket_repository_creation_options_are_read_exported_and_checked(db, config_file, tmp_path):
+    text = EXAMPLE_CONFIG.replace(
+        "{env: prod, registry: prod, repository: payments/api, immutable_tags: true}",
+        "{env: prod, registry: prod, repository: payments/api, immutable_tags: true, create_repository: true,\n"
+        "         scan_on_push: true, encryption: kms, kms_key: 'arn:aws:kms:eu-west-1:123456789012:key/1'}",
+    )
+    run("apply_config", config_file(text))
+    prod = Bucket.objects.get(integration__name="payments-api", env="prod")
+    assert (prod.create_repository, prod.scan_on_push, prod.encryption) == (True, True, "KMS")
+    assert prod.location("v1").create.kms_key.endswith(":key/1") and prod.location("v1").create.immutable_tags
+    assert Bucket.objects.get(integration__name="payments-api", env="qa").location("v1").create is None
+    exported = tmp_path / "exported.yaml"
+    run("export_config", "-o", str(exported))
+    assert run("apply_config", str(exported))[0].strip() == "No changes."
+
+    err, _ = failing("apply_config", config_file(text.replace("encryption: kms", "encryption: rot13")))
+    assert "encryption: 'rot13' must be AES256 or KMS" in err

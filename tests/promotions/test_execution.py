@@ -16,9 +16,10 @@ from ci_integrations.services.actors import Actor
 from ci_integrations.services.approvals import promotion_approve
 from ci_integrations.services.artifacts import artifact_register, check_report
 from ci_integrations.services.audit import audit_verify
-from ci_integrations.services.copying import promotion_execute, promotion_preflight
+from ci_integrations.services.copying import promotion_execute
 from ci_integrations.services.errors import InvalidInput, NotFound, RegistryUnavailable, StateConflict
 from ci_integrations.services.imports import artifact_import
+from ci_integrations.services.preflight import promotion_preflight
 from ci_integrations.services.promotions import bucket_rollback, promotion_request, promotion_retry
 from ci_integrations.services.reconciler import reconcile
 from tests.support.images import get_manifest_digest, manifest_of_size, push_random_image

@@ -19,8 +19,8 @@ from ci_integrations.models import Arrival, AuditEntry, Bucket, Promotion, Regis
 from ci_integrations.services import copying
 from ci_integrations.services.audit import AUDIT_ADVISORY_LOCK_ID, audit_verify
 from ci_integrations.services.copying import promotion_execute
-from ci_integrations.services.errors import PolicyViolation, StateConflict
-from ci_integrations.services.promotions import bucket_rollback, promotion_cancel, promotion_request, promotion_retry
+from ci_integrations.services.errors import PolicyViolation
+from ci_integrations.services.promotions import bucket_rollback, promotion_request, promotion_retry
 from ci_integrations.services.reconciler import reconcile
 from tests.promotions.slow_proxy import SlowProxy
 from tests.support.images import get_manifest_digest
@@ -223,9 +223,11 @@ def test_a_rollback_racing_a_promotion_into_one_bucket_leaves_the_bucket_and_reg
 # ---- a copy that is still running ----------------------------------------------------------------------------------
 
 
-def test_a_copy_whose_heartbeat_is_late_is_not_requeued_or_cancelled_while_its_worker_still_copies(
+def test_a_copy_whose_heartbeat_is_late_is_not_requeued_while_its_worker_still_copies(
     world, rq_queues, settings, monkeypatch
 ):
+    """A late heartbeat alone never makes the reconciler run the copy a second time. (A cancel, by contrast, now
+    stops a running copy on purpose: tests/promotions/test_registry_hangs.py.)"""
     proxy = SlowProxy(world.build_url, bytes_per_second=128 * 1024)
     try:
         world.staging.registry = Registry.objects.create(name="build-behind-a-slow-link", url=proxy.url)
@@ -246,10 +248,6 @@ def test_a_copy_whose_heartbeat_is_late_is_not_requeued_or_cancelled_while_its_w
         wait_for(started_copying, "the worker to start copying")
         time.sleep(0.3)
         requeued = reconcile()
-        try:
-            promotion_cancel(promotion=promotion, actor=world.actor(world.alice), reason="too slow")
-        except StateConflict:
-            pass
         proxy.throttled = False
         assert worker.join() is None
     finally:
@@ -261,7 +259,7 @@ def test_a_copy_whose_heartbeat_is_late_is_not_requeued_or_cancelled_while_its_w
     assert promotion.state == Promotion.State.SUCCEEDED, promotion.log
     assert world.prod.current_arrival.artifact == artifact
     assert requeued == 0 and promotion.attempts == 1
-    assert not AuditEntry.objects.filter(action__in=["promotion.requeued", "promotion.cancelled"]).exists()
+    assert not AuditEntry.objects.filter(action="promotion.requeued").exists()
 
 
 # ---- a copy that finishes while others request ---------------------------------------------------------------------

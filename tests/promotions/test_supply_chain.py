@@ -11,8 +11,8 @@ from ci_integrations.models import Arrival, AuditEntry, Promotion
 from ci_integrations.registry.signatures import TrustedKey
 from ci_integrations.services.config import config_apply
 from ci_integrations.services.config_reader import config_read
-from ci_integrations.services.copying import promotion_preflight
 from ci_integrations.services.errors import PolicyViolation
+from ci_integrations.services.preflight import promotion_preflight
 from ci_integrations.services.promotions import promotion_request
 from ci_integrations.services.supply_chain import require_signature_parse
 from tests.support.attachments import SPDX, push_fallback_index, push_referrer, referrer_entry

@@ -33,7 +33,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 @dataclass
 class Rule:
-    action: str  # "status" | "reset" | "hang" | "corrupt" | "relative_location" | "flood"
+    action: str  # "status" | "reset" | "hang" | "corrupt" | "relative_location" | "flood" | "ignore_range"
     method: str | None = None
     path: str = ".*"
     times: int | None = 1  # None: forever
@@ -43,6 +43,7 @@ class Rule:
     hang_seconds: float = 30.0
     after: int = 0  # let this many matching requests through untouched first
     flood_bytes: int = 0  # "flood": how long the (chunked, undeclared) body would be if the client read it all
+    cut_at: float = 0.5  # "reset" of a response: the share of the body sent before the connection drops
     fired: int = 0
     seen: int = 0
 
@@ -204,6 +205,9 @@ class FaultProxy:
             self._record(Logged(method, path, 0, len(body), 0, "reset", headers, tls))
             _reset(handler)  # the upload got half way (we read it all, the client saw the reset)
             return
+        if rule and rule.action == "ignore_range":
+            # A server (or a CDN in front of it) that does not do ranges: it answers 200 with the whole body.
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         upstream = http.client.HTTPConnection(self.upstream, timeout=60)
         try:
             upstream.request(
@@ -223,12 +227,13 @@ class FaultProxy:
             middle = len(payload) // 2
             payload = payload[:middle] + bytes([payload[middle] ^ 0xFF]) + payload[middle + 1 :]
         if rule and rule.action == "reset" and payload:
-            self._record(Logged(method, path, status, len(body), len(payload) // 2, "reset", headers, tls))
+            cut = int(len(payload) * rule.cut_at)
+            self._record(Logged(method, path, status, len(body), cut, "reset", headers, tls))
             handler.send_response(status)
             for key, value in out_headers.items():
                 handler.send_header(key, value)
             handler.end_headers()
-            handler.wfile.write(payload[: len(payload) // 2])
+            handler.wfile.write(payload[:cut])
             handler.wfile.flush()
             _reset(handler)
             return

@@ -135,7 +135,7 @@ def test_hanging_server_times_out_and_fails_in_bounded_time(registry, other_regi
 
     started = time.monotonic()
     with pytest.raises(TransientError) as caught:
-        _copy(proxy.url, other_registry.url, retry_attempts=2, read_timeout=0.3)
+        _copy(proxy.url, other_registry.url, retry_attempts=2, stall_timeout=0.3)
 
     assert time.monotonic() - started < 5
     assert "timed out" in caught.value.message

@@ -112,7 +112,7 @@ def test_redirect_to_plain_http_on_the_registry_host_drops_the_credentials(monke
     transport.auth.scheme = "basic"
     sent: list[tuple[str, dict]] = []
 
-    def fake_send(method, url, headers, data):
+    def fake_send(method, url, headers, data, *, transfer=False):
         sent.append((url, headers))
         response = requests.Response()
         response.url, response._content, response._content_consumed = url, b"", True

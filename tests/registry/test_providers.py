@@ -292,7 +292,7 @@ def test_acr_exchanges_an_entra_token_for_refresh_and_access_tokens(
 
     assert get_manifest_digest(other_registry.url, "prod/api", "1.0") == digest
     assert len(front.exchanges) == 1 and front.exchanges[0]["service"] == proxy.host
-    assert entra.scopes == [acr.ENTRA_SCOPE]
+    assert entra.scopes == [acr.ACR_AUDIENCE]  # ACR's own audience first (issue 15 item 1)
     assert "repository:prod/api:pull,push" in {f["scope"] for f in front.token_requests}
     acr._refresh_tokens.clear()
 
@@ -324,7 +324,7 @@ class FakeAcrManagement:
         repository, _, digest = parameters.source.source_image.partition("@")
         target_repository, _, tag = parameters.target_tags[0].partition(":")
         copy_image(location(self.source_url, repository, digest), location(self.target_url, target_repository, tag))
-        return SimpleNamespace(result=lambda: None)
+        return SimpleNamespace(done=lambda: True, status=lambda: "Succeeded", result=lambda: None)
 
 
 def test_acr_import_copies_server_side_from_another_acr(registry, other_registry, monkeypatch):

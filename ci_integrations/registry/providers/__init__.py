@@ -21,8 +21,8 @@ from ..auth import (
     repository_scope,
 )
 from ..client import Endpoint, Manifest, RegistryClient
-from ..errors import InvalidReference
-from ..refs import ImageLocation, RegistrySpec, check_repository
+from ..errors import CannotScope, InvalidReference
+from ..refs import ImageLocation, RegistrySpec, RepositorySettings, check_repository
 from ..transport import RetryPolicy, Timeouts
 
 PROVIDERS = {
@@ -31,6 +31,13 @@ PROVIDERS = {
     "ecr": "ci_integrations.registry.providers.ecr.EcrProvider",
     "gar": "ci_integrations.registry.providers.gar.GarProvider",
     "acr": "ci_integrations.registry.providers.acr.AcrProvider",
+}
+
+
+# Per-layer limits documented by registries that run as generic ones here. GHCR: "layers ... 10 GB each", and an
+# upload must finish within 10 minutes (docs.github.com, "Working with the Container registry").
+KNOWN_LAYER_LIMITS: dict[str, tuple[int, str]] = {
+    "ghcr.io": (10 * 1000**3, "GHCR's limit of 10 GB per layer"),
 }
 
 
@@ -115,11 +122,41 @@ class Provider:
             guard=spec.guard,
         )
 
+    # Whether a cross-repository mount is expected to work without the registry's own opt-in (ECR needs its
+    # BLOB_MOUNTING account setting); the `blob_mounting` option says so for one registry either way.
+    mounts_by_default = True
+
+    def mounts_blobs(self, spec: RegistrySpec) -> bool:
+        """Whether preflight may count a blob in another repository of this registry as mounted, not moved."""
+        value = spec.options.get("blob_mounting", self.mounts_by_default)
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+
+    # The largest layer the registry documents that it takes, and the limit's name, for messages; None: unknown.
+    max_layer: tuple[int, str] | None = None
+
+    def layer_limit(self, spec: RegistrySpec) -> tuple[int, str] | None:
+        """The largest layer spec's registry takes (bytes, and which limit that is), checked before a copy moves a
+        byte: the registry's `max_layer_bytes` option, else what the provider or the host documents."""
+        configured = spec.options.get("max_layer_bytes")
+        if configured:
+            return int(configured), "its max_layer_bytes setting"
+        return KNOWN_LAYER_LIMITS.get(self.host(spec).lower(), self.max_layer)
+
+    def repository_exists(self, spec: RegistrySpec, repository: str) -> bool | None:
+        """Whether the repository exists, for registries where a push needs one (ECR, Artifact Registry); None when
+        the registry creates repositories on push or cannot be asked."""
+        return None
+
+    def create_repository(self, spec: RegistrySpec, repository: str, settings: RepositorySettings) -> None:
+        raise CannotScope(f"{self.name} registries create repositories on push; there is nothing to create")
+
     def same_registry(self, a: RegistrySpec, b: RegistrySpec) -> bool:
         return self.host(a) == provider_for(b).host(b)
 
-    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
-        """Copy server-side if this provider can; return the fast path's name, or None to use the plain path."""
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest, *, notify=None) -> str | None:
+        """Copy server-side if this provider can; return the fast path's name, or None to use the plain path.
+
+        `notify` takes progress lines for the promotion's log."""
         return None
 
     def login_credentials(self, spec: RegistrySpec) -> BasicCredentials | None:
@@ -171,7 +208,7 @@ def provider_for(spec: RegistrySpec) -> Provider:
 def provider_name_for_host(host: str) -> str:
     """Guess the provider from a registry host (for references typed on the command line)."""
     host = host.lower().split(":", 1)[0]
-    if ".dkr.ecr." in host and host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+    if (".dkr.ecr." in host or ".dkr.ecr-fips." in host) and host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
         return "ecr"
     if host.endswith("-docker.pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io"):
         return "gar"
@@ -197,4 +234,5 @@ def timeouts(options: dict) -> Timeouts:
     return Timeouts(
         connect=float(options.get("connect_timeout", default.connect)),
         read=float(options.get("read_timeout", default.read)),
+        stall=float(options.get("stall_timeout", default.stall)),
     )

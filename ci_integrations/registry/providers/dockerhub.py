@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..client import Endpoint
-from ..refs import RegistrySpec
-from . import Provider
+from ..refs import RegistrySpec, docker_hub_repository
+from . import Provider, PushCredentials, PushScope
 
 _HUB_NAMES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com", "hub.docker.com"}
 
@@ -21,3 +23,7 @@ class DockerHubProvider(Provider):
     def login_host(self, spec: RegistrySpec) -> str:
         host = self.host(spec)
         return "docker.io" if host == "registry-1.docker.io" else host  # the name images and `docker login` use
+
+    def push_credentials(self, spec: RegistrySpec, scope: PushScope) -> PushCredentials:
+        """A token for the repository as Docker Hub names it (`nginx` is library/nginx)."""
+        return super().push_credentials(spec, replace(scope, repository=docker_hub_repository(scope.repository)))

@@ -3,7 +3,8 @@
 Push credentials for CI come from a role assumed with a session policy for one repository (see push_credentials).
 
 The token lasts 12 hours; we keep it until 5 minutes before it expires. Blob mounting needs nothing special: ECR
-hosts are per account and region, so "same host" is exactly "same account and region".
+hosts are per account and region, so "same host" is exactly "same account and region"; ECR mounts only when the
+account's BLOB_MOUNTING setting is on, and otherwise answers the mount as an ordinary upload.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import re
 import threading
 from dataclasses import replace
 
+from .. import budget as budgets
 from ..auth import BasicCredentials, CredentialSource
 from ..client import Manifest
 from ..errors import AccessDenied, AuthenticationError, CannotScope, NotFound, TagConflict, remember_secret
-from ..refs import ImageLocation, RegistrySpec, check_repository
+from ..refs import ImageLocation, RegistrySpec, RepositorySettings, check_repository
 from . import Provider, PushCredentials, PushScope
 
 _HOST_RE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
@@ -108,9 +110,17 @@ def registry_id_of(spec: RegistrySpec) -> str | None:
     return spec.options.get("registry_id") or (match.group("account") if match else None)
 
 
+def _api_host(spec: RegistrySpec) -> str:
+    return f"api.ecr.{region_of(spec)}.amazonaws.com"
+
+
+def _sdk_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
 def _sdk_error(exc: Exception, what: str) -> Exception:
     """Map botocore errors to ours without dragging botocore into the module's imports."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    code = _sdk_code(exc)
     message = f"{what}: {code or type(exc).__name__}"
     if code in ("AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"):
         return AccessDenied(message, code=code)
@@ -121,6 +131,11 @@ def _sdk_error(exc: Exception, what: str) -> Exception:
 
 class EcrProvider(Provider):
     name = "ecr"
+    # ECR answers a mount as an ordinary upload (202) unless the account turned BLOB_MOUNTING on and both
+    # repositories share encryption settings; `blob_mounting: true` says the account did.
+    mounts_by_default = False
+    # Amazon ECR service quotas: "Layer size: 52,000 MiB" (maximum size of a layer, not adjustable).
+    max_layer = (52_000 * 1024 * 1024, "ECR's limit of 52,000 MiB per layer")
 
     def credential_source(self, spec: RegistrySpec) -> CredentialSource | None:
         creds = spec.credentials or {}
@@ -140,7 +155,11 @@ class EcrProvider(Provider):
         client = ecr_client(spec)
         registry_id = registry_id_of(spec)
         try:
-            answer = client.get_authorization_token(**({"registryIds": [registry_id]} if registry_id else {}))
+            answer = budgets.bounded(
+                lambda: client.get_authorization_token(**({"registryIds": [registry_id]} if registry_id else {})),
+                doing="ECR get_authorization_token",
+                host=_api_host(spec),
+            )
         except Exception as exc:
             raise _sdk_error(exc, "ECR get_authorization_token") from None
         data = answer["authorizationData"][0]
@@ -152,6 +171,46 @@ class EcrProvider(Provider):
         with _lock:
             _tokens[key] = fresh
         return fresh
+
+    def repository_exists(self, spec: RegistrySpec, repository: str) -> bool | None:
+        """describe_repositories: ECR refuses a push into a repository that does not exist (no create on push)."""
+        ids = {"registryId": registry_id_of(spec)} if registry_id_of(spec) else {}
+        try:
+            budgets.bounded(
+                lambda: ecr_client(spec).describe_repositories(repositoryNames=[repository], **ids),
+                doing="ECR describe_repositories",
+                host=_api_host(spec),
+            )
+        except Exception as exc:
+            if _sdk_code(exc) == "RepositoryNotFoundException":
+                return False
+            raise _sdk_error(exc, "ECR describe_repositories") from None
+        return True
+
+    def create_repository(self, spec: RegistrySpec, repository: str, settings: RepositorySettings) -> None:
+        """create_repository with the bucket's tag mutability, scan-on-push and encryption (ECR API reference,
+        CreateRepository); one created meanwhile by someone else is fine."""
+        ids = {"registryId": registry_id_of(spec)} if registry_id_of(spec) else {}
+        encryption = {}
+        if settings.encryption:
+            encryption = {"encryptionType": settings.encryption.upper()}
+            if settings.kms_key:
+                encryption["kmsKey"] = settings.kms_key
+        try:
+            budgets.bounded(
+                lambda: ecr_client(spec).create_repository(
+                    repositoryName=repository,
+                    imageTagMutability="IMMUTABLE" if settings.immutable_tags else "MUTABLE",
+                    imageScanningConfiguration={"scanOnPush": settings.scan_on_push},
+                    **({"encryptionConfiguration": encryption} if encryption else {}),
+                    **ids,
+                ),
+                doing="ECR create_repository",
+                host=_api_host(spec),
+            )
+        except Exception as exc:
+            if _sdk_code(exc) != "RepositoryAlreadyExistsException":
+                raise _sdk_error(exc, f"ECR create_repository {repository}") from None
 
     def push_credentials(self, spec: RegistrySpec, scope: PushScope) -> PushCredentials:
         """An ECR login that can push and pull one repository only, valid for at most PUSH_SESSION_SECONDS.
@@ -172,11 +231,15 @@ class EcrProvider(Provider):
             raise CannotScope(f"ECR registry {spec.url}: set options.registry_id (the account) to name the repository")
         arn = repository_arn(region, account, repository)
         try:
-            answer = sts_client(spec).assume_role(
-                RoleArn=scope.role_arn,
-                RoleSessionName=session_name(scope.session_name),
-                Policy=json.dumps(push_session_policy(arn), separators=(",", ":")),
-                DurationSeconds=PUSH_SESSION_SECONDS,
+            answer = budgets.bounded(
+                lambda: sts_client(spec).assume_role(
+                    RoleArn=scope.role_arn,
+                    RoleSessionName=session_name(scope.session_name),
+                    Policy=json.dumps(push_session_policy(arn), separators=(",", ":")),
+                    DurationSeconds=PUSH_SESSION_SECONDS,
+                ),
+                doing="STS assume_role",
+                host=f"sts.{region}.amazonaws.com",
             )
         except Exception as exc:
             raise _sdk_error(exc, f"STS assume_role {scope.role_arn}") from None
@@ -191,7 +254,11 @@ class EcrProvider(Provider):
             },
         )
         try:
-            token = ecr_client(narrowed).get_authorization_token(registryIds=[account])
+            token = budgets.bounded(
+                lambda: ecr_client(narrowed).get_authorization_token(registryIds=[account]),
+                doing="ECR get_authorization_token",
+                host=_api_host(spec),
+            )
         except Exception as exc:
             raise _sdk_error(exc, "ECR get_authorization_token (as the push role)") from None
         data = token["authorizationData"][0]
@@ -210,7 +277,7 @@ class EcrProvider(Provider):
             issuer="ecr:GetAuthorizationToken",
         )
 
-    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest) -> str | None:
+    def fast_copy(self, src: ImageLocation, dst: ImageLocation, manifest: Manifest, *, notify=None) -> str | None:
         """Same repository, new tag: put_image with the manifest ECR already has (no blob traffic at all)."""
         if (
             src.registry.provider != "ecr"
