@@ -25,6 +25,8 @@ from ci_integrations.models import (
     Integration,
     Promotion,
     Registry,
+    Webhook,
+    WebhookDelivery,
     Workflow,
     WorkflowStep,
 )
@@ -79,6 +81,7 @@ class World:
     token: ApiToken  # a CI token a platform admin made for the release manager, who owns it
     freeze: FreezeWindow  # active, on prod only
     audit_entry: AuditEntry
+    given_up: WebhookDelivery  # a system-wide webhook's delivery that was given up (the retry button's object)
 
     def place(self, env: str, tag: str, **fields) -> Artifact:
         return place(getattr(self, env), tag, **fields)
@@ -165,7 +168,14 @@ def build_world(registry_url: str) -> World:
         reason="release week",
         actor=Actor.for_user(users["platform_admin"]),
     )
+    hook = Webhook(name="releases", url="https://hooks.example.com/releases")
+    hook.set_secret("s3cret-s3cret-s3cret")
+    hook.save()
+    given_up = WebhookDelivery.objects.create(
+        webhook=hook, event="failed", payload={"event": "failed"}, attempts=5, given_up_at=timezone.now()
+    )
     return World(
+        given_up=given_up,
         registry=registry,
         integration=integration,
         qa=qa,

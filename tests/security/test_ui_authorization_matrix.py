@@ -37,7 +37,6 @@ from ci_integrations.models import (
     Promotion,
     Registry,
     Team,
-    Webhook,
     WebhookDelivery,
 )
 from ci_integrations.services.audit_verification import RESULT_KEY, RUNNING_KEY
@@ -102,12 +101,6 @@ def world(world) -> World:
     team.members.add(world.users["team_member"])
     world.users["other_team_rm"] = make_user("release9", "release-managers")
     Team.objects.create(name="other-team").members.add(world.users["other_team_rm"])
-    hook = Webhook(name="releases", url="https://hooks.example.com/releases")
-    hook.set_secret("s3cret-s3cret-s3cret")
-    hook.save()
-    world.given_up = WebhookDelivery.objects.create(
-        webhook=hook, event="failed", payload={"event": "failed"}, attempts=5, given_up_at=timezone.now()
-    )
     return world
 
 

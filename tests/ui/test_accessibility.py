@@ -434,9 +434,10 @@ def test_live_progress_announces_each_state_once_and_keeps_a_cancel_reason_being
 
     Promotion.objects.filter(pk=promotion.pk).update(state=Promotion.State.RUNNING, blobs_total=2, bytes_total=10)
     expect(page.locator("#live-announce")).to_have_text("State: Running")
-    expect(page.get_by_label("Reason for cancelling")).to_have_count(0)  # too late to cancel now
+    expect(page.get_by_label("Reason for cancelling")).to_have_count(1)  # a running copy can still be stopped
     expect(page.get_by_role("progressbar", name="Bytes")).to_be_visible()
     assert_page_structure(page, "promotion, running")
     Promotion.objects.filter(pk=promotion.pk).update(state=Promotion.State.SUCCEEDED, bytes_done=10, blobs_done=2)
     expect(page.locator("#live-announce")).to_have_text("State: Succeeded")
     expect(page.locator(".states [aria-current=step]")).to_have_text("Succeeded")
+    expect(page.get_by_label("Reason for cancelling")).to_have_count(0)  # nothing to cancel once it has ended
