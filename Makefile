@@ -48,13 +48,14 @@ run: setup redis migrate
 	P2P_EMAIL_CONSOLE=$${P2P_EMAIL_CONSOLE:-1} $(VENV)/bin/honcho start -f Procfile
 
 # Tests use PostgreSQL when it answers on 127.0.0.1:5432 (DATABASE_URL overrides), else SQLite with the
-# PostgreSQL-only tests skipped; Redis database 15 keeps test jobs apart from a running portal's.
+# PostgreSQL-only tests skipped; Redis databases 15 and 14 keep test jobs apart from a running portal's.
+# The suite runs as two processes side by side (tests/run_suite.sh); PYTEST_ARGS runs one pytest with them instead.
 test: setup redis
 	@if [ -z "$$DATABASE_URL" ] && $(PY) -c "import psycopg; psycopg.connect('$(PG_URL:p2p_portal=postgres)', connect_timeout=2).close()" 2>/dev/null; then \
 	  export DATABASE_URL=$(PG_URL); fi; \
 	export REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}; \
 	echo "Testing against $${DATABASE_URL:-SQLite} and $$REDIS_URL"; \
-	$(PY) -m pytest $(PYTEST_ARGS)
+	if [ -n "$(PYTEST_ARGS)" ]; then $(PY) -m pytest $(PYTEST_ARGS); else tests/run_suite.sh $(PY); fi
 
 # import-linter keeps imports running one way (the contracts are in pyproject.toml); ruff keeps the format.
 lint: venv
