@@ -36,6 +36,7 @@ import math
 import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 import urllib.error
@@ -371,19 +372,53 @@ def split_image(text: str) -> tuple[str, str | None, str | None]:
     return name, tag or None, digest or None
 
 
+# Metadata keys of their own; any other --meta KEY=VALUE is a label.
+META_KEYS = ("git_sha", "branch", "build_url", "commit_time", "repo_url")
+
+
 def ci_metadata() -> dict:
-    """Build metadata the common CI systems expose, used when --meta does not say otherwise."""
+    """Build metadata the common CI systems expose, used when --meta does not say otherwise: the commit, branch and
+    build URL, the repository's URL, and when the commit was made (lead time for changes starts there)."""
     env = os.environ
     meta = {}
     sha = env.get("GITHUB_SHA") or env.get("CI_COMMIT_SHA") or env.get("GIT_COMMIT")
     branch = env.get("GITHUB_REF_NAME") or env.get("CI_COMMIT_REF_NAME") or env.get("GIT_BRANCH")
     url = env.get("CI_JOB_URL") or env.get("BUILD_URL")
+    github = env.get("GITHUB_SERVER_URL", "https://github.com")
     if not url and env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY"):
-        url = f"{env.get('GITHUB_SERVER_URL', 'https://github.com')}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
-    for key, value in (("git_sha", sha), ("branch", branch), ("build_url", url)):
+        url = f"{github}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    repo_url = env.get("CI_PROJECT_URL") or (
+        f"{github}/{env['GITHUB_REPOSITORY']}" if env.get("GITHUB_REPOSITORY") else ""
+    )
+    # GitLab says when the commit was made; elsewhere the checkout's git does, when there is one.
+    commit_time = env.get("CI_COMMIT_TIMESTAMP") or git_commit_time(sha or "HEAD")
+    for key, value in (
+        ("git_sha", sha),
+        ("branch", branch),
+        ("build_url", url),
+        ("repo_url", repo_url),
+        ("commit_time", commit_time),
+    ):
         if value:
             meta[key] = value
     return meta
+
+
+def git_commit_time(revision: str) -> str | None:
+    """The committer date of `revision` in the current directory's git repository (ISO 8601 with its offset), or
+    None when there is no git, no repository or no such commit."""
+    try:
+        done = subprocess.run(
+            ["git", "show", "-s", "--format=%cI", revision, "--"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    moment = done.stdout.strip()
+    return moment if done.returncode == 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]+(Z|[+-]\d\d:\d\d)", moment) else None
 
 
 def parse_meta(pairs: list[str]) -> dict:
@@ -393,7 +428,7 @@ def parse_meta(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--meta {pair!r}: expected KEY=VALUE")
-        if key in ("git_sha", "branch", "build_url"):
+        if key in META_KEYS:
             meta[key] = value
         else:
             labels[key] = value
@@ -647,7 +682,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", metavar="IMAGE:TAG")
     p.add_argument("--digest", help="the digest you pushed; the portal checks the tag points at it")
     p.add_argument(
-        "--meta", action="append", default=[], metavar="KEY=VALUE", help="git_sha, branch, build_url or a label"
+        "--meta",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="git_sha, branch, build_url, commit_time, repo_url or a label",
     )
     p.set_defaults(run=cmd_push)
 
