@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole suite as two pytest processes side by side (the machine's two cores): the pages, browser and security
-# tests in one, everything else in the other. Each has its own test database, Redis database and var directory, so
+# The whole suite as two pytest processes side by side (the machine's two cores): the pages, browser, security and
+# API tests in one, everything else in the other (about even halves). Each has its own test database, Redis database and var directory, so
 # they never meet. Prints each half's output in turn and fails when either half fails.
 #
 #   tests/run_suite.sh PYTHON          DATABASE_URL (PostgreSQL, or unset for SQLite) and REDIS_URL as for pytest
@@ -22,8 +22,8 @@ half() {  # NAME REDIS_DB PYTEST_ARGS...
 }
 
 started=$(date +%s)
-half pages "$redis_db" tests/ui tests/security &
-half rest "$((redis_db - 1))" tests --ignore=tests/ui --ignore=tests/security &
+half pages "$redis_db" tests/ui tests/security tests/api &
+half rest "$((redis_db - 1))" tests --ignore=tests/ui --ignore=tests/security --ignore=tests/api &
 wait
 status=0
 for name in rest pages; do
