@@ -29,9 +29,10 @@ What each metric counts, and what it cannot:
 - `p2p_audit_last_verified_timestamp_seconds`: when the chain was last verified intact (the dashboard's Verify
   button, whose result is kept in Redis); absent when it never was.
 - `p2p_webhook_deliveries_total{result}`: deliveries `delivered`, `given_up` (retries ran out) or `pending`.
-- `p2p_copy_bytes_total{mode}`: layer bytes of succeeded promotions that were `copied` (sent), `mounted` (taken by a
-  cross-repository mount) or `skipped` (already at the destination), from the copy summary each `promotion.succeeded`
-  audit entry records (entries written before the summary had mounted and skipped bytes add only copied ones).
+- `p2p_copy_bytes_total{mode}`: layer bytes of succeeded promotions and imports that were `copied` (sent), `mounted`
+  (taken by a cross-repository mount) or `skipped` (already at the destination), from the copy summary each
+  `promotion.succeeded` and `artifact.imported` audit entry records (entries written before the summary had mounted
+  and skipped bytes add only copied ones).
 
 PostgreSQL only (JSON operators, width_bucket, arrays), like production.
 """
@@ -53,6 +54,7 @@ from prometheus_client.registry import Collector
 from ci_integrations.models import AuditEntry, Bucket, Integration, Promotion, WebhookDelivery
 from ci_integrations.services.audit_verification import RESULT_KEY
 from ci_integrations.services.background import get_queue
+from ci_integrations.services.imports import IMPORTED
 from ci_integrations.services.rows import table
 
 # Seconds: a promotion's copy takes from well under a second (a mount) to many minutes (gigabytes across clouds),
@@ -125,19 +127,20 @@ def _promotion_totals(where: str, params: list) -> PromotionTotals:
 
 
 COPY_MODES = {"copied": "bytes_transferred", "mounted": "bytes_mounted", "skipped": "bytes_skipped"}
+COPY_ACTIONS = ("promotion.succeeded", IMPORTED)  # the audit entries that carry a copy summary
 
 
 def _copy_bytes(where: str, params: list) -> dict[str, int]:
-    """Bytes per copy mode, summed over the `promotion.succeeded` audit entries matching `where` (audit entries
-    never change, so a sum up to an id stays right)."""
+    """Bytes per copy mode, summed over the `promotion.succeeded` and `artifact.imported` audit entries matching
+    `where` (audit entries never change, so a sum up to an id stays right)."""
     sums = []
     for key in COPY_MODES.values():
         value = f"after -> 'copy' -> '{key}'"
         # Only numbers are summed: an entry is whatever its writer recorded, and one odd value must not fail the scrape.
         sums.append(f"COALESCE(SUM(CASE WHEN jsonb_typeof({value}) = 'number' THEN ({value})::numeric END), 0)")
-    sql = f"SELECT {', '.join(sums)} FROM {table(AuditEntry)} WHERE action = %s AND {where}"
+    sql = f"SELECT {', '.join(sums)} FROM {table(AuditEntry)} WHERE action IN (%s, %s) AND {where}"
     with connection.cursor() as cursor:
-        cursor.execute(sql, ["promotion.succeeded", *params])
+        cursor.execute(sql, [*COPY_ACTIONS, *params])
         row = cursor.fetchone()
     return {mode: int(total) for mode, total in zip(COPY_MODES, row, strict=True)}
 

@@ -47,6 +47,7 @@ from ci_integrations.services.errors import InvalidInput, NotAllowed, ServiceErr
 from ci_integrations.services.supply_chain import attached_mode
 
 logger = logging.getLogger(__name__)
+IMPORTED = "artifact.imported"
 
 
 def _bucket(integration: Integration, env: str) -> Bucket:
@@ -358,15 +359,25 @@ def artifact_import_execute(*, job_id: int) -> None:
                 after={"source": args["source"], "error": message},
             )
         return
-    ImportJob.objects.filter(pk=job_id).update(
-        state=ImportJob.State.SUCCEEDED,
-        finished_at=timezone.now(),
-        arguments={**args, "credentials_encrypted": ""},
-        result={
-            "digest": artifact.digest,
-            "artifact": artifact.pk,
-            "arrival": arrival.pk,
-            "created": created,
-            **summary.as_dict(),
-        },
-    )
+    with transaction.atomic():
+        ImportJob.objects.filter(pk=job_id).update(
+            state=ImportJob.State.SUCCEEDED,
+            finished_at=timezone.now(),
+            arguments={**args, "credentials_encrypted": ""},
+            result={
+                "digest": artifact.digest,
+                "artifact": artifact.pk,
+                "arrival": arrival.pk,
+                "created": created,
+                **summary.as_dict(),
+            },
+        )
+        # What was read from where, and the copy's summary (p2p_copy_bytes_total counts imports from it too).
+        audit_record(
+            actor=actor,
+            action=IMPORTED,
+            obj=job,
+            integration=job.integration.name,
+            environment=bucket.env,
+            after={"source": args["source"], "digest": artifact.digest, "tag": args["tag"], "copy": summary.as_dict()},
+        )

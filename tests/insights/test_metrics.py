@@ -224,3 +224,13 @@ def test_manage_py_verify_audit_sets_the_last_verified_time_the_metric_shows(tok
     finally:
         redis.delete(RESULT_KEY)
     assert before <= found[("p2p_audit_last_verified_timestamp_seconds",)] <= datetime.now(UTC).timestamp()
+
+
+def test_copy_bytes_count_imports_too(token, history):
+    worker = Actor.system("import:tests")
+    audit_record(
+        actor=worker, action="artifact.imported", after={"copy": {"bytes_transferred": 40, "bytes_skipped": 2}}
+    )
+    found = scrape()
+    assert found[("p2p_copy_bytes_total", ("mode", "copied"))] == 40
+    assert found[("p2p_copy_bytes_total", ("mode", "skipped"))] == 2

@@ -86,6 +86,10 @@ def test_an_import_from_a_host_under_an_allowed_wildcard_is_copied(
     assert set(proxy.hosts) == {"mirror.builds.example.com:5000"}
     world.qa.refresh_from_db()
     assert world.qa.current_arrival.artifact.digest == digest
+    # The import is in the audit log with what it read and its copy summary (p2p_copy_bytes_total counts it).
+    entry = AuditEntry.objects.get(action="artifact.imported", object_id=str(job.pk))
+    assert entry.after["source"] == "http://mirror.builds.example.com:5000/outside/app:w-1"
+    assert entry.after["digest"] == digest and entry.after["copy"]["bytes_transferred"] > 0
 
 
 def test_a_listed_host_that_resolves_to_cloud_metadata_is_refused(world, settings, fake_dns):
