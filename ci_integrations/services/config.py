@@ -32,9 +32,6 @@ from ci_integrations.services.config_reader import TEAM_RELEASE_MANAGERS, config
 from ci_integrations.services.config_teams import apply_roles, apply_teams, export_roles, export_teams
 from ci_integrations.services.supply_chain import require_signature_export
 
-# Bucket options that name who pushes; exported only when set.
-PUSH_OPTIONS = ("push_role_arn", "push_service_account")
-
 
 class ConfigError(Exception):
     """The file cannot be applied; `problems` lists every "path: what is wrong" found."""

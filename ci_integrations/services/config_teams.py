@@ -25,9 +25,15 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from ci_integrations.models import Integration, RoleGrant, Team
+from ci_integrations.services.teams import ROLE_AUDITORS, ROLE_PLATFORM_ADMINS, ROLE_RELEASE_MANAGERS
 
 TEAM_KEYS = {"name", "oidc_groups", "release_managers", "members", "integrations"}
-ROLE_KEYS = {"auditors": "auditors", "release_managers": "release-managers", "platform_admins": "platform-admins"}
+# The config file's names for the role groups.
+ROLE_KEYS = {
+    "auditors": ROLE_AUDITORS,
+    "release_managers": ROLE_RELEASE_MANAGERS,
+    "platform_admins": ROLE_PLATFORM_ADMINS,
+}
 
 
 def read_teams(reader, integrations: dict) -> dict[str, dict] | None:

@@ -12,6 +12,7 @@ with a role, as before teams existed.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -40,6 +41,8 @@ NOBODY = _Standing(frozenset(), frozenset(), frozenset())
 
 
 def _standing(user) -> _Standing:
+    """The person's roles and teams. Teams are few, so their group lists are matched here rather than with JSON
+    lookups that SQLite lacks."""
     if not user or not user.is_authenticated or not user.is_active:
         return NOBODY
     cached = getattr(user, "_p2p_standing", None)
@@ -98,21 +101,14 @@ def sees_every_team(user) -> bool:
     )
 
 
-def _memberships(user) -> tuple[frozenset[int], frozenset[int]]:
-    """(teams the person is in, teams they manage releases for). Teams are few, so the group lists are matched here
-    rather than with JSON lookups that SQLite lacks."""
-    standing = _standing(user)
-    return standing.teams, standing.managed_teams
-
-
 def team_ids_of(user) -> set[int]:
     """The teams the person is a member of (release managers included)."""
-    return _memberships(user)[0]
+    return _standing(user).teams
 
 
 def managed_team_ids_of(user) -> set[int]:
     """The teams the person manages releases for."""
-    return _memberships(user)[1]
+    return _standing(user).managed_teams
 
 
 def is_member(user, integration: Integration) -> bool:
@@ -184,17 +180,25 @@ class TeamPermissionBackend(BaseBackend):
     def get_all_permissions(self, user_obj, obj=None) -> set[str]:
         if obj is not None or not user_obj.is_active or user_obj.is_anonymous:
             return set()
-        member, managed = _memberships(user_obj)
-        if not member:
+        standing = _standing(user_obj)
+        if not standing.teams:
             return set()
-        permissions = {f"ci_integrations.view_{model._meta.model_name}" for model in _app_models()}
-        permissions.add(REQUEST)
-        if managed:
-            permissions |= {APPROVE, "ci_integrations.add_apitoken", MAKE_CI_TOKENS}
-        return permissions
+        return set(_manager_permissions() if standing.managed_teams else _member_permissions())
 
 
-def _app_models():
+@functools.cache
+def _member_permissions() -> frozenset[str]:
+    """What a team's member may do anywhere the per-integration checks allow: view everything, request promotions."""
     from django.apps import apps
 
-    return apps.get_app_config("ci_integrations").get_models()
+    views = {
+        f"ci_integrations.view_{model._meta.model_name}"
+        for model in apps.get_app_config("ci_integrations").get_models()
+    }
+    return frozenset({*views, REQUEST})
+
+
+@functools.cache
+def _manager_permissions() -> frozenset[str]:
+    """A team's release managers may also approve and make tokens."""
+    return _member_permissions() | {APPROVE, "ci_integrations.add_apitoken", MAKE_CI_TOKENS}
